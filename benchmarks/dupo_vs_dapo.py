@@ -38,6 +38,11 @@ from rollout.engines import Generation  # noqa: E402
 from rollout.trajectory import build_batch, record_from_generation, with_columns  # noqa: E402
 
 
+
+def _fns(groups, sampler):
+    """collect_batch's rollout and score functions over scripted groups and a task sampler."""
+    return (lambda: groups.generate(sampler.next_batch())), groups.score, sampler.batch_size
+
 class LatencyModelGroups:
     """Rollout and reward groups with the latency model above (stand-ins for RLGroups)."""
 
@@ -79,7 +84,7 @@ def run(preset: str, steps: int, batch: int, n: int, scale: float, train_s: floa
     step_times, rounds, groups_in_update = [], [], []
     for _ in range(steps):
         t0 = time.perf_counter()
-        _, update, m = collect_batch(groups, sampler, algo, StageTimer(), rng)
+        _, update, m = collect_batch(*_fns(groups, sampler), algo, StageTimer(), rng)
         time.sleep(train_s * scale)  # the training step: same B groups for both
         step_times.append((time.perf_counter() - t0) / scale)
         rounds.append(m["sampler/gen_rounds"])

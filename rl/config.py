@@ -55,6 +55,10 @@ class RolloutConfig(_Base):
     cpus_per_engine: NonNegFloat = 1.0
     gpus_per_engine: NonNegFloat = 0.0
     request_timeout_s: PosFloat = 600.0
+    max_inflight_groups: Annotated[int, Meta(ge=1, description="tasks in flight per engine; new tasks go to the least-loaded engine as groups finish")] = 16
+    mode: Annotated[Literal["sync", "async"], Meta(description="async: rollout of step t+1 overlaps training of step t")] = "sync"
+    max_staleness: Annotated[int, Meta(ge=0, description="async: max policy versions between a trajectory's oldest turn and the update that trains on it")] = 1
+    partial_rollout: Annotated[Literal["continue", "abort"], Meta(description="async: episodes in flight at a weight sync go on under the new weights, or are aborted and their tasks re-queued")] = "continue"
 
 
 class TrainerConfig(_Base):
@@ -101,15 +105,43 @@ class AlgoConfig(_Base):
     prefilter_correct: Annotated[float, Meta(description="a rollout counts as correct when its reward >= this")] = 1.0
 
 class DataConfig(_Base):
-    task: Annotated[Literal["target_token"], Meta(description="built-in task of the spine")] = "target_token"
+    task: Annotated[Literal["target_token", "world_qa", "file"], Meta(
+        description="target_token: single-turn built-in task; world_qa: SailorFog-QA questions on the synthetic "
+                    "world (multi-turn, tools); file: a jsonl/parquet of {uid, question, answer[, gold_ids]}")] = "target_token"
     target_token: Annotated[str, Meta(description="target_token task: the token the reward counts")] = "the"
+    path: Annotated[str | None, Meta(description="task=file: the jsonl or parquet file")] = None
     num_tasks: PosInt = 64
     batch_size: Annotated[int, Meta(ge=1, description="tasks per step")] = 8
+
+
+class EnvConfig(_Base):
+    """The EnvGroup: EnvServer actors hosting the tools of multi-turn tasks (envs/)."""
+
+    num_servers: PosInt = 1
+    cpus_per_server: NonNegFloat = 0.5
+    tools: Annotated[dict[str, dict], Meta(description="tool name -> {kind, arguments} (envs/registry.py)")] = \
+        msgspec.field(default_factory=lambda: {"search": {}, "visit": {}})
+    world_seed: int = 0
+    world_size: Annotated[Literal["tiny", "small", "large"], Meta(description="size of the synthetic world")] = "tiny"
+    page_latency_s: Annotated[float, Meta(ge=0, description="latency the world server adds per page")] = 0.0
+    call_timeout_s: Annotated[float, Meta(gt=0, description="max seconds per tool call, then an error observation")] = 60.0
+
+
+class AgentSection(_Base):
+    """The multi-turn agent loop (rollout/agent.py), used by every task but target_token."""
+
+    format: Annotated[Literal["react"], Meta(description="action grammar (rollout/formats)")] = "react"
+    max_tool_calls: PosInt = 40
+    max_context_tokens: PosInt = 4096
+    max_tokens_per_turn: PosInt = 512
+    system_prompt: Annotated[str | None, Meta(description="None: the format's default system prompt")] = None
 
 
 class RewardConfig(_Base):
     num_workers: PosInt = 1
     cpus_per_worker: NonNegFloat = 0.5
+    fns: Annotated[dict[str, dict] | None, Meta(description="reward name -> kwargs (reward/base.py REWARD_FNS); None: the task's default")] = None
+    composition: Annotated[dict | None, Meta(description="weights and gates (reward/compose.py); None: every part with weight 1")] = None
 
 
 class RunConfig(_Base):
@@ -122,6 +154,7 @@ class RunConfig(_Base):
     save_every: Annotated[int, Meta(ge=0, description="checkpoint every N steps (and at the end); 0 = never")] = 0
     keep_last: PosInt = 2
     resume: Annotated[bool, Meta(description="continue from the newest complete checkpoint in run.dir")] = False
+    save_trajectories: Annotated[bool, Meta(description="write every step's trajectories to run.dir/trajectories/*.parquet")] = True
 
 
 class RayConfig(_Base):
@@ -136,6 +169,8 @@ class Config(_Base):
     algo: AlgoConfig = msgspec.field(default_factory=AlgoConfig)
     data: DataConfig = msgspec.field(default_factory=DataConfig)
     reward: RewardConfig = msgspec.field(default_factory=RewardConfig)
+    env: EnvConfig = msgspec.field(default_factory=EnvConfig)
+    agent: AgentSection = msgspec.field(default_factory=AgentSection)
     run: RunConfig = msgspec.field(default_factory=RunConfig)
     ray: RayConfig = msgspec.field(default_factory=RayConfig)
 
@@ -273,6 +308,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     except msgspec.ValidationError as err:
         raise ConfigError(_explain(err, tree, file_keys, cli_keys, source)) from None
     _check_algo(cfg.algo)
+    if cfg.data.task == "file" and not cfg.data.path:
+        raise ConfigError("data.task='file' needs data.path: a jsonl or parquet file of {uid, question, answer}")
     return cfg
 
 

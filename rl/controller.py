@@ -2,8 +2,11 @@
 
     sample tasks -> rollout (n per task) -> reward -> advantages -> train -> sync weights -> log
 
-`train` below is the whole synchronous loop; `RLGroups` under it is the machinery: the three Ray
-actor groups (RolloutGroup, RewardGroup, TrainerGroup) and how a batch moves between them.
+`train` below is the whole loop. Sync mode runs the stages in turn; async mode (rollout.mode=async)
+keeps the engines rolling out the next batches while a step trains, admitting tasks under AReaL's
+staleness rule (rl/rollout_queue.py). `RLGroups` under it is the machinery: the Ray actor groups
+(RolloutGroup, RewardGroup, TrainerGroup, and the EnvGroup of multi-turn tasks) and how a batch
+moves between them.
 
 Never: compute a loss or a reward itself; wait without a timeout.
 """
@@ -23,14 +26,16 @@ from rl import algos
 from rl.checkpoint import CheckpointManager
 from rl.cluster import ActorGroup, connect, wait
 from rl.config import AlgoConfig, Config, to_dict
-from rl.data import TaskSampler, target_token_tasks
+from rl.data import TaskSampler, file_tasks, target_token_tasks, world_qa_tasks
+from rl.rollout_queue import AsyncRollout, Dispatcher
 from rl.trainer.collate import TRAIN_COLUMNS
 from rl.metrics import MetricsLogger, StageTimer, batch_metrics
 from rollout.trajectory import concat, project, scalar_numpy, validate, with_columns
 
 
 def train(cfg: Config, run_dir: Path) -> dict:
-    """Run `cfg.run.steps` synchronous RL steps; metrics go to `run_dir/metrics.jsonl`."""
+    """Run `cfg.run.steps` RL steps (sync, or async with bounded staleness); metrics go to
+    `run_dir/metrics.jsonl`, every rolled-out trajectory to `run_dir/trajectories/` (parquet)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
     groups = RLGroups(cfg)
@@ -40,46 +45,74 @@ def train(cfg: Config, run_dir: Path) -> dict:
         tasks = prefilter_tasks(groups, tasks, cfg.algo.prefilter_rollouts, cfg.algo.prefilter_correct, run_dir)
     sampler = TaskSampler(tasks, cfg.data.batch_size, seed=cfg.run.seed)
     rng = np.random.default_rng(cfg.run.seed)
-    start, version = 1, 0
+    start, version, found_meta = 1, 0, {}
     if cfg.run.resume and (found := ckpt.latest()):
         done, version = resume(found[1], groups, sampler, rng, run_dir)
+        found_meta = json.loads((found[1] / "meta.json").read_text())
         start = done + 1
+    producer = None
+    if cfg.rollout.mode == "async":  # rollout of step t+1 runs on the engines while step t trains
+        producer = AsyncRollout(groups.dispatcher, sampler, cfg.data.batch_size, cfg.rollout.max_staleness)
+        if start > 1 and "async" in found_meta:
+            producer.load_state_dict(found_meta["async"])
     logger = MetricsLogger(run_dir, cfg.run.steps, progress=cfg.run.progress, initial=start - 1)
     history = []
     try:
         for step in range(start, cfg.run.steps + 1):
             timer = StageTimer()
             groups.sampling["seed"] = cfg.run.seed * 1_000_003 + step * 10_007  # reproducible rollouts
-            rolled, update, sample_metrics = collect_batch(groups, sampler, cfg.algo, timer, rng)
+            if producer is None:
+                rollout_fn = lambda: groups.generate(sampler.next_batch())  # noqa: E731
+            else:
+                rollout_fn = lambda: producer.take(cfg.data.batch_size, version, groups.timeout)  # noqa: E731
+            rolled, update, sample_metrics = collect_batch(rollout_fn, groups.score, sampler.batch_size,
+                                                           cfg.algo, timer, rng)
             metrics = batch_metrics(rolled) | sample_metrics
+            if cfg.run.save_trajectories:
+                write_trajectories(run_dir / "trajectories" / f"step_{step:06d}.parquet", rolled, step)
+            if producer is not None:
+                producer.admit(version)  # top up before training so the engines keep working
             if update is not None:
                 with timer("train"):
                     metrics |= groups.train(update)
                 with timer("sync"):
-                    version = groups.sync_weights(version + 1)
+                    version = groups.sync_weights(version + 1, abort=cfg.rollout.partial_rollout == "abort")
             metrics |= timer.seconds
             metrics["policy_version"] = version
             metrics["skipped"] = int(update is None)
             metrics["throughput/generated_tokens_per_s"] = (
                 metrics["response_length/mean"] * rolled.num_rows / metrics["time/generate"])
             metrics["probe/logprob"] = groups.probe()
+            metrics |= groups.rollout_metrics()
             logger.log(step, metrics)
             history.append(metrics)
             if cfg.run.save_every and (step % cfg.run.save_every == 0 or step == cfg.run.steps):
-                save(ckpt, step, version, groups, sampler, rng)
+                save(ckpt, step, version, groups, sampler, rng, producer)
     finally:
         logger.close()
         groups.shutdown()
     return {"run_dir": str(run_dir), "history": history, "policy_version": version}
 
 
+def write_trajectories(path: Path, batch: pa.RecordBatch, step: int) -> None:
+    """One parquet file per step (the SFT / RFT side reads them back); atomic rename."""
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(pa.Table.from_batches([batch]), tmp)
+    tmp.rename(path)
+
+
 def save(ckpt: CheckpointManager, step: int, version: int, groups: "RLGroups", sampler: TaskSampler,
-         rng: np.random.Generator) -> None:
+         rng: np.random.Generator, producer: AsyncRollout | None = None) -> None:
     """Everything the run needs to continue as if never stopped, written atomically."""
     folder = ckpt.begin(step)
     groups.trainer.call("save_checkpoint", str(folder))
-    ckpt.commit(folder, step, {"step": step, "policy_version": version, "sampler": sampler.state_dict(),
-                               "rng": rng.bit_generator.state})
+    meta = {"step": step, "policy_version": version, "sampler": sampler.state_dict(), "rng": rng.bit_generator.state}
+    if producer is not None:
+        meta["async"] = producer.state_dict()
+    ckpt.commit(folder, step, meta)
 
 
 def resume(folder: Path, groups: "RLGroups", sampler: TaskSampler, rng: np.random.Generator,
@@ -99,24 +132,30 @@ def resume(folder: Path, groups: "RLGroups", sampler: TaskSampler, rng: np.rando
     return meta["step"], version
 
 
-def collect_batch(groups: "RLGroups", sampler: TaskSampler, algo: AlgoConfig, timer: StageTimer,
+def collect_batch(rollout_fn, score_fn, target: int, algo: AlgoConfig, timer: StageTimer,
                   rng: np.random.Generator) -> tuple[pa.RecordBatch, pa.RecordBatch | None, dict]:
     """Rollout -> reward -> shaping -> advantages -> group sampler (SEEDS 1-3).
+
+    rollout_fn() -> one batch of `target` task groups (numbered 0..target-1), and optionally
+    metrics; score_fn(batch) -> the batch with reward columns.
 
     keep: the batch as is. dapo: drop zero-variance groups and roll out new tasks until B valid
     groups or `algo.max_gen_rounds` rounds (then train on what there is, and say so). dupo: drop
     zero-variance groups and refill with copies of the others (advantages computed before).
     Returns (every rolled-out trajectory, the update batch or None to skip the step, metrics).
     """
-    target = sampler.batch_size
-    rolled, kept, rounds = [], [], 0
+    rolled, kept, rounds, extra = [], [], 0, {}
     while True:
-        tasks = [dict(t, group=t["group"] + rounds * target) for t in sampler.next_batch()]
-        rounds += 1
         with timer("generate"):
-            batch = groups.generate(tasks)
+            batch = rollout_fn()
+        if isinstance(batch, tuple):
+            batch, more = batch
+            extra |= more
+        if rounds:  # DAPO regeneration rounds: groups of round r are numbered r * target + g
+            batch = with_columns(batch, {"group": scalar_numpy(batch, "group") + rounds * target})
+        rounds += 1
         with timer("reward"):
-            batch = groups.score(batch)
+            batch = score_fn(batch)
         batch = add_advantages(shape_rewards(batch, algo), algo.adv_estimator, algo.norm_adv_by_std)
         rolled.append(batch)
         if algo.sampler != "dapo":
@@ -128,7 +167,7 @@ def collect_batch(groups: "RLGroups", sampler: TaskSampler, algo: AlgoConfig, ti
             break
     everything = concat(rolled)
     rewards, group = scalar_numpy(everything, "reward"), scalar_numpy(everything, "group")
-    metrics = {f"sampler/{k}": v for k, v in algos.sampler_metrics(rewards, group).items()}
+    metrics = {f"sampler/{k}": v for k, v in algos.sampler_metrics(rewards, group).items()} | extra
     metrics["sampler/gen_rounds"] = rounds
     if algo.sampler == "dapo":
         update = concat(kept)
@@ -195,6 +234,25 @@ def add_advantages(batch: pa.RecordBatch, estimator: str, norm_by_std: bool) -> 
     return with_columns(batch, {"advantage": adv.numpy()})
 
 
+def load_tasks(cfg: Config, tokenizer) -> tuple[list[dict], dict[str, dict]]:
+    """The tasks of `cfg.data.task` and the reward functions that score them (cfg.reward.fns wins)."""
+    d = cfg.data
+    if d.task == "target_token":
+        tasks, token_id = target_token_tasks(tokenizer, d.target_token, d.num_tasks)
+        default = {"target_token": {"token_id": token_id}}
+    else:
+        if d.task == "world_qa":
+            tasks = world_qa_tasks(cfg.env.world_seed, cfg.env.world_size, d.num_tasks, seed=cfg.run.seed)
+        else:
+            tasks = file_tasks(d.path, d.num_tasks)
+        default = DEFAULT_QA_REWARDS
+    return tasks, (cfg.reward.fns if cfg.reward.fns is not None else default)
+
+
+#: question-answering tasks: WebSailor's 0.1 format + 0.9 answer (a rule judge on the gold answers)
+DEFAULT_QA_REWARDS = {"exact_match": {}}
+
+
 class RLGroups:
     """The actor groups of one run and the moves of a batch between them."""
 
@@ -212,12 +270,26 @@ class RLGroups:
         model_path = str(build_tiny_model(tokenizer=cfg.model.tokenizer)) if cfg.model.path == "tiny" else cfg.model.path
         self.model_path = model_path
         tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.tasks, token_id = target_token_tasks(tokenizer, cfg.data.target_token, cfg.data.num_tasks)
-        self.probe_ids = self.tasks[0]["prompt_ids"]
+        self.tasks, rewards = load_tasks(cfg, tokenizer)
+        first = self.tasks[0]
+        self.probe_ids = first.get("prompt_ids") or tokenizer.apply_chat_template(
+            [{"role": "user", "content": first["question"]}], add_generation_prompt=True, tokenize=True)["input_ids"]
+        multi_turn = cfg.data.task != "target_token"
 
         cpus = r.num_engines * r.cpus_per_engine + t.num_ranks * t.cpus_per_rank \
-            + cfg.reward.num_workers * cfg.reward.cpus_per_worker
+            + cfg.reward.num_workers * cfg.reward.cpus_per_worker \
+            + (cfg.env.num_servers * cfg.env.cpus_per_server if multi_turn else 0)
         self.how = connect(cfg.ray.address, cfg.ray.num_cpus, cpus_needed=cpus)
+        self.env = None
+        if multi_turn:
+            from rl.env_group import EnvGroup
+
+            e = cfg.env
+            self.env = EnvGroup(num_servers=e.num_servers, tools=e.tools, cpus_per_server=e.cpus_per_server,
+                                world={"seed": e.world_seed, "size": e.world_size, "latency_s": e.page_latency_s},
+                                call_timeout_s=e.call_timeout_s, timeout_s=self.timeout)
+        agent = to_dict(cfg.agent) if multi_turn else None
+        env_client = self.env.client() if self.env is not None else None
 
         engine_kwargs = {"seed": cfg.run.seed, "request_timeout_s": r.request_timeout_s}
         if r.backend == "vllm":
@@ -226,13 +298,14 @@ class RLGroups:
         self.rollout = ActorGroup(
             RolloutWorker, r.num_engines, name="rollout", num_cpus=r.cpus_per_engine, num_gpus=r.gpus_per_engine,
             kwargs_for=lambda i: dict(backend=r.backend, model_path=model_path,
-                                      engine_kwargs=engine_kwargs | {"seed": cfg.run.seed + i}),
+                                      engine_kwargs=engine_kwargs | {"seed": cfg.run.seed + i},
+                                      env=env_client, agent=agent),
             timeout_s=self.timeout)
-        rewards = {"target_token": {"token_id": token_id}}
-        self.reward_columns = RewardWorker(rewards).columns  # what the RewardGroup receives
+        composition = cfg.reward.composition
+        self.reward_columns = RewardWorker(rewards, composition).columns  # what the RewardGroup receives
         self.reward = ActorGroup(
             RewardWorker, cfg.reward.num_workers, name="reward", num_cpus=cfg.reward.cpus_per_worker,
-            kwargs_for=lambda i: dict(rewards=rewards), timeout_s=self.timeout)
+            kwargs_for=lambda i: dict(rewards=rewards, composition=composition), timeout_s=self.timeout)
         algo = to_dict(cfg.algo) | {"norm_len": r.max_tokens}
         self.trainer = ActorGroup(
             FSDPTrainer, t.num_ranks, name="trainer", num_cpus=t.cpus_per_rank, num_gpus=t.gpus_per_rank,
@@ -246,13 +319,14 @@ class RLGroups:
         addr, port = self.trainer.rendezvous()
         self.trainer.call("init_distributed", addr, port)
         self.sampling = dict(max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p)
+        self.dispatcher = Dispatcher(self.rollout.actors, r.n, self.sampling, r.max_inflight_groups)
 
     def generate(self, tasks: list[dict], n: int | None = None) -> pa.RecordBatch:
-        """All samples of a task go to one engine (shared prefix); tasks are dealt round-robin."""
+        """All samples of a task go to one engine (shared prefix); each task goes to the least-loaded
+        engine as groups finish (rl/rollout_queue.py). Rows ordered (group, sample)."""
         n = n or self.cfg.rollout.n
-        shards = [tasks[i::self.rollout.num] for i in range(self.rollout.num)]
-        refs = [a.generate.remote(s, n, self.sampling) for a, s in zip(self.rollout.actors, shards) if s]
-        parts = wait(refs, self.timeout, f"rollout of {len(tasks)} tasks x {n} samples")
+        parts = self.dispatcher.run([dict(t, n=n) for t in tasks], self.timeout,
+                                    f"rollout of {len(tasks)} tasks x {n} samples")
         batch = concat(parts)
         order = np.lexsort((scalar_numpy(batch, "sample"), scalar_numpy(batch, "group")))
         return validate(batch.take(pa.array(order)))
@@ -282,10 +356,12 @@ class RLGroups:
             shards.append(ray.put(with_columns(view.take(pa.array(rows, pa.int64())), {"dup_of": shard_dup})))
         return self.trainer.call_split("train_step", shards)[0]
 
-    def sync_weights(self, version: int) -> int:
-        """Trainer full state -> every engine, through the object store; returns the new version."""
+    def sync_weights(self, version: int, abort: bool = False) -> int:
+        """Trainer full state -> every engine, through the object store; returns the new version.
+        Episodes in flight pause between turns and go on under the new weights (or, with `abort`,
+        are cancelled and their tasks re-queued by the dispatcher)."""
         refs = self.trainer.call_async("state_buckets")
-        versions = wait([a.update_weights.remote(refs[0], version) for a in self.rollout.actors],
+        versions = wait([a.update_weights.remote(refs[0], version, abort) for a in self.rollout.actors],
                         self.timeout, f"weight sync to {self.rollout.num} engine(s) (version {version})")
         wait(refs, self.timeout, "the trainer's state gather")
         if set(versions) != {version}:
@@ -299,8 +375,15 @@ class RLGroups:
         b = wait(self.rollout.actors[0].generate.remote(task, 1, greedy), self.timeout, "the probe generation")
         return float(np.sum(b.column("rollout_logprobs")[0].values.to_numpy()))
 
+    def rollout_metrics(self) -> dict:
+        """Groups per engine (routing balance) and the env servers' tool metrics."""
+        out = {f"rollout/groups_engine{i}": g for i, g in enumerate(self.dispatcher.groups_per_engine)}
+        if self.env is not None:
+            out |= self.env.metrics()
+        return out
+
     def shutdown(self) -> None:
-        for g in ("rollout", "reward", "trainer"):
+        for g in ("rollout", "reward", "trainer", "env"):
             group = getattr(self, g, None)
             if group is not None:
                 try:

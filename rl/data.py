@@ -37,6 +37,58 @@ def target_token_tasks(tokenizer, word: str, num_tasks: int) -> tuple[list[dict]
     return tasks, token_id
 
 
+def world_qa_tasks(world_seed: int, world_size: str, num_tasks: int, seed: int = 0) -> list[dict]:
+    """SailorFog-QA questions on the synthetic world (multi-turn: the policy answers with tools).
+    The same (world_seed, world_size) must be served by the EnvGroup."""
+    from envs.world import generate_world, sailorfog_qa
+
+    world = generate_world(seed=world_seed, size=world_size)
+    items = sailorfog_qa(world, n=num_tasks, seed=seed)
+    if not items:
+        raise ValueError(f"the {world_size} world (seed {world_seed}) yielded no SailorFog questions")
+    return [{"uid": it["uid"], "question": it["question"], "answer": it["answer"]} for it in items]
+
+
+def file_tasks(path: str, limit: int | None = None) -> list[dict]:
+    """Tasks from a jsonl or parquet file of {uid, question, answer[, gold_ids]}; a bad row is an
+    error naming the file and the row."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"data.path {str(p)!r} does not exist")
+    if p.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(p).to_pylist()
+    else:
+        import json
+
+        rows = []
+        for i, line in enumerate(p.read_text().splitlines()):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{p}: row {i + 1} is not valid JSON ({err})") from None
+    tasks, seen = [], set()
+    for i, row in enumerate(rows[:limit] if limit else rows):
+        missing = [k for k in ("question", "answer") if not isinstance(row, dict) or row.get(k) in (None, "")]
+        if missing:
+            raise ValueError(f"{p}: row {i + 1} has no {missing} (each row needs uid, question, answer)")
+        uid = str(row.get("uid", f"{p.stem}-{i}"))
+        if uid in seen:
+            raise ValueError(f"{p}: row {i + 1} repeats uid {uid!r}")
+        seen.add(uid)
+        task = {"uid": uid, "question": str(row["question"]), "answer": row["answer"]}
+        if row.get("gold_ids"):
+            task["gold_ids"] = [str(g) for g in row["gold_ids"]]
+        tasks.append(task)
+    if not tasks:
+        raise ValueError(f"{p}: no tasks")
+    return tasks
+
+
 class TaskSampler:
     """Seeded epochs over a list of tasks; `next_batch` numbers the tasks of a step 0..B-1 (`group`)."""
 

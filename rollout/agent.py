@@ -73,6 +73,7 @@ async def run_episode(engine, env: EnvClient, template: ChatTemplate, task: dict
     versions: list[int] = []
     tool_calls, turns, forced, finish, answer = 0, 0, False, None, None
     errors = 0
+    retrieved: list[str] = []  # page / image ids the tools showed, in order (VRAG-RL NDCG)
 
     def append(ids, is_model, lps=None):
         response.extend(ids)
@@ -110,6 +111,7 @@ async def run_episode(engine, env: EnvClient, template: ChatTemplate, task: dict
                 break
             tool_calls += 1
             obs_role, obs = "tool", await env.call(action.name, action.arguments)
+            retrieved.extend(str(r) for r in obs.metadata.get("retrieved") or ())
         else:  # invalid call or no action: the fixed error observation, the episode goes on
             errors += 1
             obs_role, obs = "tool", error_observation(action.error)
@@ -131,7 +133,7 @@ async def run_episode(engine, env: EnvClient, template: ChatTemplate, task: dict
     record = TrajectoryRecord(
         uid=task["uid"], group=task.get("group", 0), sample=sample, prompt_ids=prompt, response_ids=response,
         loss_mask=mask, rollout_logprobs=logprobs, policy_version=min(versions) if versions else 0,
-        num_turns=turns, finish=finish, answer_text=answer, num_tool_calls=tool_calls)
+        num_turns=turns, finish=finish, answer_text=answer, num_tool_calls=tool_calls, retrieved=retrieved)
     accepted = hooks.accept(record) if hooks.accept else True
     return Episode(record, messages, accepted,
                    {"invalid_actions": errors, "forced_answer": int(forced),

@@ -45,6 +45,10 @@ EXTRA_FIELDS: dict[str, pa.DataType] = {
     "advantage": pa.float32(),
     "dup_of": pa.int32(),
     "images": pa.list_(pa.binary()),
+    # copied from the task row by the rollout side, for rewards and judges (never for the trainer)
+    "question": pa.string(),
+    "gold_answer": pa.string(),             # the task's answer; several acceptable answers as a JSON list
+    "gold_ids": pa.list_(pa.string()),      # gold page / document ids (VRAG-RL NDCG)
 }
 REWARD_PART_PREFIX = "reward_"
 
@@ -174,7 +178,11 @@ def with_columns(batch: pa.RecordBatch, columns: dict[str, object]) -> pa.Record
         if len(arr) != batch.num_rows:
             raise ValueError(f"column {name!r} has {len(arr)} values for {batch.num_rows} rows")
         idx = out.schema.get_field_index(name)
-        out = out.set_column(idx, name, arr) if idx >= 0 else out.append_column(name, arr)
+        if idx >= 0:  # keep the field's nullability, so batches still concatenate
+            field_ = pa.field(name, arr.type, nullable=out.schema.field(idx).nullable)
+            out = out.set_column(idx, field_, arr)
+        else:
+            out = out.append_column(name, arr)
     return out
 
 

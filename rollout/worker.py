@@ -1,51 +1,199 @@
 """RolloutWorker: one engine and the episodes that run on it (one per RolloutGroup rank).
 
 Owns: turning tasks into trajectory rows: n samples per task, all on this worker's engine (they
-share the prompt prefix), as one Arrow batch; the engine's weight updates and policy_version.
+share the prompt prefix), as one Arrow batch; single-turn tasks (`prompt_ids` given) and
+multi-turn agent episodes (`question` given; tools through an env client); the engine's weight
+updates and policy_version; pausing episodes between turns while weights change (partial rollout)
+or aborting them.
 
-Never: score, train, or import Ray (`rl/cluster.py` makes it an actor). Multi-turn agent
-episodes arrive with the agentic-rollout work; this worker runs single-turn episodes.
+Never: score, train, or import Ray (`rl/cluster.py` makes it an actor; the env client it is
+given may be a remote one, it only duck-types `envs.base.EnvClient`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import time
 
 import pyarrow as pa
 
+from rollout.agent import AgentConfig, EpisodeHooks, run_episode
 from rollout.engines import SamplingParams, make_engine
-from rollout.trajectory import build_batch, record_from_generation
+from rollout.trajectory import build_batch, record_from_generation, with_columns
+
+#: task keys copied into trajectory columns (for rewards and judges)
+TASK_COLUMNS = {"question": "question", "answer": "gold_answer", "gold_ids": "gold_ids"}
+
+
+class _GatedEngine:
+    """The engine as episodes see it: a new request waits while weights change, and the worker
+    knows how many requests are in flight (a weight update waits for them to finish)."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.open = asyncio.Event()
+        self.open.set()
+        self.in_flight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    @property
+    def policy_version(self) -> int:
+        return self.engine.policy_version
+
+    async def generate(self, prompt_ids, sampling, request_id=None):
+        await self.open.wait()
+        self.in_flight += 1
+        self.idle.clear()
+        try:
+            return await self.engine.generate(prompt_ids, sampling, request_id)
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self.idle.set()
 
 
 class RolloutWorker:
-    def __init__(self, backend: str, model_path: str, engine_kwargs: dict | None = None):
+    def __init__(self, backend: str, model_path: str, engine_kwargs: dict | None = None, env=None,
+                 agent: dict | None = None, drain_timeout_s: float = 600.0):
+        """env: an EnvClient (tools) for multi-turn tasks, or None. agent: AgentConfig fields plus
+        "format" and "system_prompt"."""
         self.engine = make_engine(backend, model_path, **(engine_kwargs or {}))
+        self.gated = _GatedEngine(self.engine)
+        self.model_path = model_path
+        self.env = env
+        agent = dict(agent or {})
+        self.format_name = agent.pop("format", "react")
+        self.system_prompt = agent.pop("system_prompt", None)
+        self.agent = AgentConfig(**agent)
+        self.drain_timeout_s = drain_timeout_s
+        self._template = None
+        self._running: set[asyncio.Task] = set()
+        self.stats = {"groups": 0, "aborted_groups": 0, "episodes": 0}
+
+    # --- single-turn (the spine's task) ------------------------------------------------------
 
     async def generate(self, tasks: list[dict], n: int, sampling: dict) -> pa.RecordBatch:
         """tasks: dicts with uid, group, prompt_ids. Returns n rows per task, ordered (group, sample).
 
         With `sampling["seed"]` set, sample s of group g uses seed + g * n + s (reproducible).
         """
-        base = SamplingParams(**sampling)
         t0 = time.perf_counter()
+        parts = await asyncio.gather(*(self._single_turn(t, n, SamplingParams(**sampling)) for t in tasks))
+        self.last_generate_s = time.perf_counter() - t0
+        return _concat(parts)
 
-        async def one(task, s):
+    async def _single_turn(self, task: dict, n: int, base: SamplingParams) -> pa.RecordBatch:
+        async def one(s):
             sp = base if base.seed is None else dataclasses.replace(base, seed=base.seed + task["group"] * n + s)
-            gen = await self.engine.generate(task["prompt_ids"], sp, request_id=f"{task['uid']}-{s}-{time.monotonic_ns()}")
+            gen = await self.gated.generate(task["prompt_ids"], sp,
+                                            request_id=f"{task['uid']}-{s}-{time.monotonic_ns()}")
             return record_from_generation(task["uid"], task["group"], s, task["prompt_ids"], gen)
 
-        records = await asyncio.gather(*(one(t, s) for t in tasks for s in range(n)))
-        self.last_generate_s = time.perf_counter() - t0
-        return build_batch(records)
+        return build_batch(await asyncio.gather(*(one(s) for s in range(n))))
 
-    async def update_weights(self, buckets: list[bytes], version: int) -> int:
-        await self.engine.update_weights(buckets, version)
+    # --- one task's group, single- or multi-turn ---------------------------------------------
+
+    async def run_group(self, task: dict, n: int, sampling: dict) -> pa.RecordBatch:
+        """The n samples of one task on this engine. Multi-turn when the task has a `question` and
+        no `prompt_ids`. Returns an empty batch if the group was aborted (the caller re-queues it)."""
+        me = asyncio.current_task()
+        self._running.add(me)
+        try:
+            if "prompt_ids" in task:
+                batch = await self._single_turn(task, n, SamplingParams(**sampling))
+            else:
+                batch = await self._episodes(task, n, SamplingParams(**sampling))
+        except asyncio.CancelledError:
+            self.stats["aborted_groups"] += 1
+            return build_batch([])
+        finally:
+            self._running.discard(me)
+        self.stats["groups"] += 1
+        return _task_columns(batch, task)
+
+    async def _episodes(self, task: dict, n: int, sampling: SamplingParams) -> pa.RecordBatch:
+        if self.env is None:
+            raise ValueError(f"task {task.get('uid')!r} is multi-turn (it has a question) but this "
+                             "RolloutWorker has no env client")
+        template, fmt = self._agent_parts()
+        hooks = EpisodeHooks()
+        eps = await asyncio.gather(*(run_episode(self.gated, self.env, template, task, sampling, self.agent,
+                                                 fmt, hooks, sample=s) for s in range(n)))
+        self.stats["episodes"] += n
+        return build_batch([e.record for e in eps])
+
+    def _agent_parts(self):
+        if self._template is None:
+            from transformers import AutoTokenizer
+
+            from rollout.chat import ChatTemplate
+            from rollout.formats import make_format
+
+            # a name in rollout.formats.FORMATS, or a format object (tests, user grammars)
+            self._format = make_format(self.format_name) if isinstance(self.format_name, str) else self.format_name
+            tools = self.env.tool_schemas()
+            system = self.system_prompt if self.system_prompt is not None else self._format.system_prompt(tools)
+            self._template = ChatTemplate(AutoTokenizer.from_pretrained(self.model_path), tools=tools,
+                                          system=system)
+        return self._template, self._format
+
+    # --- weights -------------------------------------------------------------------------------
+
+    async def update_weights(self, buckets: list[bytes], version: int, abort: bool = False) -> int:
+        """New weights between turns: episodes pause before their next request, the requests in
+        flight finish (or, with `abort`, every running group is cancelled), then the engine loads.
+        Each turn records the version that generated it (partial rollout)."""
+        self.gated.open.clear()
+        try:
+            if abort:
+                for t in list(self._running):
+                    t.cancel()
+            try:
+                await asyncio.wait_for(self.gated.idle.wait(), self.drain_timeout_s)
+            except asyncio.TimeoutError:
+                raise TimeoutError(f"weight update to version {version}: {self.gated.in_flight} engine "
+                                   f"request(s) still in flight after {self.drain_timeout_s:.0f}s") from None
+            await self.engine.update_weights(buckets, version)
+        finally:
+            self.gated.open.set()
         return self.engine.policy_version
 
     async def policy_version(self) -> int:
         return self.engine.policy_version
 
+    async def metrics(self) -> dict:
+        out = dict(self.stats, in_flight_requests=self.gated.in_flight, running_groups=len(self._running))
+        env_metrics = getattr(self.env, "metrics", None)
+        if callable(env_metrics):
+            try:
+                m = env_metrics()
+                out["env"] = await m if asyncio.iscoroutine(m) else m
+            except Exception as err:  # metrics are best effort
+                out["env_error"] = str(err)
+        return out
+
     async def shutdown(self) -> None:
         await self.engine.shutdown()
+
+
+def _concat(parts: list[pa.RecordBatch]) -> pa.RecordBatch:
+    from rollout.trajectory import concat
+
+    return concat(parts) if parts else build_batch([])
+
+
+def _task_columns(batch: pa.RecordBatch, task: dict) -> pa.RecordBatch:
+    """Copy the task's question / answer / gold ids onto its rows (rewards read them)."""
+    cols = {}
+    for key, column in TASK_COLUMNS.items():
+        if key in task and task[key] is not None:
+            value = task[key]
+            if key == "answer" and not isinstance(value, str):
+                value = json.dumps(value)
+            if key == "gold_ids":
+                value = [str(v) for v in value]
+            cols[column] = [value] * batch.num_rows
+    return with_columns(batch, cols) if cols else batch

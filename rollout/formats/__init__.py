@@ -1,5 +1,20 @@
-"""Action grammars of the agent loop: parse one assistant turn into an action (ReAct now; VRAG-RL next)."""
+"""Action grammars of the agent loop: parse one assistant turn into an action.
+
+`make_format(name)`: "react" (WebSailor / WebDancer / WebWatcher) or "vrag" (VRAG-RL, imported lazily).
+"""
+
+import importlib
 
 from .react import INVALID_TOOL_CALL, Action, ReActFormat
 
-__all__ = ["Action", "ReActFormat", "INVALID_TOOL_CALL"]
+FORMATS = {"react": "rollout.formats.react:ReActFormat", "vrag": "rollout.formats.vrag:VRAGFormat"}
+
+
+def make_format(name: str, **kwargs):
+    if name not in FORMATS:
+        raise ValueError(f"unknown action format {name!r}; known: {sorted(FORMATS)}")
+    module, _, cls = FORMATS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)(**kwargs)
+
+
+__all__ = ["Action", "FORMATS", "ReActFormat", "INVALID_TOOL_CALL", "make_format"]

@@ -39,8 +39,25 @@ class Action:
     error: str | None = None
 
 
+# SEEDS 3.6 (WebSailor prompt.py, abridged): the tools themselves are rendered by the chat template
+SYSTEM_PROMPT = (
+    "You are a Web Information Seeking Master. Your task is to thoroughly seek the internet for information and "
+    "provide accurate answers to questions. As you proceed, adhere to the following principles:\n"
+    "1. Persistent Actions for Answers: You will engage in many interactions, delving deeply into the topic to "
+    "explore all possible aspects until a satisfactory answer is found.\n"
+    "2. Repeated Verification: Before presenting a Final Answer, cross-check and validate the information you've "
+    "gathered to confirm its accuracy and reliability.\n"
+    "3. Attention to Detail: Carefully analyze each information source to ensure that your data is current, "
+    "relevant, and from credible origins.\n\n"
+    "Think inside <think></think>, call one tool per turn inside <tool_call></tool_call> as JSON "
+    '{"name": ..., "arguments": ...}, and give the final answer inside <answer></answer>.')
+
+
 class ReActFormat:
     """Parse an assistant turn. The first of <answer> / <tool_call> decides, as in the harness."""
+
+    def system_prompt(self, tools: list[dict]) -> str:
+        return SYSTEM_PROMPT
 
     # generation stops at the end of a tool call (the harness also stops at "<tool_response>")
     stop_tokens = ("</tool_call>",)

@@ -16,6 +16,11 @@ from rollout.engines import Generation
 from rollout.trajectory import build_batch, record_from_generation, scalar_numpy, with_columns
 
 
+
+def _fns(groups, sampler):
+    """collect_batch's rollout and score functions over scripted groups and a task sampler."""
+    return (lambda: groups.generate(sampler.next_batch())), groups.score, sampler.batch_size
+
 class ScriptedGroups:
     """Stands in for the Ray groups: task i's samples get rewards REWARDS[i % len(REWARDS)]."""
 
@@ -51,7 +56,7 @@ def test_dapo_regenerates_until_batch_is_full():
     # tasks alternate flat / mixed: each round of 4 tasks yields 2 valid groups; B = 4 needs 2 rounds
     rewards = {f"t{i}": (MIXED if i % 2 else FLAT) for i in range(16)}
     g = ScriptedGroups(rewards)
-    rolled, update, m = collect_batch(g, TaskSampler(tasks(16), 4), algo("algo.preset=dapo"), StageTimer(),
+    rolled, update, m = collect_batch(*_fns(g, TaskSampler(tasks(16), 4)), algo("algo.preset=dapo"), StageTimer(),
                                       np.random.default_rng(0))
     assert g.calls == 2 and m["sampler/gen_rounds"] == 2 and m["sampler/dapo_bound_hit"] == 0
     assert rolled.num_rows == 32 and update.num_rows == 16
@@ -64,14 +69,14 @@ def test_dapo_regenerates_until_batch_is_full():
 
 def test_dapo_reports_the_bound():
     g = ScriptedGroups({f"t{i}": (MIXED if i == 0 else FLAT) for i in range(16)})
-    _, update, m = collect_batch(g, TaskSampler(tasks(16), 4), algo("algo.preset=dapo", "algo.max_gen_rounds=3"),
+    _, update, m = collect_batch(*_fns(g, TaskSampler(tasks(16), 4)), algo("algo.preset=dapo", "algo.max_gen_rounds=3"),
                                  StageTimer(), np.random.default_rng(0))
     assert g.calls == 3 and m["sampler/dapo_bound_hit"] == 1 and m["sampler/valid_groups"] <= 1
 
 
 def test_dupo_fills_with_bit_identical_copies_without_new_rollouts():
     g = ScriptedGroups({f"t{i}": (MIXED if i < 2 else FLAT) for i in range(8)})
-    rolled, update, m = collect_batch(g, TaskSampler(tasks(8), 8, seed=1), algo("algo.preset=dupo"), StageTimer(),
+    rolled, update, m = collect_batch(*_fns(g, TaskSampler(tasks(8), 8, seed=1)), algo("algo.preset=dupo"), StageTimer(),
                                       np.random.default_rng(0))
     assert g.calls == 1
     assert update.num_rows == 8 * 4 and len(np.unique(scalar_numpy(update, "group"))) == 8
@@ -89,14 +94,14 @@ def test_dupo_fills_with_bit_identical_copies_without_new_rollouts():
 
 def test_dupo_skips_a_step_with_no_signal():
     g = ScriptedGroups({f"t{i}": FLAT for i in range(4)})
-    _, update, m = collect_batch(g, TaskSampler(tasks(4), 4), algo("algo.preset=dupo"), StageTimer(),
+    _, update, m = collect_batch(*_fns(g, TaskSampler(tasks(4), 4)), algo("algo.preset=dupo"), StageTimer(),
                                  np.random.default_rng(0))
     assert update is None and m["sampler/zero_variance_group_frac"] == 1.0
 
 
 def test_grpo_keeps_everything():
     g = ScriptedGroups({f"t{i}": (MIXED if i % 2 else FLAT) for i in range(4)})
-    rolled, update, m = collect_batch(g, TaskSampler(tasks(4), 4), algo("algo.preset=grpo"), StageTimer(),
+    rolled, update, m = collect_batch(*_fns(g, TaskSampler(tasks(4), 4)), algo("algo.preset=grpo"), StageTimer(),
                                       np.random.default_rng(0))
     assert update.num_rows == rolled.num_rows == 16 and m["sampler/zero_variance_group_frac"] == 0.5
 
