@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from envs.tools import FetchGuard, SearchTool, VisitTool, html_to_text
+from envs.tools.summary import PageSummary
 from envs.world import SearchIndex, WorldServer, generate_world, page_url
 
 
@@ -83,9 +84,10 @@ def test_a_redirect_to_a_private_address_is_refused(server):
 def test_long_pages_are_truncated_before_the_summary(server):
     seen = []
 
-    async def summarize(goal, text):
-        seen.append(len(text))
-        return "summary"
+    class Summarizer:
+        async def summarize(self, goal, text):
+            seen.append(len(text))
+            return PageSummary(True, evidence="evidence", summary="summary")
 
     page = "<html><body>" + "<p>" + "x" * 200_000 + "</p></body></html>"
 
@@ -105,9 +107,9 @@ def test_long_pages_are_truncated_before_the_summary(server):
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
         host = f"127.0.0.1:{httpd.server_address[1]}"
-        tool = VisitTool(FetchGuard(allow_hosts=(host,)), summarize=summarize, timeout_s=5)
+        tool = VisitTool(FetchGuard(allow_hosts=(host,)), summarizer=Summarizer(), timeout_s=5)
         o = run(tool.call({"url": [f"http://{host}/"], "goal": "g"}))
-        assert seen == [150_000] and o.text.endswith("summary")
+        assert seen == [150_000] and o.text.endswith("Evidence in page: \nevidence\n\nSummary: \nsummary")
     finally:
         httpd.shutdown()
 
