@@ -1,7 +1,8 @@
 """The reward-function protocol and registry (DESIGN section 3, "Rewards").
 
 Owns: `RewardFn` (the columns a reward needs and `score(batch) -> parts`), the registry of reward
-functions by name, and the built-in `target_token` reward of the spine's learnable task.
+functions by name, and the built-in `target_token` reward of the spine's learnable task. The other built-in
+rewards register themselves in `reward/fns.py` and `reward/rm.py` (imported by `reward/__init__.py`).
 
 Never: import Ray or anything of the project but the trajectory schema; call a model here
 (judges live in their own module, async and batched).
@@ -18,6 +19,13 @@ from rollout.trajectory import ragged_numpy
 
 
 class RewardFn(Protocol):
+    """A reward function. Optional attributes the RewardWorker reads:
+    `parts` (tuple of the part names `score` returns, known at construction: clashes and a composition's missing
+    parts are then reported before any batch); `gateable = True` (`score(batch, active=mask)` scores only the
+    rows where the boolean mask is set and returns NaN elsewhere: judges and reward models, so that a composition's
+    gate saves their calls); `needs_judge = True` (the factory gets the worker's judge as `judge=`);
+    `metrics()` / `reset_metrics()` (counters for the log)."""
+
     #: the trajectory columns `score` reads (the controller sends only these)
     columns: tuple[str, ...]
 
@@ -49,6 +57,7 @@ class TargetTokenFraction:
     reward for checking that the whole loop learns (the spine's built-in task)."""
 
     columns = ("response_ids", "loss_mask")
+    parts = ("target_token",)
 
     def __init__(self, token_id: int):
         self.token_id = int(token_id)

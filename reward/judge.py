@@ -1,16 +1,21 @@
 """LLM-as-judge in the reward path: async, batched, cached, retried, with a deterministic fallback.
 
-Owns: `JudgeItem` / `JudgeResult` (one judgement asked for, one given), `JudgeClient` (any OpenAI-compatible
-`POST {base_url}/chat/completions` endpoint: vLLM, SGLang, DashScope, OpenAI), and `RuleJudge` (the same
-interface on exact match / F1, offline and deterministic: the default of the embedded world, whose gold answers
-are exact). SEEDS 13 item 5 and 14 item 22; prompts and verdict parsers live in `reward/prompts.py`.
+Owns: `JudgeItem` / `JudgeResult` (one judgement asked for, one given); `BatchedJudge`, the part every LLM judge
+shares (cache, de-duplication, concurrency slots, rate limit, timeouts, retries, batch deadline, fallback,
+metrics) around one abstract request; `JudgeClient`, its transport to any OpenAI-compatible
+`POST {base_url}/chat/completions` endpoint (vLLM, SGLang, DashScope, OpenAI); `RuleJudge` (the same interface on
+exact match / F1, offline and deterministic: the default of the embedded world, whose gold answers are exact);
+`make_judge` (a judge from configuration) and `SyncJudge` (a judge on an event loop of its own, for synchronous
+callers such as the RewardWorker). The judge served on the project's own engine is `reward/engine_judge.py`.
+SEEDS 13 item 5 and 14 item 22; prompts and verdict parsers live in `reward/prompts.py`.
 
 Must never: raise because one request failed (each item is independent; a slow, failing or unreadable judgement
 becomes the fallback score with `ok=False` and its error, and is counted and logged), block the event loop,
-import Ray or anything of the project but `reward.rules` and `reward.prompts`, or see Arrow batches (the reward
-function that owns the trajectory columns builds the items).
+import Ray or anything of the project but `reward.rules` and `reward.prompts` (and, lazily in `make_judge`,
+`reward.engine_judge`), or see Arrow batches (the reward function that owns the trajectory columns builds the
+items).
 
-How one batch is judged (`JudgeClient.judge_batch`):
+How one batch is judged (`BatchedJudge.judge_batch`, the same for every transport):
 1. An item without a prediction (None or blank: no `<answer>` was extracted) scores 0.0 with no request, as in
    VRAG, where the judge is not called without an answer.
 2. Items are keyed by (kind, question, prediction, gold), each normalised (Unicode NFKC, case-folded,
@@ -26,9 +31,10 @@ How one batch is judged (`JudgeClient.judge_batch`):
 4. The batch ends after `batch_deadline_s` at the latest: unfinished items are cancelled and get the fallback.
 Successful verdicts enter the cache; fallbacks never do (a later batch asks again).
 
-One client serves one event loop at a time: the HTTP connection pool, the semaphore and the rate limiter are
-made on the loop that first uses them and made again when the client finds itself on another loop (as
-`judge_batch_sync` does on every call). The cache and the metrics outlive loops.
+One judge serves one event loop at a time: the concurrency slots, the rate limiter and the transport's own
+resources (JudgeClient: the HTTP connection pool) are made on the loop that first uses them and made again when
+the judge finds itself on another loop (as `judge_batch_sync` does on every call). The cache and the metrics
+outlive loops. `SyncJudge` keeps one loop for the judge's whole life, so connections and an engine persist.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import hashlib
 import logging
 import math
 import random
+import threading
 import time
 import unicodedata
 from collections import OrderedDict
@@ -50,7 +57,8 @@ import httpx
 from reward.prompts import JUDGES, build_messages, parse_verdict
 from reward.rules import exact_match, f1_score
 
-__all__ = ["JudgeItem", "JudgeResult", "Judge", "JudgeClient", "RuleJudge", "cache_key"]
+__all__ = ["JudgeItem", "JudgeResult", "Judge", "BatchedJudge", "JudgeTransient", "JudgePermanent", "JudgeClient",
+           "RuleJudge", "JUDGE_BACKENDS", "make_judge", "SyncJudge", "cache_key"]
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +93,17 @@ class JudgeResult:
 
 
 class Judge(Protocol):
-    """What a reward function needs of a judge: `JudgeClient` and `RuleJudge` both are one."""
+    """What a reward function needs of a judge: `JudgeClient`, `EngineJudge` and `RuleJudge` all are one."""
 
     async def judge_batch(self, items: Sequence[JudgeItem]) -> list[JudgeResult]: ...
 
     def metrics(self) -> dict[str, float]: ...
+
+    def reset_metrics(self) -> None: ...
+
+    def clear_cache(self) -> None: ...
+
+    async def aclose(self) -> None: ...
 
 
 # -------------------------------------------------------------------------------------------- keys, cache
@@ -170,22 +184,26 @@ class _TokenBucket:
 
 @dataclass(slots=True)
 class _LoopState:
-    """What must belong to one event loop: the connection pool, the concurrency slots, the rate limiter."""
+    """What must belong to one event loop: the concurrency slots, the rate limiter, and the transport's own
+    resources (`BatchedJudge._open` makes them; JudgeClient: its HTTP connection pool)."""
 
     loop: asyncio.AbstractEventLoop
-    http: httpx.AsyncClient
     slots: asyncio.Semaphore
     bucket: _TokenBucket | None
+    resources: Any = None
 
 
-class _Transient(Exception):
+class JudgeTransient(Exception):
+    """A failed request worth retrying (timeout, connection error, overload, malformed reply body). A transport
+    raises it from `_complete`; `retry_after` (seconds) is the server's hint, if it gave one."""
+
     def __init__(self, message: str, retry_after: float | None = None):
         super().__init__(message)
         self.retry_after = retry_after
 
 
-class _Permanent(Exception):
-    pass
+class JudgePermanent(Exception):
+    """A failed request that would fail again (bad model name, bad key, a prompt the server refuses)."""
 
 
 @dataclass(slots=True)
@@ -221,29 +239,23 @@ def _retry_after(response: httpx.Response) -> float | None:
     return seconds if seconds is not None and math.isfinite(seconds) and seconds >= 0 else None
 
 
-# ---------------------------------------------------------------------------------------------- the client
+# ------------------------------------------------------------------------------------- the shared machinery
 
-class JudgeClient:
-    """Batched LLM-as-judge over an OpenAI-compatible chat-completions endpoint (see the module docstring).
+class BatchedJudge:
+    """Everything an LLM judge does around one request (see the module docstring): a subclass implements
+    `_complete(state, messages) -> reply text` (raising `JudgeTransient` / `JudgePermanent`) and, if it holds
+    per-loop resources, `_open()` / `_close(resources)`.
 
-    base_url: up to and including the API root, e.g. "http://127.0.0.1:8000/v1" (requests go to
-    {base_url}/chat/completions). model: the served model name. Every request sends temperature 0 and
-    `max_tokens`; `extra_body` is merged into it (e.g. {"chat_template_kwargs": {"enable_thinking": False}}
-    for a Qwen3 judge on vLLM). `max_retries` counts retries, so an item costs at most 1 + max_retries
-    requests. `batch_deadline_s` None means no overall deadline; `cache_size` 0 turns the cache off.
+    `max_retries` counts retries, so an item costs at most 1 + max_retries requests. `timeout_s` cuts one request;
+    `batch_deadline_s` (None: no deadline) the whole batch. `cache_size` 0 turns the cache off.
     """
 
-    def __init__(self, base_url: str, model: str, *, api_key: str | None = None, max_tokens: int = 1024,
-                 max_concurrency: int = 32, rate_limit: float | None = None, burst: int | None = None,
-                 timeout_s: float = 60.0, max_retries: int = 3, backoff_s: float = 0.5,
-                 backoff_max_s: float = 10.0, batch_deadline_s: float | None = 600.0,
-                 fallback_score: float = 0.0, cache_size: int = 100_000,
-                 extra_body: Mapping[str, Any] | None = None):
+    def __init__(self, *, max_concurrency: int = 32, rate_limit: float | None = None, burst: int | None = None,
+                 timeout_s: float = 60.0, max_retries: int = 3, backoff_s: float = 0.5, backoff_max_s: float = 10.0,
+                 batch_deadline_s: float | None = 600.0, fallback_score: float = 0.0, cache_size: int = 100_000,
+                 _checks: Mapping[str, tuple[bool, str]] | None = None):
         checks = {
-            "base_url": (base_url.startswith(("http://", "https://")), "an http(s) URL such as "
-                         "'http://127.0.0.1:8000/v1'"),
-            "model": (bool(model), "the served model name"),
-            "max_tokens": (max_tokens >= 1, ">= 1"),
+            **(_checks or {}),
             "max_concurrency": (max_concurrency >= 1, ">= 1"),
             "rate_limit": (rate_limit is None or rate_limit > 0, "None or > 0 requests per second"),
             "burst": (burst is None or burst >= 1, "None or >= 1"),
@@ -256,14 +268,7 @@ class JudgeClient:
         }
         bad = [f"{name} must be {need}" for name, (ok, need) in checks.items() if not ok]
         if bad:
-            raise ValueError("JudgeClient: " + "; ".join(bad))
-        reserved = {"model", "messages"} & set(extra_body or {})
-        if reserved:
-            raise ValueError(f"JudgeClient: extra_body may not set {sorted(reserved)}; they are built per item")
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model = model
-        self.api_key = api_key
-        self.max_tokens = max_tokens
+            raise ValueError(f"{type(self).__name__}: " + "; ".join(bad))
         self.max_concurrency = max_concurrency
         self.rate_limit = rate_limit
         self.burst = burst if burst is not None else max(1, math.ceil(rate_limit or 1))
@@ -273,11 +278,23 @@ class JudgeClient:
         self.backoff_max_s = backoff_max_s
         self.batch_deadline_s = batch_deadline_s
         self.fallback_score = float(fallback_score)
-        self.extra_body = dict(extra_body or {})
         self._cache = _LRU(cache_size)
         self._counters = _Counters()
         self._state: _LoopState | None = None
         self._rng = random.Random()
+
+    # -- what a transport implements ----------------------------------------------------------------------
+
+    async def _complete(self, state: _LoopState, messages: list[dict[str, str]]) -> str:
+        """One request for the chat `messages` -> the judge's reply text."""
+        raise NotImplementedError
+
+    def _open(self) -> Any:
+        """Per-loop resources of the transport, made on the running loop (None: nothing)."""
+        return None
+
+    async def _close(self, resources: Any) -> None:
+        """Release what `_open` made."""
 
     # -- public API ---------------------------------------------------------------------------------------
 
@@ -327,16 +344,16 @@ class JudgeClient:
         return results  # type: ignore[return-value]  (every slot is filled above)
 
     def judge_batch_sync(self, items: Sequence[JudgeItem]) -> list[JudgeResult]:
-        """`judge_batch` for callers without an event loop: runs one on this thread (`asyncio.run`) and closes
-        the connections afterwards. Must not be called from inside a running event loop (it raises
-        RuntimeError there: await `judge_batch` instead)."""
+        """`judge_batch` for callers without an event loop: runs one on this thread (`asyncio.run`) and releases
+        the per-loop resources afterwards. Must not be called from inside a running event loop (it raises
+        RuntimeError there: await `judge_batch` instead, or use `SyncJudge`)."""
         try:
             asyncio.get_running_loop()
         except RuntimeError:
             pass
         else:
-            raise RuntimeError("JudgeClient.judge_batch_sync was called inside a running event loop; "
-                               "use `await client.judge_batch(items)` there")
+            raise RuntimeError(f"{type(self).__name__}.judge_batch_sync was called inside a running event loop; "
+                               "use `await judge.judge_batch(items)` there")
 
         async def run() -> list[JudgeResult]:
             try:
@@ -347,7 +364,7 @@ class JudgeClient:
         return asyncio.run(run())
 
     def metrics(self) -> dict[str, float]:
-        """Counters since the last reset: items, requests (HTTP requests sent, retries included), cache_hits,
+        """Counters since the last reset: items, requests (requests sent, retries included), cache_hits,
         retries, failures (items given the fallback), mean/max latency of a request in seconds (every request
         that ended, failed ones included), cache_size (entries now)."""
         c = self._counters
@@ -358,13 +375,16 @@ class JudgeClient:
     def reset_metrics(self) -> None:
         self._counters = _Counters()
 
+    def clear_cache(self) -> None:
+        self._cache = _LRU(self._cache.max_size)
+
     async def aclose(self) -> None:
-        """Close the HTTP connections (a later call opens new ones)."""
+        """Release the per-loop resources (a later call makes new ones)."""
         state, self._state = self._state, None
         if state is not None:
-            await state.http.aclose()
+            await self._close(state.resources)
 
-    async def __aenter__(self) -> JudgeClient:
+    async def __aenter__(self):
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -375,15 +395,12 @@ class JudgeClient:
     def _loop_state(self) -> _LoopState:
         loop = asyncio.get_running_loop()
         if self._state is None or self._state.loop is not loop:
-            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
-            limits = httpx.Limits(max_connections=self.max_concurrency,
-                                  max_keepalive_connections=self.max_concurrency)
-            # A client left on another (finished) loop is dropped, not closed: its loop cannot run it now.
+            # Resources left on another (finished) loop are dropped, not closed: that loop cannot run them now.
             self._state = _LoopState(
                 loop=loop,
-                http=httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s), limits=limits, headers=headers),
                 slots=asyncio.Semaphore(self.max_concurrency),
                 bucket=_TokenBucket(self.rate_limit, self.burst) if self.rate_limit else None,
+                resources=self._open(),
             )
         return self._state
 
@@ -412,10 +429,7 @@ class JudgeClient:
 
     async def _judge_one(self, state: _LoopState, item: JudgeItem, key: str,
                          attempts: dict[str, int]) -> JudgeResult:
-        body = {"model": self.model,
-                "messages": build_messages(item.kind, item.question, item.prediction or "",
-                                           " | ".join(_golds(item.gold))),
-                "temperature": 0.0, "max_tokens": self.max_tokens, **self.extra_body}
+        messages = build_messages(item.kind, item.question, item.prediction or "", " | ".join(_golds(item.gold)))
         error, reply, delay = "no request made", None, 0.0
         try:
             for attempt in range(1, self.max_retries + 2):
@@ -424,10 +438,10 @@ class JudgeClient:
                     await asyncio.sleep(delay)
                 attempts[key] = attempt
                 try:
-                    reply = await self._request(state, body)
-                except _Permanent as exc:
+                    reply = await self._request(state, messages)
+                except JudgePermanent as exc:
                     return self._fallback(attempt, str(exc), None)
-                except _Transient as exc:
+                except JudgeTransient as exc:
                     error, delay = str(exc), self._backoff(attempt, exc.retry_after)
                     continue
                 verdict = parse_verdict(item.kind, reply)
@@ -439,8 +453,8 @@ class JudgeClient:
         except Exception as exc:  # a bug here must cost one item, not the batch
             return self._fallback(attempts[key], f"{type(exc).__name__}: {exc}", reply)
 
-    async def _request(self, state: _LoopState, body: dict[str, Any]) -> str:
-        """One chat-completions request -> the reply text. Raises _Transient (retry) or _Permanent (don't)."""
+    async def _request(self, state: _LoopState, messages: list[dict[str, str]]) -> str:
+        """One request within a concurrency slot, a rate-limit token and `timeout_s`; its latency is counted."""
         async with state.slots:
             if state.bucket is not None:
                 await state.bucket.acquire()
@@ -448,26 +462,13 @@ class JudgeClient:
             start = time.perf_counter()
             try:
                 async with asyncio.timeout(self.timeout_s):
-                    response = await state.http.post(self.url, json=body)
-            except (TimeoutError, httpx.TimeoutException):
-                raise _Transient(f"timeout after {self.timeout_s} s") from None
-            except httpx.TransportError as exc:
-                raise _Transient(f"{type(exc).__name__} on {self.url}: {exc}") from None
+                    return await self._complete(state, messages)
+            except TimeoutError:
+                raise JudgeTransient(f"timeout after {self.timeout_s} s") from None
             finally:
                 elapsed = time.perf_counter() - start
                 self._counters.latency_sum_s += elapsed
                 self._counters.latency_max_s = max(self._counters.latency_max_s, elapsed)
-        status = response.status_code
-        if status == 408 or status == 429 or status >= 500:
-            raise _Transient(f"HTTP {status}: {response.text[:200]!r}", _retry_after(response))
-        if status >= 400:
-            raise _Permanent(f"HTTP {status} from {self.url} (not retried; check the model name "
-                             f"{self.model!r}, the API key and the request): {response.text[:300]!r}")
-        try:
-            return _reply_text(response.json())
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise _Transient(f"malformed chat-completions body ({type(exc).__name__}: {exc}): "
-                             f"{response.text[:200]!r}") from None
 
     def _backoff(self, attempt: int, retry_after: float | None = None) -> float:
         delay = min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1)) * self._rng.uniform(0.5, 1.0)
@@ -477,6 +478,65 @@ class JudgeClient:
 
     def _fallback(self, attempts: int, error: str, reply: str | None) -> JudgeResult:
         return JudgeResult(self.fallback_score, ok=False, attempts=attempts, error=error, reply=reply)
+
+
+# ---------------------------------------------------------------------------------------------- the client
+
+class JudgeClient(BatchedJudge):
+    """Batched LLM-as-judge over an OpenAI-compatible chat-completions endpoint (see the module docstring).
+
+    base_url: up to and including the API root, e.g. "http://127.0.0.1:8000/v1" (requests go to
+    {base_url}/chat/completions). model: the served model name. Every request sends temperature 0 and
+    `max_tokens`; `extra_body` is merged into it (e.g. {"chat_template_kwargs": {"enable_thinking": False}}
+    for a Qwen3 judge on vLLM). The other settings are `BatchedJudge`'s.
+    """
+
+    def __init__(self, base_url: str, model: str, *, api_key: str | None = None, max_tokens: int = 1024,
+                 extra_body: Mapping[str, Any] | None = None, **settings: Any):
+        super().__init__(**settings, _checks={
+            "base_url": (base_url.startswith(("http://", "https://")), "an http(s) URL such as "
+                         "'http://127.0.0.1:8000/v1'"),
+            "model": (bool(model), "the served model name"),
+            "max_tokens": (max_tokens >= 1, ">= 1"),
+        })
+        reserved = {"model", "messages"} & set(extra_body or {})
+        if reserved:
+            raise ValueError(f"JudgeClient: extra_body may not set {sorted(reserved)}; they are built per item")
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model = model
+        self.api_key = api_key
+        self.max_tokens = max_tokens
+        self.extra_body = dict(extra_body or {})
+
+    def _open(self) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
+        limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
+        return httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s), limits=limits, headers=headers)
+
+    async def _close(self, resources: httpx.AsyncClient) -> None:
+        await resources.aclose()
+
+    async def _complete(self, state: _LoopState, messages: list[dict[str, str]]) -> str:
+        """One chat-completions request -> the reply text."""
+        body = {"model": self.model, "messages": messages, "temperature": 0.0, "max_tokens": self.max_tokens,
+                **self.extra_body}
+        try:
+            response = await state.resources.post(self.url, json=body)
+        except httpx.TimeoutException:
+            raise JudgeTransient(f"timeout after {self.timeout_s} s") from None
+        except httpx.TransportError as exc:
+            raise JudgeTransient(f"{type(exc).__name__} on {self.url}: {exc}") from None
+        status = response.status_code
+        if status == 408 or status == 429 or status >= 500:
+            raise JudgeTransient(f"HTTP {status}: {response.text[:200]!r}", _retry_after(response))
+        if status >= 400:
+            raise JudgePermanent(f"HTTP {status} from {self.url} (not retried; check the model name "
+                                 f"{self.model!r}, the API key and the request): {response.text[:300]!r}")
+        try:
+            return _reply_text(response.json())
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise JudgeTransient(f"malformed chat-completions body ({type(exc).__name__}: {exc}): "
+                                 f"{response.text[:200]!r}") from None
 
 
 # ------------------------------------------------------------------------------------------ the rule judge
@@ -511,3 +571,118 @@ class RuleJudge:
 
     def reset_metrics(self) -> None:
         self._items = 0
+
+    def clear_cache(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+# ------------------------------------------------------------------------------------ from configuration
+
+JUDGE_BACKENDS = ("rule", "openai", "engine")
+
+
+def make_judge(config: Mapping[str, Any]) -> Judge:
+    """A judge from plain configuration data (e.g. a RewardWorker's `judge=` argument):
+
+        {"backend": "rule", "metric": "exact_match" | "f1"}
+        {"backend": "openai", "base_url": "http://127.0.0.1:8000/v1", "model": "judge", ...JudgeClient settings}
+        {"backend": "engine", "engine": "vllm" | "hf", "model_path": DIR, "engine_kwargs": {...}, ...}
+            (the judge model served inside this process on the project's engine: `reward.engine_judge`)
+
+    Every other key goes to the judge's constructor. Call it on the event loop the judge will serve (an engine
+    binds to the loop it starts on): `SyncJudge` does.
+    """
+    config = dict(config)
+    backend = config.pop("backend", None)
+    if backend not in JUDGE_BACKENDS:
+        raise ValueError(f"judge backend {backend!r} is not one of {JUDGE_BACKENDS}; e.g. "
+                         "{'backend': 'openai', 'base_url': 'http://127.0.0.1:8000/v1', 'model': 'judge'}")
+    if backend == "rule":
+        factory: Any = RuleJudge
+    elif backend == "openai":
+        factory = JudgeClient
+    else:
+        from reward.engine_judge import start_engine_judge  # imports the engines only when asked for
+
+        factory = start_engine_judge
+    try:
+        return factory(**config)
+    except TypeError as exc:
+        raise TypeError(f"judge backend {backend!r}: {exc}") from None
+
+
+class SyncJudge:
+    """A judge on an event loop of its own, for synchronous callers (the RewardWorker's `score`).
+
+    The loop runs on a daemon thread for the judge's whole life, so HTTP connections and an engine persist from
+    batch to batch and every request of a batch is in flight at once. Nothing starts until the first `judge`
+    call (or `start()`): a RewardWorker built only to read its `columns` costs nothing. `judge` may be called
+    from any thread, also from inside another running loop (it blocks that caller until the batch is judged).
+    """
+
+    def __init__(self, config: Mapping[str, Any]):
+        if dict(config).get("backend") not in JUDGE_BACKENDS:
+            raise ValueError(f"judge backend {dict(config).get('backend')!r} is not one of {JUDGE_BACKENDS}")
+        self.config = dict(config)
+        self._judge: Judge | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def started(self) -> bool:
+        return self._judge is not None
+
+    def start(self) -> SyncJudge:
+        with self._lock:
+            if self._judge is not None:
+                return self
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(target=loop.run_forever, name="windward-judge-loop", daemon=True)
+            thread.start()
+
+            async def build() -> Judge:
+                return make_judge(self.config)
+
+            try:
+                self._judge = asyncio.run_coroutine_threadsafe(build(), loop).result()
+            except BaseException:
+                loop.call_soon_threadsafe(loop.stop)
+                thread.join(timeout=10)
+                loop.close()
+                raise
+            self._loop, self._thread = loop, thread
+        return self
+
+    def judge(self, items: Sequence[JudgeItem]) -> list[JudgeResult]:
+        self.start()
+        return asyncio.run_coroutine_threadsafe(self._judge.judge_batch(items), self._loop).result()
+
+    def metrics(self) -> dict[str, float]:
+        return self._judge.metrics() if self._judge is not None else {}
+
+    def reset_metrics(self) -> None:
+        if self._judge is not None:
+            self._judge.reset_metrics()
+
+    def clear_cache(self) -> None:
+        if self._judge is not None:
+            self._judge.clear_cache()
+
+    def close(self) -> None:
+        """Close the judge (an engine it started is shut down) and stop the loop. Idempotent."""
+        with self._lock:
+            judge, loop, thread = self._judge, self._loop, self._thread
+            self._judge = self._loop = self._thread = None
+        if judge is None:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(judge.aclose(), loop).result(timeout=120)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=10)
+            if not thread.is_alive():
+                loop.close()

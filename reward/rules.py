@@ -29,6 +29,7 @@ __all__ = [
     "anls",
     "levenshtein_distance",
     "extract_answer",
+    "mask_spans",
 ]
 
 _PUNCTUATION = frozenset(string.punctuation)
@@ -206,3 +207,37 @@ def extract_answer(text: str, tag: str = "answer") -> str | None:
     if start == -1:
         return None
     return text[start + len(open_tag):end].strip()
+
+
+def mask_spans(template: str, text: str | None, mask: str = "[mask]") -> list[str] | None:
+    """The spans that fill the masks of `template` in `text`, in order, or None when `text` does not keep the
+    template's wording around the masks (MaskSearch RAMP, SEEDS 7.1: "Fill in all the [mask] and output the
+    whole paragraph without changing its format").
+
+    The literal pieces between masks must appear in `text` in order; any run of whitespace matches any other,
+    and the ends are stripped. Each span is the shortest non-empty text between its neighbouring pieces, stripped.
+    A template without a mask gives []. Used on the model's answer and on the gold paragraph alike:
+    `mask_spans("[mask] was born in [mask].", "Curie was born in Warsaw.") == ["Curie", "Warsaw"]`.
+    """
+    if not mask:
+        raise ValueError("mask_spans: mask must be a non-empty marker such as '[mask]'")
+    if text is None:
+        return None
+    pieces = template.strip().split(mask)
+    if len(pieces) == 1:
+        return []
+
+    last = len(pieces) - 1
+    pattern = ""
+    for i, piece in enumerate(pieces):
+        words = piece.split()
+        if words:
+            pattern += (r"\s*" if i > 0 else "") + r"\s+".join(map(re.escape, words)) + (r"\s*" if i < last else "")
+        elif piece and 0 < i < last:  # two masks a space apart: the spans are separated by whitespace
+            pattern += r"\s+"
+        if i < last:
+            pattern += "(.+?)"
+    match = re.fullmatch(pattern, text.strip(), re.DOTALL)
+    if match is None:
+        return None
+    return [span.strip() for span in match.groups()]

@@ -62,14 +62,21 @@ class RolloutConfig(_Base):
 
 
 class TrainerConfig(_Base):
-    backend: Literal["fsdp2"] = "fsdp2"
+    backend: Annotated[Literal["fsdp2", "deepspeed"], Meta(description="fsdp2 (torch FSDP2) or deepspeed (ZeRO)")] = "fsdp2"
+    zero_stage: Annotated[Literal[1, 2, 3], Meta(description="deepspeed: ZeRO stage (3 also shards the parameters)")] = 2
+    grad_checkpointing: Annotated[bool, Meta(description="recompute activations in the backward pass (less memory)")] = False
+    attn_implementation: Annotated[Literal["auto", "sdpa", "eager", "flash_attention_2"], Meta(
+        description="auto: flash_attention_2 on a GPU with flash-attn and bf16, else sdpa")] = "auto"
+    token_budget: Annotated[int, Meta(ge=0, description="max tokens per micro-batch (padded: rows x longest, packed: "
+                                                        "sum of lengths); 0 = micro_batch_size rows")] = 0
+    packing: Annotated[bool, Meta(description="concatenate sequences into one row without padding (needs token_budget)")] = False
     num_ranks: PosInt = 2
     lr: PosFloat = 1e-6
     weight_decay: NonNegFloat = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: Annotated[float, Meta(ge=0, description="max grad norm; 0 disables")] = 1.0
     warmup_steps: NonNegInt = 0
-    micro_batch_size: Annotated[int, Meta(ge=1, description="rows per forward/backward")] = 8
+    micro_batch_size: Annotated[int, Meta(ge=1, description="rows per forward/backward when token_budget = 0")] = 8
     mini_batches: Annotated[int, Meta(ge=1, description="optimizer steps per rollout batch")] = 1
     cpus_per_rank: NonNegFloat = 1.0
     gpus_per_rank: NonNegFloat = 0.0
@@ -141,7 +148,9 @@ class RewardConfig(_Base):
     num_workers: PosInt = 1
     cpus_per_worker: NonNegFloat = 0.5
     fns: Annotated[dict[str, dict] | None, Meta(description="reward name -> kwargs (reward/base.py REWARD_FNS); None: the task's default")] = None
-    composition: Annotated[dict | None, Meta(description="weights and gates (reward/compose.py); None: every part with weight 1")] = None
+    composition: Annotated[dict | str | None, Meta(description="a preset (websailor, vrag, evolvesearch, masksearch) or weights and gates (reward/compose.py); None: every part with weight 1")] = None
+    judge: Annotated[dict | None, Meta(description="judge of the judge rewards: {backend: rule | openai | engine, ...} (reward/judge.py make_judge)")] = None
+    correct_part: Annotated[str, Meta(description="the reward part that says a trajectory is correct (evaluation, RFT filter, pre-filter)")] = "answer"
 
 
 class RunConfig(_Base):
@@ -308,6 +317,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     except msgspec.ValidationError as err:
         raise ConfigError(_explain(err, tree, file_keys, cli_keys, source)) from None
     _check_algo(cfg.algo)
+    _check_trainer(cfg.trainer)
     if cfg.data.task == "file" and not cfg.data.path:
         raise ConfigError("data.task='file' needs data.path: a jsonl or parquet file of {uid, question, answer}")
     return cfg
@@ -326,6 +336,13 @@ def _apply_preset(tree: dict) -> None:
     if name in PRESETS:  # an unknown name is reported by msgspec with the allowed ones
         for key, value in PRESETS[name].items():
             algo.setdefault(key, value)
+
+
+def _check_trainer(trainer: TrainerConfig) -> None:
+    if trainer.packing and not trainer.token_budget:
+        raise ConfigError("trainer.packing=true needs trainer.token_budget > 0 (the most tokens in one packed row)")
+    if trainer.backend != "deepspeed" and trainer.zero_stage != 2:
+        raise ConfigError(f"trainer.zero_stage={trainer.zero_stage} is a DeepSpeed setting: set trainer.backend=deepspeed")
 
 
 def _check_algo(algo: AlgoConfig) -> None:

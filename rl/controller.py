@@ -33,14 +33,17 @@ from rl.metrics import MetricsLogger, StageTimer, batch_metrics
 from rollout.trajectory import concat, project, scalar_numpy, validate, with_columns
 
 
-def train(cfg: Config, run_dir: Path) -> dict:
+def train(cfg: Config, run_dir: Path, groups: "RLGroups | None" = None, tasks: list[dict] | None = None) -> dict:
     """Run `cfg.run.steps` RL steps (sync, or async with bounded staleness); metrics go to
-    `run_dir/metrics.jsonl`, every rolled-out trajectory to `run_dir/trajectories/` (parquet)."""
+    `run_dir/metrics.jsonl`, every rolled-out trajectory to `run_dir/trajectories/` (parquet).
+    A recipe that runs several stages on the same actor groups passes them (and its tasks) in;
+    then they stay up afterwards."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
-    groups = RLGroups(cfg)
+    own_groups = groups is None
+    groups = groups or RLGroups(cfg)
     ckpt = CheckpointManager(run_dir, cfg.run.keep_last)
-    tasks = groups.tasks
+    tasks = tasks if tasks is not None else groups.tasks
     if cfg.algo.prefilter and not (cfg.run.resume and ckpt.latest()):
         tasks = prefilter_tasks(groups, tasks, cfg.algo.prefilter_rollouts, cfg.algo.prefilter_correct, run_dir)
     sampler = TaskSampler(tasks, cfg.data.batch_size, seed=cfg.run.seed)
@@ -90,7 +93,8 @@ def train(cfg: Config, run_dir: Path) -> dict:
                 save(ckpt, step, version, groups, sampler, rng, producer)
     finally:
         logger.close()
-        groups.shutdown()
+        if own_groups:
+            groups.shutdown()
     return {"run_dir": str(run_dir), "history": history, "policy_version": version}
 
 
@@ -234,23 +238,28 @@ def add_advantages(batch: pa.RecordBatch, estimator: str, norm_by_std: bool) -> 
     return with_columns(batch, {"advantage": adv.numpy()})
 
 
-def load_tasks(cfg: Config, tokenizer) -> tuple[list[dict], dict[str, dict]]:
-    """The tasks of `cfg.data.task` and the reward functions that score them (cfg.reward.fns wins)."""
+def load_tasks(cfg: Config, tokenizer) -> tuple[list[dict], dict]:
+    """The tasks of `cfg.data.task` and how they are scored: {"rewards", "composition", "judge"}
+    (the task's default unless cfg.reward.fns is given)."""
     d = cfg.data
     if d.task == "target_token":
         tasks, token_id = target_token_tasks(tokenizer, d.target_token, d.num_tasks)
-        default = {"target_token": {"token_id": token_id}}
+        default = {"rewards": {"target_token": {"token_id": token_id}}, "composition": None, "judge": None}
     else:
         if d.task == "world_qa":
             tasks = world_qa_tasks(cfg.env.world_seed, cfg.env.world_size, d.num_tasks, seed=cfg.run.seed)
         else:
             tasks = file_tasks(d.path, d.num_tasks)
-        default = DEFAULT_QA_REWARDS
-    return tasks, (cfg.reward.fns if cfg.reward.fns is not None else default)
+        default = DEFAULT_QA_SCORING
+    if cfg.reward.fns is None:
+        return tasks, default
+    return tasks, {"rewards": cfg.reward.fns, "composition": cfg.reward.composition, "judge": cfg.reward.judge}
 
 
-#: question-answering tasks: WebSailor's 0.1 format + 0.9 answer (a rule judge on the gold answers)
-DEFAULT_QA_REWARDS = {"exact_match": {}}
+#: question-answering tasks: WebSailor's 0.1 format + 0.9 answer, the answer by a rule judge on the
+#: task's gold answers (an LLM judge by configuration: reward.judge={backend: openai | engine, ...})
+DEFAULT_QA_SCORING = {"rewards": {"format": {"style": "websailor"}, "judge": {"kind": "gaia"}},
+                      "composition": "websailor", "judge": {"backend": "rule"}}
 
 
 class RLGroups:
@@ -270,7 +279,7 @@ class RLGroups:
         model_path = str(build_tiny_model(tokenizer=cfg.model.tokenizer)) if cfg.model.path == "tiny" else cfg.model.path
         self.model_path = model_path
         tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.tasks, rewards = load_tasks(cfg, tokenizer)
+        self.tasks, scoring = load_tasks(cfg, tokenizer)
         first = self.tasks[0]
         self.probe_ids = first.get("prompt_ids") or tokenizer.apply_chat_template(
             [{"role": "user", "content": first["question"]}], add_generation_prompt=True, tokenize=True)["input_ids"]
@@ -301,11 +310,11 @@ class RLGroups:
                                       engine_kwargs=engine_kwargs | {"seed": cfg.run.seed + i},
                                       env=env_client, agent=agent),
             timeout_s=self.timeout)
-        composition = cfg.reward.composition
-        self.reward_columns = RewardWorker(rewards, composition).columns  # what the RewardGroup receives
+        rewards, composition, judge = scoring["rewards"], scoring["composition"], scoring["judge"]
+        self.reward_columns = RewardWorker(rewards, composition, judge).columns  # what the RewardGroup receives
         self.reward = ActorGroup(
             RewardWorker, cfg.reward.num_workers, name="reward", num_cpus=cfg.reward.cpus_per_worker,
-            kwargs_for=lambda i: dict(rewards=rewards, composition=composition), timeout_s=self.timeout)
+            kwargs_for=lambda i: dict(rewards=rewards, composition=composition, judge=judge), timeout_s=self.timeout)
         algo = to_dict(cfg.algo) | {"norm_len": r.max_tokens}
         self.trainer = ActorGroup(
             FSDPTrainer, t.num_ranks, name="trainer", num_cpus=t.cpus_per_rank, num_gpus=t.gpus_per_rank,
@@ -321,10 +330,12 @@ class RLGroups:
         self.sampling = dict(max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p)
         self.dispatcher = Dispatcher(self.rollout.actors, r.n, self.sampling, r.max_inflight_groups)
 
-    def generate(self, tasks: list[dict], n: int | None = None) -> pa.RecordBatch:
+    def generate(self, tasks: list[dict], n: int | None = None, sampling: dict | None = None) -> pa.RecordBatch:
         """All samples of a task go to one engine (shared prefix); each task goes to the least-loaded
         engine as groups finish (rl/rollout_queue.py). Rows ordered (group, sample)."""
         n = n or self.cfg.rollout.n
+        if sampling is not None:
+            tasks = [dict(t, sampling=sampling) for t in tasks]
         parts = self.dispatcher.run([dict(t, n=n) for t in tasks], self.timeout,
                                     f"rollout of {len(tasks)} tasks x {n} samples")
         batch = concat(parts)

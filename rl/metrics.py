@@ -82,7 +82,9 @@ def batch_metrics(batch: pa.RecordBatch) -> dict:
     }
     for name in batch.schema.names:
         if name.startswith("reward_"):
-            out[f"reward/{name[7:]}"] = float(batch.column(name).to_numpy(zero_copy_only=False).mean())
+            values = batch.column(name).to_numpy(zero_copy_only=False)
+            # gated parts hold NaN where the gate was closed: their mean is over the scored rows
+            out[f"reward/{name[7:]}"] = float(np.nanmean(values)) if np.isfinite(values).any() else 0.0
     finish = batch.column("finish").to_pylist()
     for reason in sorted(set(finish)):
         out[f"finish/{reason}"] = finish.count(reason) / len(finish)

@@ -46,7 +46,8 @@ class Dispatcher:
             if self.load[i] >= self.max_inflight:
                 return
             task = self.pending.popleft()
-            ref = self.actors[i].run_group.remote(task, task.get("n", self.n), self.sampling)
+            # a task may carry its own sampling (evaluation) and group size (pre-filter)
+            ref = self.actors[i].run_group.remote(task, task.get("n", self.n), task.get("sampling", self.sampling))
             self.inflight[ref] = (task, i)
             self.load[i] += 1
 

@@ -49,6 +49,8 @@ EXTRA_FIELDS: dict[str, pa.DataType] = {
     "question": pa.string(),
     "gold_answer": pa.string(),             # the task's answer; several acceptable answers as a JSON list
     "gold_ids": pa.list_(pa.string()),      # gold page / document ids (VRAG-RL NDCG)
+    # the response decoded with special tokens, observations included (format rewards, reward models)
+    "response_text": pa.string(),
 }
 REWARD_PART_PREFIX = "reward_"
 

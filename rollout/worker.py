@@ -70,6 +70,7 @@ class RolloutWorker:
         self.agent = AgentConfig(**agent)
         self.drain_timeout_s = drain_timeout_s
         self._template = None
+        self._tokenizer = None
         self._running: set[asyncio.Task] = set()
         self.stats = {"groups": 0, "aborted_groups": 0, "episodes": 0}
 
@@ -112,7 +113,17 @@ class RolloutWorker:
         finally:
             self._running.discard(me)
         self.stats["groups"] += 1
-        return _task_columns(batch, task)
+        return self._text_column(_task_columns(batch, task))
+
+    def _text_column(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """`response_text`: the response decoded with special tokens (format rewards read it)."""
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        texts = [self._tokenizer.decode(ids, skip_special_tokens=False)
+                 for ids in batch.column("response_ids").to_pylist()]
+        return with_columns(batch, {"response_text": texts})
 
     async def _episodes(self, task: dict, n: int, sampling: SamplingParams) -> pa.RecordBatch:
         if self.env is None:
@@ -136,8 +147,8 @@ class RolloutWorker:
             self._format = make_format(self.format_name) if isinstance(self.format_name, str) else self.format_name
             tools = self.env.tool_schemas()
             system = self.system_prompt if self.system_prompt is not None else self._format.system_prompt(tools)
-            self._template = ChatTemplate(AutoTokenizer.from_pretrained(self.model_path), tools=tools,
-                                          system=system)
+            self._tokenizer = self._tokenizer or AutoTokenizer.from_pretrained(self.model_path)
+            self._template = ChatTemplate(self._tokenizer, tools=tools, system=system)
         return self._template, self._format
 
     # --- weights -------------------------------------------------------------------------------

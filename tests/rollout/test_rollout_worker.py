@@ -22,7 +22,7 @@ class EveryTurnCalls(ReActFormat):
         return Action("tool_call", name="wait", arguments={})
 
 
-FORMATS["every_turn_calls"] = f"{__name__}:EveryTurnCalls"
+FORMATS["every_turn_calls"] = f"{__name__}:EveryTurnCalls"  # this module, importable by name
 
 
 class Wait:
