@@ -41,7 +41,8 @@ class Tool(Protocol):
 class EnvClient(Protocol):
     def tool_schemas(self) -> list[dict]: ...
 
-    async def call(self, name: str, arguments: dict) -> Observation: ...
+    async def call(self, name: str, arguments: dict, key: str | None = None) -> Observation:
+        """`key` names the episode: a remote client sends an episode's calls to one server."""
 
 
 class LocalEnv:
@@ -58,7 +59,7 @@ class LocalEnv:
     def tool_schemas(self) -> list[dict]:
         return [{"type": "function", "function": t.schema} for t in self.tools.values()]
 
-    async def call(self, name: str, arguments: dict) -> Observation:
+    async def call(self, name: str, arguments: dict, key: str | None = None) -> Observation:
         tool = self.tools.get(name)
         if tool is None:
             return self._error(name, f"Error: unknown tool {name!r}; available tools: {sorted(self.tools)}")

@@ -63,6 +63,9 @@ async def run_episode(engine, env: EnvClient, template: ChatTemplate, task: dict
                       hooks: EpisodeHooks = EpisodeHooks(), sample: int = 0,
                       on_turn: Callable[[], Awaitable[None]] | None = None) -> Episode:
     """Run one episode of `task` ({"uid", "group", "question"}); returns its trajectory row."""
+    episode_key = f"{task['uid']}/{sample}"  # keeps an episode's calls on one env server, scopes its state
+    if hasattr(fmt, "for_episode"):  # e.g. VRAG-RL: per-episode de-duplication of shown images
+        fmt = fmt.for_episode(episode_key)
     system = hooks.system_prompt(task) if hooks.system_prompt else None
     messages = template.initial_messages(task["question"], system)
     prompt = template.prompt_ids(messages)
@@ -88,6 +91,7 @@ async def run_episode(engine, env: EnvClient, template: ChatTemplate, task: dict
             finish = "max_tokens"
             break
         sp = dataclasses.replace(sampling, max_tokens=min(config.max_tokens_per_turn, budget),
+                                 stop=tuple(sampling.stop) + tuple(getattr(fmt, "stop_strings", ())),
                                  stop_token_ids=tuple(sampling.stop_token_ids) + stop_ids)
         gen = await engine.generate(prompt + response, sp)
         turns += 1
@@ -110,7 +114,7 @@ async def run_episode(engine, env: EnvClient, template: ChatTemplate, task: dict
                 finish = "max_turns"
                 break
             tool_calls += 1
-            obs_role, obs = "tool", await env.call(action.name, action.arguments)
+            obs_role, obs = "tool", await env.call(action.name, action.arguments, key=episode_key)
             retrieved.extend(str(r) for r in obs.metadata.get("retrieved") or ())
         else:  # invalid call or no action: the fixed error observation, the episode goes on
             errors += 1

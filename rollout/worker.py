@@ -140,15 +140,9 @@ class RolloutWorker:
         if self._template is None:
             from transformers import AutoTokenizer
 
-            from rollout.chat import ChatTemplate
-            from rollout.formats import make_format
-
-            # a name in rollout.formats.FORMATS, or a format object (tests, user grammars)
-            self._format = make_format(self.format_name) if isinstance(self.format_name, str) else self.format_name
-            tools = self.env.tool_schemas()
-            system = self.system_prompt if self.system_prompt is not None else self._format.system_prompt(tools)
             self._tokenizer = self._tokenizer or AutoTokenizer.from_pretrained(self.model_path)
-            self._template = ChatTemplate(self._tokenizer, tools=tools, system=system)
+            self._template, self._format = agent_template(self._tokenizer, self.env.tool_schemas(),
+                                                          self.format_name, self.system_prompt)
         return self._template, self._format
 
     # --- weights -------------------------------------------------------------------------------
@@ -188,6 +182,19 @@ class RolloutWorker:
 
     async def shutdown(self) -> None:
         await self.engine.shutdown()
+
+
+def agent_template(tokenizer, tool_schemas: list[dict], fmt="react", system_prompt: str | None = None):
+    """(ChatTemplate, format) of multi-turn episodes: the same for the policy's rollouts and for expert
+    trajectories, so SFT data and RL samples share one token layout. `fmt` is a name in
+    rollout.formats.FORMATS or a format object (tests, user grammars)."""
+    from rollout.chat import ChatTemplate
+    from rollout.formats import make_format
+
+    fmt = make_format(fmt) if isinstance(fmt, str) else fmt
+    default = getattr(fmt, "system_prompt", None)
+    system = system_prompt if system_prompt is not None else (default(tool_schemas) if default else None)
+    return ChatTemplate(tokenizer, tools=tool_schemas, system=system), fmt
 
 
 def _concat(parts: list[pa.RecordBatch]) -> pa.RecordBatch:

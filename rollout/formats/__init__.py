@@ -17,4 +17,12 @@ def make_format(name: str, **kwargs):
     return getattr(importlib.import_module(module), cls)(**kwargs)
 
 
-__all__ = ["Action", "FORMATS", "ReActFormat", "INVALID_TOOL_CALL", "make_format"]
+def __getattr__(name):  # VRAGFormat and INVALID_ACTION without importing the VRAG grammar eagerly
+    if name in ("VRAGFormat", "INVALID_ACTION", "VRAGAction"):
+        from rollout.formats import vrag
+
+        return getattr(vrag, name)
+    raise AttributeError(name)
+
+
+__all__ = ["Action", "FORMATS", "ReActFormat", "INVALID_TOOL_CALL", "INVALID_ACTION", "VRAGFormat", "make_format"]
