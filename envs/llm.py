@@ -71,7 +71,9 @@ async def post_json(url: str, payload: Any, *, service: str, headers: Mapping[st
 
     Each attempt is cut after `timeout_s`; transient failures are retried (module docstring)."""
     error: HTTPCallError | None = None
-    async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=False) as client:
+    from envs.tools.visit import shared_ssl_context
+
+    async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=False, verify=shared_ssl_context()) as client:
         for attempt in range(1, max_retries + 2):
             if error is not None:
                 await asyncio.sleep(backoff_delay(attempt - 1, backoff_s, backoff_max_s, error.retry_after))

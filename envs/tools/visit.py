@@ -37,6 +37,20 @@ _TEXT_TYPES = ("text/", "application/xhtml", "application/xml", "application/jso
                "application/rss", "application/atom")
 
 
+_SSL_CONTEXT = None
+
+
+def shared_ssl_context():
+    """One TLS context per process: building one costs ~50 ms of CPU on the event loop, which would hold
+    up every other tool call of the server if each fetch built its own (measured: benchmarks/env_throughput.py)."""
+    global _SSL_CONTEXT
+    if _SSL_CONTEXT is None:
+        import ssl
+
+        _SSL_CONTEXT = ssl.create_default_context()
+    return _SSL_CONTEXT
+
+
 class FetchGuard:
     """Which URLs may be fetched.
 
@@ -162,7 +176,7 @@ class VisitTool:
 
     async def _fetch(self, url: str) -> tuple[str | None, str | None]:
         """Redirects are followed by hand, each target re-checked by the guard."""
-        async with httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False) as client:
+        async with httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False, verify=shared_ssl_context()) as client:
             for _ in range(self.max_redirects + 1):
                 reason = await asyncio.to_thread(self.guard.check, url)
                 if reason:
