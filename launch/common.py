@@ -70,7 +70,9 @@ def write_report(run_dir: Path, recipe: str, summary: dict, seconds: float) -> P
     return path
 
 
-def main(recipe: str, default_config: Path, argv: list[str]) -> int:
+def main(recipe: str, default_config: Path, argv: list[str], pipeline=None, check=None) -> int:
+    """Parse, validate (exit 2 on a mistake), then run: `pipeline(cfg, run_dir) -> results` when the
+    config is the recipe's own task, else the plain RL loop (e.g. the spine's target_token task)."""
     args = parse_args(recipe, argv)
     overrides = list(args.overrides)
     if args.smoke:
@@ -80,14 +82,26 @@ def main(recipe: str, default_config: Path, argv: list[str]) -> int:
     except ConfigError as err:
         print(f"configuration error: {err}", file=sys.stderr)
         return 2
+    use_pipeline = pipeline is not None and cfg.data.task != "target_token"
+    problem = check(cfg) if (use_pipeline and check) else None
+    if problem:
+        print(f"configuration error: {problem}", file=sys.stderr)
+        return 2
     run_dir = Path(cfg.run.dir) if cfg.run.dir else ROOT / "runs" / f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
     print(f"run folder: {run_dir}", flush=True)
-    from rl.controller import train
-
     t0 = time.time()
-    summary = train(cfg, run_dir)
-    report = write_report(run_dir, recipe, summary, time.time() - t0)
-    print(f"report: {report}")
+    if use_pipeline:
+        from launch.stages import report
+
+        results = pipeline(cfg, run_dir)
+        path = report(run_dir, recipe, cfg, results, time.time() - t0)
+    else:
+        from rl.controller import train
+
+        summary = train(cfg, run_dir)
+        path = write_report(run_dir, recipe, summary, time.time() - t0)
+    print(f"report: {path}")
     print(f"run folder: {run_dir}", flush=True)
     return 0

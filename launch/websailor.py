@@ -1,11 +1,17 @@
-"""WebSailor recipe, the main job. At this stage: the spine's RL loop on its built-in task.
+"""WebSailor, the main job (SEEDS 3; DESIGN section 5).
 
     python launch/websailor.py [--config FILE] [--smoke] [key.path=value ...]
     RAY_AUTH_MODE=token ray job submit --working-dir . -- python launch/websailor.py
 
-The story: load and validate the configuration (exit 2 on a mistake, before any actor starts)
--> train (rl/controller.py) -> write a short report. The full WebSailor pipeline (SailorFog-QA
-synthesis, RFT cold start, DUPO) grows here in later work.
+The story (each step a function of launch/stages.py, all on one set of Ray actor groups):
+  synthesize SailorFog-QA questions on the world (expert / RL / held-out splits)
+  -> expert trajectories: a scripted expert that plans over the knowledge graph and acts only
+     through the tools, run through the policy's own agent loop
+  -> the RFT filter (correct, length bound, minimum tool calls) -> RFT cold start (SFT, observations masked)
+  -> DUPO RL (pre-filter, duplicating sampler) with 0.1 format + 0.9 answer
+  -> evaluation before and after each stage (Pass@1 over k runs, Pass@k), plots and report.md.
+`pipeline.stages` chooses the steps (default: expert eval_base sft eval_sft rl eval_rl). With
+`--config launch/configs/spine.yaml` the same script runs the spine's single-turn learnable task.
 """
 
 from __future__ import annotations
@@ -19,5 +25,55 @@ if str(ROOT) not in sys.path:  # `python launch/websailor.py` from a checkout
 
 from launch.common import main  # noqa: E402
 
+STAGES = ("expert", "sft", "rl")  # and eval_<name>, anywhere
+
+
+def pipeline(cfg, run_dir: Path) -> dict:
+    import time
+
+    from launch import stages as st
+    from rl.controller import RLGroups, train
+
+    t0 = time.perf_counter()
+    data = st.synthesize(cfg, run_dir)
+    heldout = st.as_tasks(data["heldout"])
+    groups = RLGroups(cfg)
+    print(f"actor groups up after {time.perf_counter() - t0:.0f} s", flush=True)
+    results, version, sft_data = {}, 0, None
+    try:
+        for stage in cfg.pipeline.stages:
+            print(f"--- stage {stage} (at {time.perf_counter() - t0:.0f} s)", flush=True)
+            if stage == "expert":
+                expert = st.expert_trajectories(cfg, groups, data["world"], data["expert"], run_dir)
+                sft_data, results["rft"] = st.rft(cfg, expert)
+                print(f"expert trajectories: {results['rft']}", flush=True)
+            elif stage == "sft":
+                results["sft"], version = st.sft(cfg, groups, sft_data, run_dir, version)
+            elif stage == "rl":
+                summary = train(cfg, run_dir, groups=groups, tasks=st.as_tasks(data["rl"]), start_version=version)
+                results["rl"], version = summary["history"], summary["policy_version"]
+            else:
+                results[stage] = st.evaluation(cfg, groups, heldout, stage[5:], run_dir)
+    finally:
+        groups.shutdown()
+    st.plots(run_dir, results.get("rl", []), results.get("sft", []))
+    return results
+
+
+def check_stages(cfg) -> str | None:
+    """A mistake in pipeline.stages, said before anything starts (None if fine)."""
+    seen = []
+    for s in cfg.pipeline.stages:
+        if s not in STAGES and not (s.startswith("eval_") and len(s) > 5):
+            return f"pipeline.stages: unknown stage {s!r}; allowed: {', '.join(STAGES)} and eval_<name>"
+        if s == "sft" and "expert" not in seen:
+            return "pipeline.stages: 'sft' needs 'expert' before it (the SFT data are the expert's trajectories)"
+        seen.append(s)
+    if cfg.data.task != "world_qa":
+        return f"the WebSailor pipeline runs on data.task=world_qa, got {cfg.data.task!r}"
+    return None
+
+
 if __name__ == "__main__":
-    sys.exit(main(recipe="websailor", default_config=ROOT / "launch/configs/websailor.yaml", argv=sys.argv[1:]))
+    sys.exit(main(recipe="websailor", default_config=ROOT / "launch/configs/websailor.yaml", argv=sys.argv[1:],
+                  pipeline=pipeline, check=check_stages))

@@ -39,6 +39,9 @@ class ModelConfig(_Base):
     path: Annotated[str, Meta(description="model folder or hub name; 'tiny' builds the offline tiny Qwen3")] = "tiny"
     tokenizer: Annotated[Literal["local", "qwen3"], Meta(description="tokenizer of the tiny model")] = "local"
     dtype: Annotated[Literal["float32", "bfloat16"], Meta(description="training parameter dtype")] = "float32"
+    tiny: Annotated[dict, Meta(description="path=tiny: sizes of the tiny model (rl/models.py build_tiny_model: "
+                                           "vocab_size, hidden_size, num_layers, num_heads, num_kv_heads, head_dim, "
+                                           "intermediate_size, max_position_embeddings, seed)")] = msgspec.field(default_factory=dict)
 
 
 class RolloutConfig(_Base):
@@ -70,6 +73,9 @@ class TrainerConfig(_Base):
     token_budget: Annotated[int, Meta(ge=0, description="max tokens per micro-batch (padded: rows x longest, packed: "
                                                         "sum of lengths); 0 = micro_batch_size rows")] = 0
     packing: Annotated[bool, Meta(description="concatenate sequences into one row without padding (needs token_budget)")] = False
+    lora_rank: Annotated[int, Meta(ge=0, description="LoRA rank r (peft); 0 = full fine-tuning. Engines get merged weights")] = 0
+    lora_alpha: Annotated[float, Meta(gt=0, description="LoRA alpha (scaling alpha / r)")] = 16.0
+    lora_target_modules: Annotated[list[str] | None, Meta(description="module names to adapt; None = every linear but lm_head")] = None
     num_ranks: PosInt = 2
     lr: PosFloat = 1e-6
     weight_decay: NonNegFloat = 0.0
@@ -131,7 +137,7 @@ class EnvConfig(_Base):
     world_seed: int = 0
     world_size: Annotated[Literal["tiny", "small", "large"], Meta(description="size of the synthetic world")] = "tiny"
     page_latency_s: Annotated[float, Meta(ge=0, description="latency the world server adds per page")] = 0.0
-    call_timeout_s: Annotated[float, Meta(gt=0, description="max seconds per tool call, then an error observation")] = 60.0
+    limits: Annotated[dict[str, dict] | None, Meta(description="per tool: timeout_s, concurrency, rate_per_s, cache, retries, ... (envs/server.py ToolLimits)")] = None
 
 
 class AgentSection(_Base):
@@ -139,6 +145,7 @@ class AgentSection(_Base):
 
     format: Annotated[Literal["react"], Meta(description="action grammar (rollout/formats)")] = "react"
     max_tool_calls: PosInt = 40
+    max_turns: Annotated[Annotated[int, Meta(ge=1)] | None, Meta(description="model turns at most, valid actions or not (None: bounded by the context only)")] = None
     max_context_tokens: PosInt = 4096
     max_tokens_per_turn: PosInt = 512
     system_prompt: Annotated[str | None, Meta(description="None: the format's default system prompt")] = None
@@ -151,6 +158,31 @@ class RewardConfig(_Base):
     composition: Annotated[dict | str | None, Meta(description="a preset (websailor, vrag, evolvesearch, masksearch) or weights and gates (reward/compose.py); None: every part with weight 1")] = None
     judge: Annotated[dict | None, Meta(description="judge of the judge rewards: {backend: rule | openai | engine, ...} (reward/judge.py make_judge)")] = None
     correct_part: Annotated[str, Meta(description="the reward part that says a trajectory is correct (evaluation, RFT filter, pre-filter)")] = "answer"
+
+
+class SFTConfig(_Base):
+    """Expert trajectories -> RFT filter -> SFT (the cold start of WebSailor, WebDancer, EvolveSearch)."""
+
+    expert_tasks: Annotated[int, Meta(ge=1, description="training questions the expert solves for the SFT data")] = 128
+    max_tokens: Annotated[int, Meta(ge=1, description="RFT filter: prompt + response tokens at most")] = 32768
+    min_tool_calls: Annotated[int, Meta(ge=0, description="RFT filter: tool calls at least")] = 1
+    epochs: PosInt = 2
+    batch_size: Annotated[int, Meta(ge=1, description="trajectories per optimizer step")] = 16
+    lr: PosFloat = 1e-5
+
+
+class EvalConfig(_Base):
+    """Evaluation before and after each training stage on held-out questions."""
+
+    num_tasks: Annotated[int, Meta(ge=1, description="held-out questions (never trained on)")] = 32
+    k: Annotated[int, Meta(ge=1, description="runs per question: Pass@1 is averaged over them, Pass@k any of them")] = 3
+    temperature: NonNegFloat = 0.6
+    top_p: Prob = 0.95
+
+
+class PipelineConfig(_Base):
+    stages: Annotated[list[str], Meta(description="recipe stages to run, in order (see the recipe's --help)")] = \
+        msgspec.field(default_factory=lambda: ["expert", "eval_base", "sft", "eval_sft", "rl", "eval_rl"])
 
 
 class RunConfig(_Base):
@@ -180,6 +212,9 @@ class Config(_Base):
     reward: RewardConfig = msgspec.field(default_factory=RewardConfig)
     env: EnvConfig = msgspec.field(default_factory=EnvConfig)
     agent: AgentSection = msgspec.field(default_factory=AgentSection)
+    sft: SFTConfig = msgspec.field(default_factory=SFTConfig)
+    eval: EvalConfig = msgspec.field(default_factory=EvalConfig)
+    pipeline: PipelineConfig = msgspec.field(default_factory=PipelineConfig)
     run: RunConfig = msgspec.field(default_factory=RunConfig)
     ray: RayConfig = msgspec.field(default_factory=RayConfig)
 
@@ -318,6 +353,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         raise ConfigError(_explain(err, tree, file_keys, cli_keys, source)) from None
     _check_algo(cfg.algo)
     _check_trainer(cfg.trainer)
+    tiny_keys = {"vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+                 "intermediate_size", "max_position_embeddings", "seed"}
+    unknown = sorted(set(cfg.model.tiny) - tiny_keys)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {['model.tiny.' + k for k in unknown]}; allowed: {sorted(tiny_keys)}")
     if cfg.data.task == "file" and not cfg.data.path:
         raise ConfigError("data.task='file' needs data.path: a jsonl or parquet file of {uid, question, answer}")
     return cfg

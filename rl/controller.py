@@ -33,7 +33,8 @@ from rl.metrics import MetricsLogger, StageTimer, batch_metrics
 from rollout.trajectory import concat, project, scalar_numpy, validate, with_columns
 
 
-def train(cfg: Config, run_dir: Path, groups: "RLGroups | None" = None, tasks: list[dict] | None = None) -> dict:
+def train(cfg: Config, run_dir: Path, groups: "RLGroups | None" = None, tasks: list[dict] | None = None,
+          start_version: int = 0) -> dict:
     """Run `cfg.run.steps` RL steps (sync, or async with bounded staleness); metrics go to
     `run_dir/metrics.jsonl`, every rolled-out trajectory to `run_dir/trajectories/` (parquet).
     A recipe that runs several stages on the same actor groups passes them (and its tasks) in;
@@ -48,7 +49,7 @@ def train(cfg: Config, run_dir: Path, groups: "RLGroups | None" = None, tasks: l
         tasks = prefilter_tasks(groups, tasks, cfg.algo.prefilter_rollouts, cfg.algo.prefilter_correct, run_dir)
     sampler = TaskSampler(tasks, cfg.data.batch_size, seed=cfg.run.seed)
     rng = np.random.default_rng(cfg.run.seed)
-    start, version, found_meta = 1, 0, {}
+    start, version, found_meta = 1, start_version, {}
     if cfg.run.resume and (found := ckpt.latest()):
         done, version = resume(found[1], groups, sampler, rng, run_dir)
         found_meta = json.loads((found[1] / "meta.json").read_text())
@@ -276,7 +277,7 @@ class RLGroups:
         self.cfg = cfg
         r, t = cfg.rollout, cfg.trainer
         self.timeout = cfg.run.stage_timeout_s
-        model_path = str(build_tiny_model(tokenizer=cfg.model.tokenizer)) if cfg.model.path == "tiny" else cfg.model.path
+        model_path = str(build_tiny_model(tokenizer=cfg.model.tokenizer, **cfg.model.tiny)) if cfg.model.path == "tiny" else cfg.model.path
         self.model_path = model_path
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.tasks, scoring = load_tasks(cfg, tokenizer)
@@ -294,9 +295,9 @@ class RLGroups:
             from rl.env_group import EnvGroup
 
             e = cfg.env
-            self.env = EnvGroup(num_servers=e.num_servers, tools=e.tools, cpus_per_server=e.cpus_per_server,
+            self.env = EnvGroup(tools=e.tools, num_servers=e.num_servers, num_cpus=e.cpus_per_server,
                                 world={"seed": e.world_seed, "size": e.world_size, "latency_s": e.page_latency_s},
-                                call_timeout_s=e.call_timeout_s, timeout_s=self.timeout)
+                                limits=e.limits, ready_timeout_s=self.timeout)
         agent = to_dict(cfg.agent) if multi_turn else None
         env_client = self.env.client() if self.env is not None else None
 

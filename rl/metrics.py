@@ -1,7 +1,12 @@
 """Per-step metrics: one JSON object per step in `<run dir>/metrics.jsonl`, and a progress bar.
 
-Owns: the metrics file (appended and flushed every step, so a crash loses nothing logged), batch
-statistics (reward, lengths, finish reasons), and the live progress bar.
+Owns: the metrics file (appended and flushed every step, so a crash loses nothing logged), the optional
+sinks that mirror it (`run.loggers`: TensorBoard, Weights & Biases, MLflow), batch statistics (reward,
+lengths, finish reasons), and the live progress bar.
+
+Sinks get the numeric values of each row. The jsonl file stays the record: a sink that fails mid-run
+(a full disk, a network error) is reported once on stderr and dropped, never stopping training. A sink
+whose package is missing is an error at construction, naming the logger and the pip command.
 
 Never: compute anything that changes training.
 """
@@ -10,19 +15,48 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterable
 
 import numpy as np
 import pyarrow as pa
 
+#: logger name -> (the module it needs, the command that installs it)
+LOGGERS: dict[str, tuple[str, str]] = {
+    "tensorboard": ("tensorboard", "pip install tensorboard"),
+    "wandb": ("wandb", "pip install wandb"),
+    "mlflow": ("mlflow", "pip install mlflow-skinny  (or mlflow)"),
+}
+
+
+class MissingLoggerError(ImportError):
+    """A configured logger whose package is not installed."""
+
 
 class MetricsLogger:
-    def __init__(self, run_dir: Path, total_steps: int, progress: bool = True, initial: int = 0):
-        self.path = Path(run_dir) / "metrics.jsonl"
+    """jsonl always; `loggers` adds sinks by name: "tensorboard" (`<run dir>/tensorboard/`, event files),
+    "wandb" (project $WANDB_PROJECT or "windward", files under `<run dir>/wandb/`; WANDB_MODE=offline
+    works without a network) and "mlflow" (tracking URI $MLFLOW_TRACKING_URI, else the file store
+    `file:<run dir>/mlruns` (MLFLOW_ALLOW_FILE_STORE=true is set for MLflow >= 3.7); experiment $MLFLOW_EXPERIMENT_NAME or "windward"). `name` names the run in
+    W&B and MLflow (default: the run folder's name); `config` (a plain dict) is recorded there as its
+    parameters."""
+
+    def __init__(self, run_dir: Path, total_steps: int, progress: bool = True, initial: int = 0,
+                 loggers: Iterable[str] = (), name: str | None = None, config: dict | None = None):
+        run_dir = Path(run_dir)
+        self.path = run_dir / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.sinks: list[_Sink] = []
+        try:
+            for logger in _check_loggers(loggers):
+                self.sinks.append(_SINKS[logger](run_dir, name or run_dir.name, config))
+        except BaseException:
+            self._close_sinks()
+            raise
         self._f = self.path.open("a")
         self.bar = None
         if progress:
@@ -36,6 +70,17 @@ class MetricsLogger:
         row |= {k: _plain(v) for k, v in metrics.items()}
         self._f.write(json.dumps(row) + "\n")
         self._f.flush()
+        if self.sinks:
+            scalars = {k: float(v) for k, v in row.items()
+                       if k not in ("step", "time") and isinstance(v, (int, float)) and v is not None}
+            for sink in list(self.sinks):
+                try:
+                    sink.log(step, scalars)
+                except Exception as exc:  # the jsonl file is the record; a broken sink must not stop training
+                    print(f"metrics: the {sink.name} logger failed at step {step} ({type(exc).__name__}: {exc}); "
+                          f"it is dropped, {self.path} goes on", file=sys.stderr, flush=True)
+                    self.sinks.remove(sink)
+                    _quietly(sink.close)
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(reward=f"{metrics.get('reward/mean', float('nan')):.3f}",
@@ -43,8 +88,144 @@ class MetricsLogger:
 
     def close(self) -> None:
         self._f.close()
+        self._close_sinks()
         if self.bar is not None:
             self.bar.close()
+
+    def _close_sinks(self) -> None:
+        for sink in self.sinks:
+            _quietly(sink.close)
+        self.sinks = []
+
+
+def _check_loggers(loggers: Iterable[str]) -> list[str]:
+    if isinstance(loggers, str):
+        loggers = [loggers]
+    out = []
+    for logger in loggers:
+        if logger not in LOGGERS:
+            raise ValueError(f"run.loggers: unknown logger {logger!r}; allowed: {', '.join(LOGGERS)} "
+                             "(metrics.jsonl is always written)")
+        if logger not in out:
+            out.append(logger)
+    return out
+
+
+def _require(logger: str):
+    """Import the logger's module, or a MissingLoggerError that names it and the pip command."""
+    import importlib
+
+    module, command = LOGGERS[logger]
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingLoggerError(f"run.loggers includes {logger!r} but the {module!r} package is not installed "
+                                 f"({exc}); install it with: {command}") from None
+
+
+def _quietly(fn) -> None:
+    try:
+        fn()
+    except Exception:
+        pass
+
+
+def _flat_params(config: dict | None, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in (config or {}).items():
+        if isinstance(v, dict) and v:
+            out |= _flat_params(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v, default=str)[:500]  # MLflow caps a parameter value at 6000 chars
+    return out
+
+
+class _Sink:
+    name = ""
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class _TensorBoard(_Sink):
+    name = "tensorboard"
+
+    def __init__(self, run_dir: Path, name: str, config: dict | None):
+        _require("tensorboard")
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        if config:
+            self.writer.add_text("config", "```\n" + json.dumps(config, indent=1, default=str) + "\n```", 0)
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        for key, value in scalars.items():
+            self.writer.add_scalar(key, value, global_step=step)
+        self.writer.flush()  # as the jsonl file: what was logged is on disk
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class _Wandb(_Sink):
+    name = "wandb"
+
+    def __init__(self, run_dir: Path, name: str, config: dict | None):
+        wandb = _require("wandb")
+        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "windward"), name=name, dir=str(run_dir),
+                              config=config or {}, reinit="create_new")
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        self.run.log(scalars, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class _MLflow(_Sink):
+    name = "mlflow"
+
+    def __init__(self, run_dir: Path, name: str, config: dict | None):
+        _require("mlflow")
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
+
+        self.uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if not self.uri:
+            self.uri = (run_dir / "mlruns").resolve().as_uri()
+            # MLflow >= 3.7 refuses the file store (maintenance mode) unless told it is wanted; a file store in
+            # the run folder needs no server and no database package (mlflow-skinny has no SQLAlchemy)
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        self.client = MlflowClient(tracking_uri=self.uri)
+        experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME", "windward")
+        found = self.client.get_experiment_by_name(experiment)
+        experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        self.run_id = self.client.create_run(experiment_id, run_name=name).info.run_id
+        params = [Param(k, v) for k, v in _flat_params(config).items()]
+        for i in range(0, len(params), 100):  # log_batch takes at most 100 parameters
+            self.client.log_batch(self.run_id, params=params[i:i + 100])
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(_mlflow_key(k), v, now, step) for k, v in scalars.items()]
+        for i in range(0, len(metrics), 1000):  # log_batch takes at most 1000 metrics
+            self.client.log_batch(self.run_id, metrics=metrics[i:i + 1000])
+
+    def close(self) -> None:
+        self.client.set_terminated(self.run_id)
+
+
+def _mlflow_key(key: str) -> str:
+    """MLflow names allow alphanumerics, _ - . space : / only."""
+    return "".join(c if c.isalnum() or c in "_-. :/" else "_" for c in key)
+
+
+_SINKS = {"tensorboard": _TensorBoard, "wandb": _Wandb, "mlflow": _MLflow}
 
 
 def _plain(v):
@@ -79,6 +260,8 @@ def batch_metrics(batch: pa.RecordBatch) -> dict:
         "response_length/mean": float(resp_len.mean()),
         "response_length/max": int(resp_len.max()),
         "num_trajectories": batch.num_rows,
+        "num_tool_calls/mean": float(batch.column("num_tool_calls").to_numpy(zero_copy_only=False).mean()),
+        "num_turns/mean": float(batch.column("num_turns").to_numpy(zero_copy_only=False).mean()),
     }
     for name in batch.schema.names:
         if name.startswith("reward_"):

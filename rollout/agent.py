@@ -35,6 +35,7 @@ FORCED_ANSWER = ("You have now reached the maximum context length you can handle
 @dataclass
 class AgentConfig:
     max_tool_calls: int = 40                 # WebSailor MAX_LLM_CALL_PER_RUN
+    max_turns: int | None = None             # model turns (LLM calls) at most, valid or not; None: no bound
     max_context_tokens: int = 31 * 1024 - 500
     max_tokens_per_turn: int = 2048
     forced_answer_message: str = FORCED_ANSWER
@@ -106,6 +107,9 @@ async def run_episode(engine, env: EnvClient, template: ChatTemplate, task: dict
             break
         if forced:  # the one forced last turn did not answer either
             finish = "max_tokens"
+            break
+        if config.max_turns is not None and turns >= config.max_turns:
+            finish = "max_turns"
             break
         if gen.finish_reason == "length" and len(prompt) + len(response) >= config.max_context_tokens:
             obs_role, obs = "user", None  # out of room: force the answer below

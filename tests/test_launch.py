@@ -24,21 +24,41 @@ BIN = Path(sys.executable).parent
 def check_run_dir(run_dir: Path, steps: int):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, steps + 1))
-    assert rows[-1]["policy_version"] == steps
     report = (run_dir / "report.md").read_text()
-    assert "reward mean" in report and f"steps: {steps}" in report
+    return rows, report
 
 
 @pytest.mark.slow
-def test_smoke_run(tmp_path):
+def test_smoke_run_of_the_spine_task(tmp_path):
+    """The plain RL loop (launch/configs/spine.yaml) from the command line: run folder, metrics, report."""
     run_dir = tmp_path / "smoke"
-    t0 = time.time()
-    proc = subprocess.run([sys.executable, str(ROOT / "launch/websailor.py"), "--smoke", f"run.dir={run_dir}",
+    proc = subprocess.run([sys.executable, str(ROOT / "launch/websailor.py"), "--config",
+                           str(ROOT / "launch/configs/spine.yaml"), "--smoke", f"run.dir={run_dir}",
                            "run.progress=false"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert time.time() - t0 < 600
     assert proc.stdout.count(f"run folder: {run_dir}") == 2  # printed at start and end
-    check_run_dir(run_dir, steps=4)
+    rows, report = check_run_dir(run_dir, steps=2)
+    assert rows[-1]["policy_version"] == 2
+    assert "reward mean" in report and "steps: 2" in report
+
+
+def check_websailor_run(run_dir: Path):
+    """Every stage of the WebSailor pipeline left its outputs in the run folder."""
+    rows, report = check_run_dir(run_dir, steps=2)
+    for section in ("Expert trajectories and the RFT filter", "Evaluation on 4 held-out questions", "## SFT", "## RL"):
+        assert section in report, section
+    for after in ("base", "sft", "rl"):
+        assert f"| {after} |" in report
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["rft"]["rft/kept"] >= 1 and set(results) >= {"eval_base", "eval_sft", "eval_rl"}
+    for name in ("expert", "eval_base", "eval_sft", "eval_rl"):
+        assert (run_dir / "trajectories" / f"{name}.parquet").exists(), name
+    assert len(list((run_dir / "trajectories").glob("step_*.parquet"))) == 2
+    for plot in ("reward", "length", "step_time", "sft_loss"):
+        assert (run_dir / "plots" / f"{plot}.png").stat().st_size > 1000, plot
+    assert (run_dir / "sft_metrics.jsonl").exists() and (run_dir / "dupo_prefilter.json").exists()
+    for split in ("expert", "rl", "heldout"):
+        assert (run_dir / "data" / f"{split}.jsonl").exists()
 
 
 def free_ports(n: int) -> list[int]:
@@ -102,18 +122,21 @@ class LocalHead:
 
 @pytest.mark.slow
 def test_ray_job_submit_against_local_head(tmp_path):
+    """The main job, `--smoke`, under `RAY_AUTH_MODE=token ray job submit --working-dir .`: every stage of
+    the WebSailor pipeline (expert, RFT, SFT, DUPO RL, evaluations) through real Ray actor groups."""
     head = LocalHead()
     try:
         head.wait_ready()
         run_dir = tmp_path / "job"
+        t0 = time.time()
         proc = subprocess.run(
             [str(BIN / "ray"), "job", "submit", "--address", head.address, "--working-dir", str(ROOT), "--",
-             "python", "launch/websailor.py", "--smoke", "run.steps=2", "data.batch_size=2",
-             f"run.dir={run_dir}", "run.progress=false"],
-            env=head.env, capture_output=True, text=True, timeout=600)
+             "python", "launch/websailor.py", "--smoke", f"run.dir={run_dir}", "run.progress=false"],
+            env=head.env, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
         assert "succeeded" in proc.stdout.lower()
-        check_run_dir(run_dir, steps=2)
+        assert time.time() - t0 < 600  # --smoke: under 10 minutes
+        check_websailor_run(run_dir)
     finally:
         head.stop()
     assert head.proc.poll() is not None

@@ -16,7 +16,7 @@ from rl.controller import train
 
 @pytest.mark.slow
 def test_async_staleness_is_bounded(tmp_path):
-    cfg = load_config(ROOT / "launch/configs/websailor.yaml",
+    cfg = load_config(ROOT / "launch/configs/spine.yaml",
                       ["run.steps=6", "run.progress=false", "rollout.mode=async", "rollout.max_staleness=1",
                        "trainer.num_ranks=1", "data.batch_size=4", "rollout.n=4"])
     try:

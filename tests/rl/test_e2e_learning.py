@@ -16,7 +16,7 @@ from rl.controller import train
 
 @pytest.mark.slow
 def test_reward_rises_and_weights_flow(tmp_path):
-    cfg = load_config(ROOT / "launch/configs/websailor.yaml",
+    cfg = load_config(ROOT / "launch/configs/spine.yaml",
                       ["run.steps=15", "run.progress=false", "rollout.backend=vllm", "trainer.num_ranks=2"])
     try:
         summary = train(cfg, tmp_path)

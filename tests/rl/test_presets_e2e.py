@@ -34,7 +34,7 @@ def test_each_preset_runs_end_to_end(tmp_path):
         for preset in ("grpo", "dapo", "dupo"):
             extra = ["algo.policy_loss=test_marked_ppo", "algo.prefilter=true", "algo.prefilter_correct=0.0625",
                      "data.num_tasks=24"] if preset == "dupo" else []
-            cfg = load_config(ROOT / "launch/configs/websailor.yaml", COMMON + [f"algo.preset={preset}"] + extra)
+            cfg = load_config(ROOT / "launch/configs/spine.yaml", COMMON + [f"algo.preset={preset}"] + extra)
             seen[preset] = train(cfg, tmp_path / preset)["history"]
     finally:
         ray.shutdown()

@@ -203,3 +203,12 @@ def test_hanging_tool_times_out_while_other_episodes_go_on(local_tok):
     assert slow_ep.record.finish == fast_ep.record.finish == "answer"
     assert any(m["role"] == "tool" and "did not answer within 0.3s" in m["content"] for m in slow_ep.messages)
     assert env.errors == {"hang": 1}
+
+
+def test_turn_limit_ends_an_episode_of_invalid_actions(local_tok):
+    engine = ScriptedEngine(local_tok, lambda turn, prompt: "<think>hmm</think> no action here")
+    tmpl = ChatTemplate(local_tok)
+    ep = asyncio.run(run_episode(engine, LocalEnv([]), tmpl, {"uid": "u", "question": "Q?"},
+                                 SamplingParams(max_tokens=32), AgentConfig(max_turns=3, max_context_tokens=4096)))
+    assert ep.record.finish == "max_turns" and ep.record.num_turns == 3 and ep.record.num_tool_calls == 0
+    assert ep.metrics["invalid_actions"] == 2  # turns 1 and 2 got the error observation; turn 3 ended it

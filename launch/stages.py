@@ -1,0 +1,236 @@
+"""The stages recipes are made of, on one set of actor groups (rl/controller.py RLGroups):
+
+    synthesize -> expert trajectories -> RFT filter -> SFT -> evaluate -> RL (rl/controller.train) -> report
+
+Each stage is a function of the config, the groups and what earlier stages returned; a recipe script
+(launch/websailor.py, ...) is the short story that calls them in order. Everything a stage produces
+lands in the run folder: tasks (jsonl), trajectories (parquet), metrics (jsonl), plots (PNG), report.md.
+
+Never: hold state between stages other than what is passed along; wait without a timeout (the groups'
+calls all have one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from rl import algos
+from rl.config import Config, to_dict
+from rl.evaluate import evaluate
+from rl.sft_data import SFTBatches, rft_filter, write_trajectories
+from rollout.trajectory import build_batch, concat, project, scalar_numpy, with_columns
+
+
+# --- data -----------------------------------------------------------------------------------------
+
+
+def synthesize(cfg: Config, run_dir: Path) -> dict:
+    """SailorFog-QA on the world (SEEDS 3.2): disjoint questions for the expert (SFT), for RL and held out
+    for evaluation. Written to run_dir/data/*.jsonl."""
+    from envs.world import generate_world, sailorfog_qa
+
+    world = generate_world(seed=cfg.env.world_seed, size=cfg.env.world_size)
+    wanted = cfg.sft.expert_tasks + cfg.data.num_tasks + cfg.eval.num_tasks
+    items = sailorfog_qa(world, n=wanted, seed=cfg.run.seed)
+    if len(items) < wanted:
+        raise ValueError(f"the {cfg.env.world_size} world (seed {cfg.env.world_seed}) yielded {len(items)} distinct "
+                         f"questions, fewer than sft.expert_tasks + data.num_tasks + eval.num_tasks = {wanted}; "
+                         "use a larger env.world_size or fewer tasks")
+    a, b = cfg.sft.expert_tasks, cfg.sft.expert_tasks + cfg.data.num_tasks
+    split = {"expert": items[:a], "rl": items[a:b], "heldout": items[b:wanted]}
+    folder = run_dir / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, rows in split.items():
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return {"world": world, **split}
+
+
+def as_tasks(items: list[dict]) -> list[dict]:
+    """What a rollout needs of a synthesized item (the sub-graph stays with the expert)."""
+    return [{"uid": it["uid"], "question": it["question"], "answer": it["answer"]} for it in items]
+
+
+# --- expert trajectories and the RFT filter ---------------------------------------------------------
+
+
+def expert_trajectories(cfg: Config, groups, world, items: list[dict], run_dir: Path) -> pa.RecordBatch:
+    """The world expert (envs/world/expert.py) answers each item through the real agent loop, the
+    policy's chat template and the EnvGroup's tools; the trajectories are scored by the RewardGroup."""
+    from transformers import AutoTokenizer
+
+    from envs.world.expert import WorldExpert
+    from rollout.agent import AgentConfig, run_episode
+    from rollout.engines import SamplingParams
+    from rollout.scripted import TextPolicyEngine
+    from rollout.worker import _task_columns, agent_template
+
+    tok = AutoTokenizer.from_pretrained(groups.model_path)
+    client = groups.env.client()
+    template, fmt = agent_template(tok, client.tool_schemas(), cfg.agent.format, cfg.agent.system_prompt)
+    agent = AgentConfig(**{k: v for k, v in to_dict(cfg.agent).items() if k not in ("format", "system_prompt")})
+    sampling = SamplingParams(max_tokens=cfg.agent.max_tokens_per_turn)
+
+    async def one(i, item):
+        task = dict(as_tasks([item])[0], group=i)
+        engine = TextPolicyEngine(WorldExpert(world, item, groups.env.base_url).next_turn, tok)
+        ep = await run_episode(engine, client, template, task, sampling, agent, fmt)
+        return _task_columns(build_batch([ep.record]), task)
+
+    async def run_all():
+        return await asyncio.gather(*(one(i, it) for i, it in enumerate(items)))
+
+    parts = asyncio.run(run_all())
+    batch = concat(parts)
+    texts = [tok.decode(ids, skip_special_tokens=False) for ids in batch.column("response_ids").to_pylist()]
+    batch = groups.score(with_columns(batch, {"response_text": texts}))
+    write_trajectories(run_dir / "trajectories" / "expert.parquet", batch)
+    return batch
+
+
+def rft(cfg: Config, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, dict]:
+    """Rejection sampling: correct answers, a length bound, a minimum number of tool calls (SEEDS 3.3)."""
+    return rft_filter(batch, correct_parts=(cfg.reward.correct_part,), max_tokens=cfg.sft.max_tokens,
+                      min_tool_calls=cfg.sft.min_tool_calls, dedup=True)
+
+
+# --- SFT ------------------------------------------------------------------------------------------
+
+
+def sft(cfg: Config, groups, data: pa.RecordBatch, run_dir: Path, version: int) -> tuple[list[dict], int]:
+    """Next-token loss on the model's own tokens (observations masked, SEEDS 3.4) on the TrainerGroup,
+    then the new weights go to the engines. Returns (metrics per step, the policy_version served)."""
+    from tqdm import tqdm
+
+    columns = ["prompt_ids", "response_ids", "loss_mask"]
+    batches = SFTBatches(project(data, columns), cfg.sft.batch_size, seed=cfg.run.seed, epochs=cfg.sft.epochs)
+    groups.trainer.call("set_lr", cfg.sft.lr)
+    history = []
+    log = (run_dir / "sft_metrics.jsonl").open("a")
+    try:
+        for step, batch in enumerate(tqdm(batches, desc="sft", disable=not cfg.run.progress), 1):
+            lengths = sum(batch.column(c).value_lengths().to_numpy(zero_copy_only=False) for c in columns[:2])
+            per_rank = algos.balance_groups(lengths, np.arange(batch.num_rows), groups.trainer.num)
+            shards = [batch.take(pa.array(np.sort(r), pa.int64())) for r in per_rank]
+            metrics = groups.trainer.call_split("sft_step", shards)[0] | {"step": step}
+            history.append(metrics)
+            log.write(json.dumps(metrics) + "\n")
+            log.flush()
+    finally:
+        log.close()
+    groups.trainer.call("set_lr", cfg.trainer.lr)
+    return history, groups.sync_weights(version + 1)
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+
+
+def evaluation(cfg: Config, groups, tasks: list[dict], name: str, run_dir: Path) -> dict:
+    """Pass@1 over eval.k runs and Pass@k on the held-out tasks; trajectories kept as parquet."""
+    t0 = time.perf_counter()
+    sampling = dict(groups.sampling, temperature=cfg.eval.temperature, top_p=cfg.eval.top_p)
+    out = evaluate(groups, tasks, cfg.eval.k, sampling, cfg.reward.correct_part)
+    write_trajectories(run_dir / "trajectories" / f"eval_{name}.parquet", out.pop("batch"))
+    out["seconds"] = time.perf_counter() - t0
+    print(f"eval {name}: Pass@1 {out['pass@1']:.3f} (95% CI {out['pass@1_ci'][0]:.3f}-{out['pass@1_ci'][1]:.3f}), "
+          f"Pass@{cfg.eval.k} {out['pass@k']:.3f} on {out['num_tasks']} held-out questions", flush=True)
+    return out
+
+
+# --- plots and report -----------------------------------------------------------------------------
+
+
+def plots(run_dir: Path, rl_history: list[dict], sft_history: list[dict]) -> list[Path]:
+    """PNG plots of the run: reward, success, length, tool calls, step-time breakdown, SFT loss."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = []
+    folder = run_dir / "plots"
+    folder.mkdir(exist_ok=True)
+
+    def line(name, series: dict[str, list], ylabel, x=None):
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        for label, ys in series.items():
+            ax.plot(x or range(1, len(ys) + 1), ys, marker="o", ms=3, label=label)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        if len(series) > 1:
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = folder / f"{name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        out.append(path)
+
+    if rl_history:
+        get = lambda k: [h.get(k, np.nan) for h in rl_history]  # noqa: E731
+        line("reward", {"reward": get("reward/mean")}, "mean reward")
+        parts = sorted(k for k in rl_history[-1] if k.startswith("reward/") and k not in ("reward/mean", "reward/std"))
+        if parts:
+            line("success", {k[7:]: get(k) for k in parts}, "reward part (mean)")
+        line("length", {"response tokens": get("response_length/mean")}, "tokens")
+        if "num_tool_calls/mean" in rl_history[-1]:
+            line("tool_calls", {"tool calls": get("num_tool_calls/mean")}, "tool calls per episode")
+        stages = ("generate", "reward", "logprobs", "update", "sync")
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        bottom = np.zeros(len(rl_history))
+        for s in stages:
+            ys = np.nan_to_num(np.array(get(f"time/{s}"), dtype=float))
+            ax.bar(range(1, len(ys) + 1), ys, bottom=bottom, label=s)
+            bottom += ys
+        ax.set_xlabel("step")
+        ax.set_ylabel("seconds")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(folder / "step_time.png", dpi=110)
+        plt.close(fig)
+        out.append(folder / "step_time.png")
+    if sft_history:
+        line("sft_loss", {"SFT loss": [h["sft/loss"] for h in sft_history]}, "NLL per token")
+    return out
+
+
+def report(run_dir: Path, recipe: str, cfg: Config, results: dict, seconds: float) -> Path:
+    """report.md: what ran, the evaluation table with confidence intervals, and the numbers per stage."""
+    lines = [f"# {recipe} run report", "", f"- run folder: `{run_dir}`", f"- wall time: {seconds / 60:.1f} min",
+             f"- model: `{cfg.model.path}` (tokenizer {cfg.model.tokenizer}); world: {cfg.env.world_size}, "
+             f"seed {cfg.env.world_seed}; stages: {', '.join(cfg.pipeline.stages)}", ""]
+    if "rft" in results:
+        lines += ["## Expert trajectories and the RFT filter", "",
+                  "| " + " | ".join(results["rft"]) + " |", "|" + "---|" * len(results["rft"]),
+                  "| " + " | ".join(str(v) for v in results["rft"].values()) + " |", ""]
+    evals = {k[5:]: v for k, v in results.items() if k.startswith("eval_")}
+    if evals:
+        k = cfg.eval.k
+        lines += [f"## Evaluation on {next(iter(evals.values()))['num_tasks']} held-out questions "
+                  f"(k = {k}, temperature {cfg.eval.temperature})", "",
+                  f"| after | Pass@1 | 95% CI | Pass@{k} | 95% CI | tool calls | turns | finish |", "|---|---|---|---|---|---|---|---|"]
+        for name, e in evals.items():
+            lines.append(f"| {name} | {e['pass@1']:.3f} | {e['pass@1_ci'][0]:.3f}-{e['pass@1_ci'][1]:.3f} | "
+                         f"{e['pass@k']:.3f} | {e['pass@k_ci'][0]:.3f}-{e['pass@k_ci'][1]:.3f} | "
+                         f"{e['mean_tool_calls']:.2f} | {e['mean_turns']:.2f} | {e['finish']} |")
+        lines.append("")
+        lines.append("Intervals: 95% percentile bootstrap over questions (2,000 resamples).")
+        lines.append("")
+    if results.get("sft"):
+        s = results["sft"]
+        lines += ["## SFT", "", f"- steps: {len(s)}; loss first {s[0]['sft/loss']:.4f}, last {s[-1]['sft/loss']:.4f}", ""]
+    if results.get("rl"):
+        h = results["rl"]
+        lines += ["## RL", "", f"- steps: {len(h)}; reward mean first {h[0]['reward/mean']:.4f}, last "
+                  f"{h[-1]['reward/mean']:.4f}; per-step metrics in `metrics.jsonl`", ""]
+    lines += ["Plots: `plots/*.png`. Trajectories: `trajectories/*.parquet`. Tasks: `data/*.jsonl`.", ""]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines))
+    (run_dir / "results.json").write_text(json.dumps(
+        {k: v for k, v in results.items() if k.startswith("eval_") or k == "rft"}, indent=1))
+    return path
