@@ -52,9 +52,21 @@ def synthesize(cfg: Config, run_dir: Path) -> dict:
     return {"world": world, **split}
 
 
+def file_splits(cfg: Config, run_dir: Path) -> dict:
+    """Tasks from data.path: the last eval.num_tasks are held out, the rest are for RL."""
+    from rl.data import file_tasks
+
+    tasks = file_tasks(cfg.data.path)
+    if len(tasks) <= cfg.eval.num_tasks:
+        raise ValueError(f"{cfg.data.path}: {len(tasks)} tasks, not more than eval.num_tasks = {cfg.eval.num_tasks}")
+    return {"world": None, "expert": [], "rl": tasks[:-cfg.eval.num_tasks][:cfg.data.num_tasks],
+            "heldout": tasks[-cfg.eval.num_tasks:]}
+
+
 def as_tasks(items: list[dict]) -> list[dict]:
     """What a rollout needs of a synthesized item (the sub-graph stays with the expert)."""
-    return [{"uid": it["uid"], "question": it["question"], "answer": it["answer"]} for it in items]
+    keys = ("uid", "question", "answer", "gold_ids")
+    return [{k: it[k] for k in keys if k in it} for it in items]
 
 
 # --- expert trajectories and the RFT filter ---------------------------------------------------------

@@ -35,7 +35,7 @@ def pipeline(cfg, run_dir: Path) -> dict:
     from rl.controller import RLGroups, train
 
     t0 = time.perf_counter()
-    data = st.synthesize(cfg, run_dir)
+    data = st.synthesize(cfg, run_dir) if cfg.data.task == "world_qa" else st.file_splits(cfg, run_dir)
     heldout = st.as_tasks(data["heldout"])
     groups = RLGroups(cfg)
     print(f"actor groups up after {time.perf_counter() - t0:.0f} s", flush=True)
@@ -69,8 +69,9 @@ def check_stages(cfg) -> str | None:
         if s == "sft" and "expert" not in seen:
             return "pipeline.stages: 'sft' needs 'expert' before it (the SFT data are the expert's trajectories)"
         seen.append(s)
-    if cfg.data.task != "world_qa":
-        return f"the WebSailor pipeline runs on data.task=world_qa, got {cfg.data.task!r}"
+    if cfg.data.task == "file" and "expert" in seen:
+        return ("pipeline.stages: the scripted expert plans over the synthetic world (data.task=world_qa); "
+                "with data.task=file run rl and eval_<name> stages (SFT data from your own trajectories)")
     return None
 
 

@@ -195,6 +195,8 @@ class RunConfig(_Base):
     save_every: Annotated[int, Meta(ge=0, description="checkpoint every N steps (and at the end); 0 = never")] = 0
     keep_last: PosInt = 2
     resume: Annotated[bool, Meta(description="continue from the newest complete checkpoint in run.dir")] = False
+    loggers: Annotated[list[Literal["tensorboard", "wandb", "mlflow"]], Meta(
+        description="metric sinks besides metrics.jsonl (pip install windward[logging])")] = msgspec.field(default_factory=list)
     save_trajectories: Annotated[bool, Meta(description="write every step's trajectories to run.dir/trajectories/*.parquet")] = True
 
 

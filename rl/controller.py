@@ -59,7 +59,8 @@ def train(cfg: Config, run_dir: Path, groups: "RLGroups | None" = None, tasks: l
         producer = AsyncRollout(groups.dispatcher, sampler, cfg.data.batch_size, cfg.rollout.max_staleness)
         if start > 1 and "async" in found_meta:
             producer.load_state_dict(found_meta["async"])
-    logger = MetricsLogger(run_dir, cfg.run.steps, progress=cfg.run.progress, initial=start - 1)
+    logger = MetricsLogger(run_dir, cfg.run.steps, progress=cfg.run.progress, initial=start - 1,
+                           loggers=cfg.run.loggers, name=cfg.run.name, config=to_dict(cfg))
     history = []
     try:
         for step in range(start, cfg.run.steps + 1):
