@@ -22,7 +22,7 @@ TIMING = ("time", "time/", "throughput/")
 
 
 def launch(run_dir, *extra):
-    return subprocess.Popen([sys.executable, str(ROOT / "launch/websailor.py"), f"run.dir={run_dir}", *ARGS, *extra],
+    return subprocess.Popen([sys.executable, str(ROOT / "launch/websailor.py"), "--config", str(ROOT / "launch/configs/spine.yaml"), f"run.dir={run_dir}", *ARGS, *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 

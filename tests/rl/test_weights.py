@@ -1,0 +1,290 @@
+"""Weight streaming (rl/weights.py): every transport delivers the buckets of a version complete and
+in order, memory stays bounded (buckets in flight; peak RSS of sender and receivers), versions are
+checked, and every wait that runs out names the bucket and the version it waited for."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import resource
+import socket
+import sys
+import threading
+import time
+
+import pytest
+import ray
+import torch
+
+from rl.weights import (CollectiveTransport, DiskTransport, ObjectStoreTransport, iter_buckets,
+                        make_transport)
+from rollout.engines.base import decode_bucket
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # test modules are not importable on workers
+
+MB = 1 << 20
+
+
+def named_state(n: int, numel: int = MB // 4, pulled: list | None = None):
+    """n float32 tensors (numel each) whose values say their index; produced lazily."""
+    for i in range(n):
+        if pulled is not None:
+            pulled.append(i)
+        yield f"layers.{i}.weight", torch.full((numel,), float(i))
+
+
+def contents(buckets) -> list[tuple[str, float]]:
+    return [(name, float(t[0])) for data in buckets for name, t in decode_bucket(data)]
+
+
+def expected(n: int) -> list[tuple[str, float]]:
+    return [(f"layers.{i}.weight", float(i)) for i in range(n)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --- buckets ----------------------------------------------------------------------------------
+
+
+def test_iter_buckets_bounds_size_keeps_order_and_is_lazy():
+    sizes = [10, 300, 5, 2000, 40, 40, 40, 1]  # float32 elements
+    named = [(f"t{i}", torch.arange(n, dtype=torch.float32)) for i, n in enumerate(sizes)]
+    buckets = list(iter_buckets(named, bucket_bytes=1200))
+    # buckets keep the order (safetensors sorts the names inside one bucket)
+    got = [sorted((name, t.numel()) for name, t in decode_bucket(data)) for data in buckets]
+    assert got == [[("t0", 10)], [("t1", 300)], [("t2", 5)], [("t3", 2000)],
+                   [("t4", 40), ("t5", 40), ("t6", 40), ("t7", 1)]]
+    for data in buckets:
+        parts = decode_bucket(data)
+        assert len(parts) == 1 or sum(t.numel() * 4 for _, t in parts) <= 1200
+    with pytest.raises(ValueError, match="bucket_bytes"):
+        next(iter_buckets(named, bucket_bytes=0))
+
+    pulled: list[int] = []
+    it = iter_buckets(named_state(100, numel=256, pulled=pulled), bucket_bytes=4 * 1024)  # 4 tensors a bucket
+    first = next(it)
+    assert len(decode_bucket(first)) == 4 and len(pulled) == 5  # the 5th opened the next bucket
+
+
+# --- disk -------------------------------------------------------------------------------------
+
+
+def test_disk_transport_streams_in_order_with_a_bounded_window(tmp_path):
+    transport = DiskTransport(tmp_path / "w", num_receivers=2, window=2, timeout_s=30)
+    got: dict[int, list] = {}
+    on_disk: list[int] = []
+
+    def receiver(r: int, delay: float):
+        out = []
+        for data in transport.receive(5, r):
+            out += contents([data])
+            on_disk.append(len(list((tmp_path / "w").glob("v*/bucket-*"))))
+            time.sleep(delay)
+        got[r] = out
+
+    threads = [threading.Thread(target=receiver, args=(r, 0.01 * r)) for r in range(2)]
+    for t in threads:
+        t.start()
+    stats = transport.send(5, iter_buckets(named_state(12), bucket_bytes=MB))
+    for t in threads:
+        t.join(timeout=30)
+    assert got == {0: expected(12), 1: expected(12)}
+    assert (stats.version, stats.buckets) == (5, 12)
+    assert stats.max_in_flight == 2  # the sender waited for the slow receiver
+    assert max(on_disk) <= 2
+    assert list((tmp_path / "w").iterdir()) == []  # the version folder is gone
+
+
+def test_disk_waits_time_out_naming_bucket_and_version(tmp_path):
+    with pytest.raises(TimeoutError, match="bucket 0 of version 7 \\(receiver 0\\)"):
+        next(DiskTransport(tmp_path, num_receivers=1, timeout_s=0.3).receive(7, 0))
+    transport = DiskTransport(tmp_path, num_receivers=2, window=2, timeout_s=0.5)
+
+    def only_receiver_0():
+        with contextlib.suppress(TimeoutError):  # it waits in vain once the sender gave up
+            contents(transport.receive(3, 0))
+
+    only_one = threading.Thread(target=only_receiver_0)
+    only_one.start()  # receiver 1 never comes
+    with pytest.raises(TimeoutError, match="take bucket 0 of version 3"):
+        transport.send(3, iter_buckets(named_state(6), bucket_bytes=MB))
+    only_one.join(timeout=10)
+
+
+def test_make_transport_rejects_unknown_kinds_and_receivers(tmp_path):
+    with pytest.raises(KeyError, match="known: \\['collective', 'disk', 'object_store'\\]"):
+        make_transport("carrier_pigeon", num_receivers=1)
+    t = make_transport("disk", num_receivers=2, folder=tmp_path)
+    with pytest.raises(ValueError, match="receiver 2 is not in 0..1"):
+        next(t.receive(1, 2))
+
+
+# --- collective (gloo here; NCCL on GPU runs the same code) ------------------------------------
+
+
+def test_collective_gloo_checks_the_version_of_every_bucket():
+    """Sender and receiver as threads of one process (two ranks of one gloo group)."""
+    errors: list[str] = []
+
+    def receive(transport, version):
+        try:
+            return contents(transport.receive(version, 0))
+        except RuntimeError as err:
+            errors.append(str(err))
+
+    transport = CollectiveTransport("127.0.0.1", free_port(), num_receivers=1, backend="gloo", timeout_s=30)
+    try:
+        r = threading.Thread(target=receive, args=(transport, 4))
+        r.start()
+        stats = transport.send(4, iter_buckets(named_state(3), bucket_bytes=MB))
+        r.join(timeout=30)
+        assert (stats.buckets, errors) == (3, [])
+    finally:
+        transport.close()
+
+    transport = CollectiveTransport("127.0.0.1", free_port(), num_receivers=1, backend="gloo", timeout_s=3)
+    try:
+        r = threading.Thread(target=receive, args=(transport, 5))  # expects 5, the sender sends 6
+        r.start()
+        with pytest.raises(TimeoutError, match="broadcasting bucket 0 of version 6"):
+            transport.send(6, iter_buckets(named_state(1), bucket_bytes=MB))  # the receiver left
+        r.join(timeout=30)
+        assert errors and "expected bucket 0 of version 5, the sender sent bucket 0 of version 6" in errors[0]
+    finally:
+        transport.close()
+
+
+def _collective_rank(transport, rank: int, queue) -> None:
+    """One process of the broadcast test: version 1 warms the group up, version 2 (192 MB, 48 buckets)
+    is measured. Reports what arrived and how much the peak RSS grew during version 2."""
+    try:
+        if rank == 0:
+            transport.send(1, iter_buckets(named_state(2, numel=MB), bucket_bytes=4 * MB))
+            base = peak_rss_mb()
+            stats = transport.send(2, iter_buckets(named_state(48, numel=MB), bucket_bytes=4 * MB))
+            queue.put((rank, stats.buckets, peak_rss_mb() - base))
+        else:
+            contents(transport.receive(1, rank - 1))
+            base = peak_rss_mb()
+            got = contents(transport.receive(2, rank - 1))
+            queue.put((rank, got, peak_rss_mb() - base))
+    except BaseException as err:  # the parent reports it
+        queue.put((rank, repr(err), None))
+
+
+@pytest.mark.slow
+def test_collective_gloo_between_processes_keeps_memory_bounded():
+    """Three processes (sender + 2 receivers): a 192 MB state arrives complete and in order, and no
+    process's peak RSS grows by half the state (each holds a bucket or two at a time)."""
+    transport = CollectiveTransport("127.0.0.1", free_port(), num_receivers=2, backend="gloo", timeout_s=120)
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_collective_rank, args=(transport, rank, queue)) for rank in range(3)]
+    for p in procs:
+        p.start()
+    try:
+        results = {rank: (got, growth) for rank, got, growth in (queue.get(timeout=180) for _ in procs)}
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    state_mb = 48 * 4
+    assert results[0][0] == 48, results[0]
+    for rank in (1, 2):
+        assert results[rank][0] == expected(48), f"receiver {rank}: {str(results[rank][0])[:300]}"
+    for rank, (_, growth) in results.items():
+        assert growth < state_mb / 2, f"rank {rank}: peak RSS grew {growth:.0f} MB for a {state_mb} MB state"
+
+
+# --- Ray object store -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    from rl.cluster import connect
+
+    connect(None, num_cpus=4)
+    yield
+    ray.shutdown()
+
+
+@ray.remote(num_cpus=0.5)
+class Receiver:
+    def take(self, transport, version, receiver, delay=0.0):
+        out = []
+        for data in transport.receive(version, receiver):
+            out += contents([data])
+            time.sleep(delay)
+        return out
+
+
+@ray.remote(num_cpus=0.5)
+class AsyncReceiver:
+    async def take(self, transport, version, receiver):
+        out = []
+        async for data in transport.stream(version, receiver):
+            out += contents([data])
+        return out
+
+
+@pytest.mark.slow
+def test_object_store_streams_with_at_most_window_buckets_in_flight(ray_session):
+    transport = ObjectStoreTransport(num_receivers=2, window=2, timeout_s=60)
+    receivers = [Receiver.remote(), AsyncReceiver.remote()]
+    try:
+        for version in (1, 2):  # the mailbox moves on to the next version
+            refs = [receivers[0].take.remote(transport, version, 0, 0.05),
+                    receivers[1].take.remote(transport, version, 1)]
+            stats = transport.send(version, iter_buckets(named_state(10), bucket_bytes=MB))
+            assert ray.get(refs, timeout=60) == [expected(10), expected(10)]
+            assert (stats.version, stats.buckets, stats.bytes > 10 * MB) == (version, 10, True)
+            assert stats.max_in_flight == 2  # the slow receiver held the sender back
+        with pytest.raises(ValueError, match="asked for weight version 1, but version 2 superseded it"):
+            ray.get(receivers[0].take.remote(transport, 1, 0), timeout=60)
+    finally:
+        transport.close()
+
+
+@pytest.mark.slow
+def test_object_store_waits_time_out_naming_bucket_and_version(ray_session):
+    transport = ObjectStoreTransport(num_receivers=1, window=2, timeout_s=1)
+    try:
+        with pytest.raises(TimeoutError, match="bucket 0 of version 9 \\(receiver 0\\)"):
+            next(transport.receive(9, 0))
+        with pytest.raises(TimeoutError, match="take bucket 0 of version 10"):  # nobody receives
+            transport.send(10, iter_buckets(named_state(4), bucket_bytes=MB))
+    finally:
+        transport.close()
+
+
+@pytest.mark.slow
+def test_rollout_worker_loads_a_stream_from_the_trainer(ray_session, tiny_model):
+    """The controller's path: trainer rank 0 sends, the RolloutWorker's `update_weights` iterates
+    `transport.stream(version, i)`; the engine then holds exactly the sent state."""
+    from transformers import AutoModelForCausalLM
+
+    from rollout.worker import RolloutWorker
+
+    state = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).state_dict()
+    state = {name: t * 1.5 for name, t in state.items()}
+    transport = ObjectStoreTransport(num_receivers=1, timeout_s=60)
+    worker = ray.remote(RolloutWorker).options(num_cpus=0.5).remote("hf", tiny_model, {"dtype": "float32"})
+    try:
+        done = worker.update_weights.remote(transport.stream(7, 0), 7)
+        stats = transport.send(7, iter_buckets(state.items(), bucket_bytes=64 * 1024))
+        assert ray.get(done, timeout=120) == 7 and stats.buckets > 3
+        engine_state = ray.get(worker.__ray_call__.remote(lambda w: w.engine.model.state_dict()), timeout=60)
+        for name, t in state.items():
+            assert torch.equal(engine_state[name], t), name
+    finally:
+        transport.close()
+        ray.kill(worker)
