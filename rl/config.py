@@ -123,6 +123,8 @@ class DataConfig(_Base):
                     "world (multi-turn, tools); file: a jsonl/parquet of {uid, question, answer[, gold_ids]}")] = "target_token"
     target_token: Annotated[str, Meta(description="target_token task: the token the reward counts")] = "the"
     path: Annotated[str | None, Meta(description="task=file: the jsonl or parquet file")] = None
+    qa_nodes: Annotated[tuple[int, int], Meta(description="world_qa: entities per question sub-graph (min, max); SailorFog uses 3-6")] = (3, 6)
+    qa_anchor_rate: Annotated[float, Meta(ge=0, le=1, description="world_qa: share of questions that name one entity (easier, level 2)")] = 0.0
     num_tasks: PosInt = 64
     batch_size: Annotated[int, Meta(ge=1, description="tasks per step")] = 8
 

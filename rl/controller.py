@@ -28,6 +28,7 @@ from rl.cluster import ActorGroup, connect, wait
 from rl.config import AlgoConfig, Config, to_dict
 from rl.data import TaskSampler, file_tasks, target_token_tasks, world_qa_tasks
 from rl.rollout_queue import AsyncRollout, Dispatcher
+from rl.sft_data import write_trajectories
 from rl.trainer.collate import TRAIN_COLUMNS
 from rl.metrics import MetricsLogger, StageTimer, batch_metrics
 from rollout.trajectory import concat, project, scalar_numpy, validate, with_columns
@@ -74,7 +75,7 @@ def train(cfg: Config, run_dir: Path, groups: "RLGroups | None" = None, tasks: l
                                                            cfg.algo, timer, rng)
             metrics = batch_metrics(rolled) | sample_metrics
             if cfg.run.save_trajectories:
-                write_trajectories(run_dir / "trajectories" / f"step_{step:06d}.parquet", rolled, step)
+                write_trajectories(run_dir / "trajectories" / f"step_{step:06d}.parquet", rolled)
             if producer is not None:
                 producer.admit(version)  # top up before training so the engines keep working
             if update is not None:
@@ -98,16 +99,6 @@ def train(cfg: Config, run_dir: Path, groups: "RLGroups | None" = None, tasks: l
         if own_groups:
             groups.shutdown()
     return {"run_dir": str(run_dir), "history": history, "policy_version": version}
-
-
-def write_trajectories(path: Path, batch: pa.RecordBatch, step: int) -> None:
-    """One parquet file per step (the SFT / RFT side reads them back); atomic rename."""
-    import pyarrow.parquet as pq
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    pq.write_table(pa.Table.from_batches([batch]), tmp)
-    tmp.rename(path)
 
 
 def save(ckpt: CheckpointManager, step: int, version: int, groups: "RLGroups", sampler: TaskSampler,
@@ -249,7 +240,8 @@ def load_tasks(cfg: Config, tokenizer) -> tuple[list[dict], dict]:
         default = {"rewards": {"target_token": {"token_id": token_id}}, "composition": None, "judge": None}
     else:
         if d.task == "world_qa":
-            tasks = world_qa_tasks(cfg.env.world_seed, cfg.env.world_size, d.num_tasks, seed=cfg.run.seed)
+            tasks = world_qa_tasks(cfg.env.world_seed, cfg.env.world_size, d.num_tasks, seed=cfg.run.seed,
+                                   nodes=d.qa_nodes, anchor_rate=d.qa_anchor_rate)
         else:
             tasks = file_tasks(d.path, d.num_tasks)
         default = DEFAULT_QA_SCORING
@@ -272,7 +264,7 @@ class RLGroups:
 
         from reward.worker import RewardWorker
         from rl.models import build_tiny_model
-        from rl.trainer.fsdp import FSDPTrainer
+        from rl.trainer.base import backend_class
         from rollout.worker import RolloutWorker
 
         self.cfg = cfg
@@ -318,14 +310,21 @@ class RLGroups:
             RewardWorker, cfg.reward.num_workers, name="reward", num_cpus=cfg.reward.cpus_per_worker,
             kwargs_for=lambda i: dict(rewards=rewards, composition=composition, judge=judge), timeout_s=self.timeout)
         algo = to_dict(cfg.algo) | {"norm_len": r.max_tokens}
-        self.trainer = ActorGroup(
-            FSDPTrainer, t.num_ranks, name="trainer", num_cpus=t.cpus_per_rank, num_gpus=t.gpus_per_rank,
+        extra = dict(token_budget=t.token_budget, packing=t.packing, grad_checkpointing=t.grad_checkpointing,
+                     attn_implementation=t.attn_implementation,
+                     lora=({"rank": t.lora_rank, "alpha": t.lora_alpha}
+                           | ({"target_modules": t.lora_target_modules} if t.lora_target_modules else {}))
+                     if t.lora_rank else None)
+        if t.backend == "deepspeed":
+            extra["zero_stage"] = t.zero_stage
+        self.trainer = ActorGroup(  # FSDP2 or DeepSpeed ZeRO behind one interface (rl/trainer/base.py)
+            backend_class(t.backend), t.num_ranks, name="trainer", num_cpus=t.cpus_per_rank, num_gpus=t.gpus_per_rank,
             kwargs_for=lambda i: dict(model_path=model_path, rank=i, world_size=t.num_ranks, lr=t.lr,
                                       weight_decay=t.weight_decay, betas=t.betas, grad_clip=t.grad_clip,
                                       warmup_steps=t.warmup_steps, micro_batch_size=t.micro_batch_size,
                                       mini_batches=t.mini_batches, dtype=cfg.model.dtype, seed=t.seed,
                                       temperature=r.temperature, algo=algo, timeout_s=self.timeout,
-                                      registries=algos.snapshot_registries()),
+                                      registries=algos.snapshot_registries(), **extra),
             timeout_s=self.timeout)
         addr, port = self.trainer.rendezvous()
         self.trainer.call("init_distributed", addr, port)

@@ -23,6 +23,7 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; 
   echo "setup: installing into $VENV ($WINDWARD_EXTRAS extras); a few minutes the first time" >&2
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
   PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
+  export DS_BUILD_OPS=0  # DeepSpeed: no CUDA op builds at install (ops JIT-build where they are used)
   # torch first and pinned: an unpinned torch pulls a multi-GB CUDA build on CPU machines
   "${PIP[@]}" "torch==2.13.0"
   "${PIP[@]}" -e "$ROOT[$WINDWARD_EXTRAS,dev]"

@@ -93,7 +93,7 @@ class WorldExpert:
         q = self.task["question"]
         self.last_observation = observation or ""
         if observation is None:
-            return self._call(f"I need to find the entity the question describes. I will search for its clues.",
+            return self._call("I will search for the clues of the question.",
                               "search", {"query": [question_keywords(q)]})
         if self.step == 0 and not self.read:  # after a search: is the way-in page among the results?
             target = self.url(self.start)
@@ -101,8 +101,8 @@ class WorldExpert:
                 return self._visit(self.start)
             self.searched_name = True
             name = self.world.entity(self.start).name
-            return self._call(f"The results do not show a good match yet. {name} fits the clues; "
-                              f"I will search for it directly.", "search", {"query": [name]})
+            return self._call(f"No match yet. {name} fits the clues; I will search for it.", "search",
+                              {"query": [name]})
         if self.step < len(self.path):
             return self._visit(self.path[self.step])
         return self._answer()
@@ -112,9 +112,9 @@ class WorldExpert:
         self.read[entity_id] = ""
         name = self.world.entity(entity_id).name
         last = self.step >= len(self.path)
-        goal = "the answer to the question" if last else f"how {name} connects to the other clues"
-        thought = (f"{name} matches the clues. Its page should give the answer." if last else
-                   f"I will read the page of {name} to follow the chain of clues.")
+        goal = "the answer" if last else "the next clue"
+        thought = (f"{name} matches the clues; its page gives the answer." if last else
+                   f"I will read the page of {name}.")
         return self._call(thought, "visit", {"url": [self.url(entity_id)], "goal": goal})
 
     def _answer(self) -> str:

@@ -1,0 +1,500 @@
+"""The trainer backend interface, and the work every backend shares: one rank of the TrainerGroup.
+
+Owns: the process group (gloo on CPU, NCCL on GPU), loading the policy (SDPA attention, or
+flash-attention 2 on a GPU that has it; gradient checkpointing on request), micro-batch planning
+and layout (padded or packed, `rl/trainer/packing.py`, `rl/trainer/collate.py`), per-token
+logprobs under the loss mask, the policy-gradient step with a loss from `rl/algos` (old and
+reference logprobs, DUPO copies reusing their source's, TIS, KL, entropy), the SFT step, the LR
+schedule (`set_lr`), RNG state in checkpoints, LoRA adapters (peft, optional) and the weight
+buckets for the engines (LoRA merged into the base weights, under the base model's names).
+
+A backend (`rl/trainer/fsdp.py`, `rl/trainer/deepspeed.py`) owns only what differs: wrapping the
+model (`_build`), `_backward`, `_optimizer_step` (clip, step, zero; returns the grad norm),
+`named_full_state` (the full state gathered in bounded pieces, rank 0 yields it) and
+`save_checkpoint` / `load_checkpoint`.
+
+Never: decide what to train on (the controller does), talk to engines, or import Ray: a backend
+is a plain class; `rl/cluster.py` makes it an actor. Every rank must make the same sequence of
+forward/backward calls (sharded parameters are gathered collectively), so the number of
+micro-batches is agreed across ranks and a rank that runs out of rows runs a zero-weight dummy.
+
+Loss normalisation across micro-batches and ranks: each micro-batch's loss is aggregated with the
+GLOBAL token / sequence counts of its mini-batch (all-reduced), then multiplied by the world size,
+because both FSDP and DeepSpeed average gradients over ranks. The sum over micro-batches and ranks
+is then exactly the aggregate over the whole mini-batch (SEEDS 2.1 token-level loss).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+import warnings
+from collections.abc import Iterator
+from datetime import timedelta
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.distributed as dist
+
+from rl import algos
+from rl.trainer.collate import packed_microbatch, padded_microbatch, row_lengths
+from rl.trainer.packing import plan_micro_batches
+from rl.weights import iter_buckets
+
+
+def token_logprobs(model, input_ids, attention_mask, temperature: float = 1.0, with_entropy: bool = False,
+                   entropy_grad: bool = False, position_ids=None):
+    """log pi(x_{t+1} | x_{<=t}) on the next-token grid [B, L-1] (and the entropy there, detached
+    unless `entropy_grad`). `position_ids` with `attention_mask=None`: a packed row."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   use_cache=False).logits[:, :-1]
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    logp = logits.log_softmax(-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    ent = None
+    if with_entropy:
+        with torch.enable_grad() if entropy_grad else torch.no_grad():
+            ent = algos.entropy_from_logits(logits)
+    return logp, ent
+
+
+def microbatch_logprobs(model, mb: dict, temperature: float = 1.0, with_entropy: bool = False,
+                        entropy_grad: bool = False):
+    """Grid logprobs [B, L-1] (and entropy) of a padded or a packed micro-batch (`collate.py`).
+
+    Packed: one forward over the concatenated row, then each row's values are picked from the flat
+    next-token axis (`grid_index`); positions past a row's end are 0 (its mask is 0 there too)."""
+    if "position_ids" not in mb:
+        return token_logprobs(model, mb["input_ids"], mb["attention_mask"], temperature, with_entropy, entropy_grad)
+    lp, ent = token_logprobs(model, mb["input_ids"], None, temperature, with_entropy, entropy_grad,
+                             position_ids=mb["position_ids"])
+    idx, valid = mb["grid_index"], mb["grid_valid"]
+    lp = torch.where(valid, lp[0][idx], lp.new_zeros(()))
+    if ent is not None:
+        ent = torch.where(valid, ent[0][idx], ent.new_zeros(()))
+    return lp, ent
+
+
+def attention_implementation(requested: str, device: torch.device, dtype: str) -> str:
+    """The attention kernel: "auto" is flash_attention_2 (varlen for packed rows) on a GPU with
+    flash-attn installed and bf16 compute, SDPA elsewhere; an explicit choice is kept."""
+    if requested != "auto":
+        return requested
+    if device.type == "cuda" and dtype == "bfloat16":
+        from transformers.utils import is_flash_attn_2_available
+
+        if is_flash_attn_2_available():
+            return "flash_attention_2"
+    return "sdpa"
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The decoder blocks of an HF causal LM, also under a PEFT wrapper (the sharding units)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.model.layers
+
+
+def merge_lora(named: Iterator[tuple[str, torch.Tensor]], scaling: float) -> Iterator[tuple[str, torch.Tensor]]:
+    """PEFT LoRA state -> the base model's state with the adapters folded in, streaming:
+    W' = W + scaling * B @ A (scaling = alpha / r; LoRA, Hu et al. 2021, Eq. 3). Names lose PEFT's
+    `base_model.model.` prefix and `.base_layer`; lora_A / lora_B entries are consumed. A layer's
+    pieces arrive together (state-dict order), so one layer is held at a time."""
+    pending: dict[str, dict[str, torch.Tensor]] = {}
+    for name, t in named:
+        name = name.removeprefix("base_model.model.")
+        if ".base_layer." in name:
+            prefix, leaf = name.split(".base_layer.")
+            if leaf != "weight":
+                yield f"{prefix}.{leaf}", t
+                continue
+            part = "W"
+        elif ".lora_A." in name or ".lora_B." in name:
+            part = "A" if ".lora_A." in name else "B"
+            prefix = name.split(f".lora_{part}.")[0]
+        else:
+            yield name, t
+            continue
+        parts = pending.setdefault(prefix, {})
+        parts[part] = t
+        if len(parts) == 3:
+            del pending[prefix]
+            w = parts["W"]
+            yield f"{prefix}.weight", (w.float() + scaling * (parts["B"].float() @ parts["A"].float())).to(w.dtype)
+    if pending:
+        raise ValueError(f"LoRA merge: incomplete adapter entries for {sorted(pending)[:3]}")
+
+
+def backend_class(name: str) -> type["TrainerBackend"]:
+    """The trainer class of a backend name (`trainer.backend`); imports only that backend."""
+    if name == "fsdp2":
+        from rl.trainer.fsdp import FSDPTrainer
+
+        return FSDPTrainer
+    if name == "deepspeed":
+        from rl.trainer.deepspeed import DeepSpeedTrainer
+
+        return DeepSpeedTrainer
+    raise ValueError(f"unknown trainer backend {name!r}; allowed: 'fsdp2', 'deepspeed'")
+
+
+class TrainerBackend:
+    """One rank of the TrainerGroup. Subclasses: FSDPTrainer (default), DeepSpeedTrainer."""
+
+    name = "base"
+
+    def __init__(self, model_path: str, *, rank: int, world_size: int, lr: float = 1e-6,
+                 weight_decay: float = 0.0, betas=(0.9, 0.999), grad_clip: float = 1.0,
+                 warmup_steps: int = 0, micro_batch_size: int = 8, mini_batches: int = 1,
+                 dtype: str = "float32", seed: int = 0, temperature: float = 1.0,
+                 algo: dict | None = None, timeout_s: float = 1800.0, registries: dict | None = None,
+                 token_budget: int = 0, packing: bool = False, grad_checkpointing: bool = False,
+                 attn_implementation: str = "auto", lora: dict | None = None):
+        if packing and not token_budget:
+            raise ValueError("packing needs a token_budget > 0 (the most tokens in one packed row)")
+        if lora and lora.get("rank", 0) < 1:
+            raise ValueError(f"lora needs a rank >= 1, got {lora}")
+        self.model_path = str(model_path)
+        self.rank, self.world_size = rank, world_size
+        self.opt_args = dict(lr=lr, weight_decay=weight_decay, betas=tuple(betas))
+        self.grad_clip, self.warmup_steps = grad_clip, warmup_steps
+        self.micro_batch_size, self.mini_batches = micro_batch_size, mini_batches
+        self.token_budget, self.packing = int(token_budget), bool(packing)
+        self.grad_checkpointing, self.attn_implementation = grad_checkpointing, attn_implementation
+        self.lora = dict(lora) if lora else None
+        self.dtype, self.seed, self.temperature = dtype, seed, temperature
+        self.algo = dict(algo or {})
+        self.timeout_s = timeout_s
+        self.step = 0
+        self.model = self.ref_model = None
+        if registries:  # user-registered algorithm pieces, shipped from the driver (cloudpickle)
+            algos.restore_registries(registries)
+
+    # --- setup ---------------------------------------------------------------------------
+
+    def init_distributed(self, master_addr: str, master_port: int) -> None:
+        """Join the process group, load and wrap the policy (and the reference when kl_coef > 0)."""
+        gpu = torch.cuda.is_available()
+        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
+                          WORLD_SIZE=str(self.world_size), LOCAL_RANK=os.environ.get("LOCAL_RANK", "0"))
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if gpu else "gloo", rank=self.rank, world_size=self.world_size,
+                                    timeout=timedelta(seconds=self.timeout_s))
+        self.device = torch.device("cuda", torch.cuda.current_device()) if gpu else torch.device("cpu")
+        if self.dtype == "bfloat16" and gpu and not torch.cuda.is_bf16_supported():
+            warnings.warn("this GPU has no bf16: training in float32")
+            self.dtype = "float32"
+        self.attn = attention_implementation(self.attn_implementation, self.device, self.dtype)
+        torch.manual_seed(self.seed)
+        self._build()
+        self.pad_id = self.model.config.pad_token_id or 0
+
+    def _load_model(self, trainable: bool = True):
+        """The HF causal LM in fp32 on this rank's device (backends cast for mixed precision)."""
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32,
+                                                     attn_implementation=self.attn)
+        if trainable and self.grad_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if not trainable:
+            model.requires_grad_(False)
+        elif self.lora:
+            from peft import LoraConfig, get_peft_model
+
+            lo = self.lora
+            model = get_peft_model(model, LoraConfig(
+                r=lo["rank"], lora_alpha=lo.get("alpha", 2 * lo["rank"]), lora_dropout=lo.get("dropout", 0.0),
+                target_modules=lo.get("target_modules", "all-linear"), bias="none"))
+        return model.to(self.device)
+
+    def _make_scheduler(self, optimizer: torch.optim.Optimizer):
+        warm = self.warmup_steps
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+
+    @property
+    def _wants_ref(self) -> bool:
+        return self.algo.get("kl_coef", 0.0) > 0  # never loaded when beta = 0
+
+    # --- what a backend provides ---------------------------------------------------------
+
+    def _build(self) -> None:
+        """Set self.model (the HF module, for config and state), self.policy (what forward calls go
+        to), self.ref (reference forward or None), self.optimizer (a torch optimizer: the LR
+        schedule drives it) and self.scheduler."""
+        raise NotImplementedError
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _optimizer_step(self) -> float:
+        """Clip (grad_clip > 0), step, zero the gradients; return the global grad norm before clipping."""
+        raise NotImplementedError
+
+    def named_full_state(self, bucket_bytes: int = 64 << 20) -> Iterator[tuple[str, torch.Tensor]]:
+        """(HF name, full CPU tensor) for every entry of the model's state dict, tied weights under
+        both names. Collective: every rank runs it to the end; only rank 0 yields. Gathers about
+        `bucket_bytes` at a time."""
+        raise NotImplementedError
+
+    def save_checkpoint(self, folder: str) -> None:
+        raise NotImplementedError
+
+    def load_checkpoint(self, folder: str) -> int:
+        raise NotImplementedError
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _all_reduce(self, values: list[float], op=dist.ReduceOp.SUM) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=op)
+        return t.tolist()
+
+    def _all_gather_keys(self, sums: dict) -> set[str]:
+        keys: list = [None] * self.world_size
+        dist.all_gather_object(keys, sorted(sums))
+        return {k for ks in keys for k in ks}
+
+    def _plan(self, lengths: np.ndarray, rows: np.ndarray) -> list[np.ndarray]:
+        """This rank's `rows` in micro-batches (token budget or fixed size); every rank gets the same
+        count (empty micro-batches fill in)."""
+        parts = [rows[p] for p in plan_micro_batches(lengths[rows], micro_batch_size=self.micro_batch_size,
+                                                     token_budget=self.token_budget, packing=self.packing)]
+        n = int(self._all_reduce([len(parts)], dist.ReduceOp.MAX)[0])
+        return parts + [rows[:0]] * (n - len(parts))
+
+    def _dummy(self) -> dict:
+        ids = torch.full((1, 2), self.pad_id, dtype=torch.long)
+        mb = {"input_ids": ids, "loss_mask": torch.zeros(1, 1), "rollout_logprobs": torch.zeros(1, 1),
+              "advantage": torch.zeros(1), "num_tokens": 0.0}
+        if self.packing:
+            return mb | {"position_ids": torch.arange(2)[None], "grid_index": torch.zeros(1, 1, dtype=torch.long),
+                         "grid_valid": torch.ones(1, 1, dtype=torch.bool)}
+        return mb | {"attention_mask": torch.ones_like(ids)}
+
+    def _mb(self, batch, rows):
+        if not len(rows):
+            mb = self._dummy()
+        else:
+            mb = (packed_microbatch if self.packing else padded_microbatch)(batch, rows, self.pad_id)
+        return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in mb.items()}
+
+    # --- the work ------------------------------------------------------------------------
+
+    def train_step(self, batch: pa.RecordBatch) -> dict:
+        """Old (and reference) logprobs, then `mini_batches` optimizer steps over this rank's rows.
+
+        Optional columns: `dup_of` (shard-local index of the row a DUPO copy was taken from, -1
+        otherwise: a copy reuses its source's old/ref logprobs instead of recomputing them) and
+        `finish` (for overlong filtering). Returns metrics reduced over ranks (same on every rank).
+        """
+        a = self.algo
+        t0 = time.perf_counter()
+        rows_all = np.arange(batch.num_rows)
+        lengths = row_lengths(batch)
+        dup_of = batch.column("dup_of").to_numpy(zero_copy_only=False) if "dup_of" in batch.schema.names \
+            else np.full(batch.num_rows, -1)
+        truncated = None
+        if a.get("overlong_filter") and "finish" in batch.schema.names:
+            truncated = np.asarray(batch.column("finish").to_pylist()) == "max_tokens"
+        old = self._logprobs_of(batch, lengths, dup_of, self.policy) if a.get("recompute_old_logprobs", True) else {}
+        ref = self._logprobs_of(batch, lengths, dup_of, self.ref) if self.ref is not None else {}
+        t1 = time.perf_counter()
+
+        self.policy.train()
+        sums: dict[str, float] = {}
+        tokens_seen, grad_norms = 0.0, []
+        for mini in np.array_split(rows_all, self.mini_batches):
+            micro = self._plan(lengths, mini)
+            mbs = [self._mb(batch, rows) for rows in micro]
+            if truncated is not None:
+                for rows, mb in zip(micro, mbs):
+                    if len(rows):
+                        mb["loss_mask"] = algos.overlong_filter_mask(
+                            mb["loss_mask"], torch.from_numpy(truncated[rows]).to(self.device))
+                        mb["num_tokens"] = float(mb["loss_mask"].sum())
+            local = [sum(mb["num_tokens"] for mb in mbs),
+                     float(sum(int((mb["loss_mask"].sum(-1) > 0).sum()) for mb, r in zip(mbs, micro) if len(r)))]
+            g_tokens, g_seqs = (max(v, 1.0) for v in self._all_reduce(local))
+            for rows, mb in zip(micro, mbs):
+                lp, ent = microbatch_logprobs(self.policy, mb, self.temperature, with_entropy=True,
+                                              entropy_grad=bool(a.get("entropy_coef")))
+                old_lp = _stack(old, rows, lp) if old else mb["rollout_logprobs"]
+                ref_lp = _stack(ref, rows, lp) if ref else None
+                loss, m = self._loss(mb, lp, ent, old_lp, ref_lp, g_tokens, g_seqs)
+                self._backward(loss * self.world_size)  # the backends average gradients over ranks
+                n = mb["num_tokens"]
+                if n:
+                    sums["loss"] = sums.get("loss", 0.0) + loss.item()
+                    for k, v in m.items():
+                        sums[k] = sums.get(k, 0.0) + v * n
+                    tokens_seen += n
+            grad_norms.append(self._optimizer_step())
+        self.scheduler.step()
+        self.step += 1
+        t2 = time.perf_counter()
+
+        # every rank must reduce the same keys in the same order
+        keys = sorted(self._all_gather_keys(sums))
+        red = self._all_reduce([sums.get(k, 0.0) for k in keys] + [tokens_seen])
+        total = max(red[-1], 1.0)
+        metrics = {f"train/{k}": v / total for k, v in zip(keys, red[:-1]) if k != "loss"}
+        metrics["train/loss"] = red[keys.index("loss")] / self.mini_batches if "loss" in keys else 0.0
+        metrics["train/grad_norm"] = float(np.mean(grad_norms))
+        metrics["train/lr"] = self.scheduler.get_last_lr()[0]
+        metrics["train/tokens"] = red[-1]
+        metrics["time/logprobs"] = t1 - t0
+        metrics["time/update"] = t2 - t1
+        return metrics
+
+    def sft_step(self, batch: pa.RecordBatch) -> dict:
+        """One optimizer step of next-token NLL on this rank's rows (SFT / RFT cold start).
+
+        Only tokens with loss_mask == 1 count (the policy's own tokens; observations and template
+        tokens are context only, SEEDS 3.4): L = - sum_i sum_t m_{i,t} log pi(o_{i,t} | o_{i,<t}) / N,
+        N = masked tokens over all micro-batches and ranks (token mean). Needs prompt_ids,
+        response_ids, loss_mask; no advantage or logprobs. Metrics are the same on every rank.
+        """
+        t0 = time.perf_counter()
+        lengths = row_lengths(batch)
+        micro = self._plan(lengths, np.arange(batch.num_rows))
+        mbs = [self._mb(batch, rows) for rows in micro]
+        g_tokens = max(self._all_reduce([sum(mb["num_tokens"] for mb in mbs)])[0], 1.0)
+        self.policy.train()
+        nll = 0.0
+        for mb in mbs:
+            lp, _ = microbatch_logprobs(self.policy, mb)
+            loss = -algos.masked_sum(lp, mb["loss_mask"]) / g_tokens
+            self._backward(loss * self.world_size)
+            nll += loss.item()
+        grad_norm = self._optimizer_step()
+        self.scheduler.step()
+        self.step += 1
+        loss_sum, tokens = self._all_reduce([nll, sum(mb["num_tokens"] for mb in mbs)])
+        return {"sft/loss": loss_sum, "sft/tokens": tokens, "sft/grad_norm": grad_norm,
+                "sft/lr": self.scheduler.get_last_lr()[0], "time/update": time.perf_counter() - t0}
+
+    def logprobs(self, batch: pa.RecordBatch, reference: bool = False) -> list[np.ndarray]:
+        """Per row, log pi(response token | everything before it) under the policy (or the
+        reference), aligned with `response_ids` (collective: every rank calls with its shard)."""
+        model = self.ref if reference else self.policy
+        if model is None:
+            raise ValueError("no reference model is loaded (algo.kl_coef = 0)")
+        lengths = row_lengths(batch)
+        per_row = self._logprobs_of(batch, lengths, np.full(batch.num_rows, -1), model)
+        p_len = batch.column("prompt_ids").value_lengths().to_numpy(zero_copy_only=False)
+        r_len = batch.column("response_ids").value_lengths().to_numpy(zero_copy_only=False)
+        return [per_row[i][p_len[i] - 1:p_len[i] - 1 + r_len[i]].cpu().numpy() for i in range(batch.num_rows)]
+
+    def _loss(self, mb, lp, ent, old_lp, ref_lp, g_tokens, g_seqs):
+        """Policy loss (+ beta * KL, - entropy bonus) aggregated with the global counts. The
+        pieces come from the registries, so a user-registered loss runs here unchanged."""
+        a, mask = self.algo, mb["loss_mask"]
+        kwargs = {"clip_low": a.get("clip_low", 0.2), "clip_high": a.get("clip_high", 0.2)}
+        if a.get("dual_clip") is not None:
+            kwargs["dual_clip"] = a["dual_clip"]
+        per_tok, metrics = algos.policy_loss(a.get("policy_loss", "ppo_clip"), lp, old_lp, mb["advantage"], mask,
+                                             **kwargs)
+        metrics = dict(metrics)
+        if a.get("tis_cap") is not None:  # rollout-vs-trainer mismatch: weight by min(pi_old / pi_rollout, C)
+            w, tis_m = algos.tis_weights(old_lp, mb["rollout_logprobs"], mask, cap=a["tis_cap"])
+            per_tok = per_tok * w
+            metrics |= tis_m
+        agg = dict(mode=a.get("loss_agg_mode", "token-mean"), num_tokens=g_tokens, num_seqs=g_seqs,
+                   norm_len=a.get("norm_len"))
+        loss = algos.aggregate(per_tok, mask, **agg)
+        if ref_lp is not None:  # SEEDS 1.1: beta * D_KL[pi_theta || pi_ref] in the loss
+            kl = algos.kl_penalty(lp, ref_lp, a.get("kl_estimator", "low_var_kl"))
+            loss = loss + a["kl_coef"] * algos.aggregate(kl, mask, **agg)
+            metrics["kl_ref"] = float(algos.masked_mean(kl.detach(), mask))
+        metrics["entropy"] = float(algos.masked_mean(ent.detach(), mask))
+        if a.get("entropy_coef", 0.0):  # entropy bonus (ent carries its graph in this case)
+            loss = loss - a["entropy_coef"] * algos.aggregate(ent, mask, **agg)
+        metrics["logprob_diff"] = float(algos.masked_mean((lp.detach() - mb["rollout_logprobs"]).abs(), mask))
+        return loss, metrics
+
+    def _logprobs_of(self, batch, lengths, dup_of, model) -> dict[int, torch.Tensor]:
+        """Grid logprobs per row under `model` (no grad); DUPO copies reuse their source's."""
+        model.eval()
+        rows_all = np.arange(batch.num_rows)
+        out: dict[int, torch.Tensor] = {}
+        with torch.no_grad():
+            for rows in self._plan(lengths, rows_all[dup_of < 0]):
+                mb = self._mb(batch, rows)
+                lp, _ = microbatch_logprobs(model, mb, self.temperature)
+                for i, r in enumerate(rows):
+                    out[int(r)] = lp[i]
+        for r in rows_all[dup_of >= 0]:
+            out[int(r)] = out[int(dup_of[r])]
+        return out
+
+    def set_lr(self, lr: float) -> None:
+        """New peak learning rate (the schedule's base), e.g. between an SFT stage and RL; the
+        schedule's position (warm-up) is kept."""
+        self.opt_args["lr"] = lr
+        self.scheduler.base_lrs = [lr] * len(self.scheduler.base_lrs)
+        for group, fn in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas):
+            group["initial_lr"] = lr
+            group["lr"] = lr * fn(self.scheduler.last_epoch)
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+
+    # --- weights for the engines ----------------------------------------------------------
+
+    def iter_state_buckets(self, bucket_bytes: int = 64 << 20) -> Iterator[bytes]:
+        """The full state as safetensors buckets of about `bucket_bytes`, produced while gathering
+        (at most one bucket and one gather chunk held at a time). Collective: every rank iterates
+        to the end; rank 0 yields, the others yield nothing."""
+        named = self.named_full_state(bucket_bytes)
+        if self.rank == 0:
+            if self.lora:  # the engines serve the merged weights under the base model's names
+                lo = self.lora
+                named = merge_lora(named, lo.get("alpha", 2 * lo["rank"]) / lo["rank"])
+            yield from iter_buckets(named, bucket_bytes)
+        else:
+            for _ in named:
+                pass
+
+    def state_buckets(self, bucket_bytes: int = 64 << 20) -> list[bytes]:
+        """Gather the full state (collective); rank 0 returns it as safetensors buckets.
+        Tied embeddings travel under both names: measured with vLLM 0.32 (CPU), dropping
+        lm_head.weight left the engine's output layer stale after an in-place reload."""
+        return list(self.iter_state_buckets(bucket_bytes))
+
+    # --- RNG and teardown ----------------------------------------------------------------
+
+    def _rng_state(self) -> dict:
+        state = {"torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
+                 "python_rng": random.getstate()}
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state()
+        return state
+
+    def _set_rng_state(self, state: dict) -> None:
+        torch.set_rng_state(state["torch_rng"])
+        if "numpy_rng" in state:
+            np.random.set_state(state["numpy_rng"])
+        if "python_rng" in state:
+            random.setstate(state["python_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda_rng"])
+
+    def shutdown(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _stack(per_row: dict[int, torch.Tensor], rows, like: torch.Tensor) -> torch.Tensor:
+    """[B, L-1] from per-row grid tensors (re-padded to this micro-batch's width); a dummy
+    micro-batch (no rows) gets `like` detached."""
+    if not len(rows):
+        return like.detach()
+    return torch.stack([_fit(per_row[int(r)], like.shape[1]) for r in rows])
+
+
+def _fit(t: torch.Tensor, n: int) -> torch.Tensor:
+    """Pad or cut a [L-1] grid row to length n (rows are re-padded per micro-batch)."""
+    if t.shape[0] >= n:
+        return t[:n]
+    return torch.nn.functional.pad(t, (0, n - t.shape[0]))

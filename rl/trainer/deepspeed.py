@@ -1,0 +1,141 @@
+"""DeepSpeed backend: one rank of the TrainerGroup with the policy under ZeRO stage 1, 2 or 3.
+
+Owns: the DeepSpeed engine built by `deepspeed.initialize` from a config dict (gloo on CPU with
+DS_ACCELERATOR=cpu, NCCL on GPU; bf16 when dtype is bfloat16), a torch AdamW handed to it
+(`zero_allow_untested_optimizer`: DeepSpeed's own CPU Adam JIT-compiles for about 2 minutes), the
+reference model (a ZeRO-3 engine without optimizer under stage 3, a plain replica otherwise), the
+full state gathered in bounded chunks (`zero.GatheredParameters` under stage 3), and DeepSpeed's
+own sharded checkpoints plus the LR schedule, step and every rank's RNG.
+
+Never: anything the backends share (`rl/trainer/base.py`). Gradient accumulation is the trainer's:
+`managed_gradient_accumulation: false` makes `engine.step()` the boundary after however many
+micro-batches a step has (token budgets make that number vary), and `engine.backward` does not
+rescale the loss (the trainer normalises by global counts).
+
+CPU notes (ASSETS.md): DeepSpeed's first distributed init JIT-compiles a shared-memory all-reduce
+op (60-100 s) that only its inference tensor-parallel path uses; it is switched off here on CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+
+from rl.trainer.base import TrainerBackend
+
+CHECKPOINT_TAG = "deepspeed"
+
+
+def import_deepspeed(device_type: str):
+    """Import DeepSpeed for this device: the accelerator is chosen before the import, the CPU
+    shared-memory comm op is never built, and its INFO logging is quiet."""
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if device_type == "cuda" else "cpu")
+    import deepspeed
+    import deepspeed.ops
+    from deepspeed.utils import logger
+
+    if device_type != "cuda":
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    logger.setLevel(logging.WARNING)
+    return deepspeed
+
+
+class DeepSpeedTrainer(TrainerBackend):
+    name = "deepspeed"
+
+    def __init__(self, model_path: str, *, zero_stage: int = 2, **kwargs):
+        if zero_stage not in (1, 2, 3):
+            raise ValueError(f"zero_stage must be 1, 2 or 3, got {zero_stage}")
+        self.zero_stage = zero_stage
+        super().__init__(model_path, **kwargs)
+
+    def ds_config(self, train: bool = True) -> dict:
+        """The DeepSpeed config dict (train: with gradient settings; else the reference model's)."""
+        cfg = {
+            "train_micro_batch_size_per_gpu": 1,
+            "gradient_accumulation_steps": 1,
+            "zero_optimization": {"stage": self.zero_stage if train else (3 if self.zero_stage == 3 else 0)},
+            "bf16": {"enabled": self.dtype == "bfloat16"},
+            "steps_per_print": 1 << 62,
+            "wall_clock_breakdown": False,
+        }
+        if train:
+            cfg |= {"managed_gradient_accumulation": False, "zero_allow_untested_optimizer": True,
+                    "gradient_clipping": float(self.grad_clip)}
+        return cfg
+
+    def _build(self) -> None:
+        ds = import_deepspeed(self.device.type)
+        model = self._load_model()
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], **self.opt_args)
+        self.engine, _, _, _ = ds.initialize(model=model, optimizer=optimizer, config=self.ds_config(),
+                                             dist_init_required=False)
+        self.model, self.policy = self.engine.module, self.engine
+        # the LR schedule drives the torch optimizer ZeRO wraps (its param_groups hold the lr)
+        self.optimizer = optimizer
+        self.scheduler = self._make_scheduler(optimizer)
+        self.ref_model = self.ref = None
+        if self._wants_ref:
+            ref = self._load_model(trainable=False)
+            if self.zero_stage == 3:
+                self.ref_engine, *_ = ds.initialize(model=ref, config=self.ds_config(train=False),
+                                                    dist_init_required=False)
+                self.ref, self.ref_model = self.ref_engine, self.ref_engine.module
+            else:
+                self.ref = self.ref_model = ref.to(torch.bfloat16) if self.dtype == "bfloat16" else ref
+            self.ref.eval()
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss, scale_wrt_gas=False)
+
+    def _optimizer_step(self) -> float:
+        self.engine.step()  # reduce (ZeRO), clip to gradient_clipping, step, zero the gradients
+        gn = self.engine.get_global_grad_norm()
+        return float(gn) if gn is not None else 0.0
+
+    def named_full_state(self, bucket_bytes: int = 64 << 20) -> Iterator[tuple[str, torch.Tensor]]:
+        """Stage 1/2: every rank holds the full parameters; rank 0 copies them. Stage 3: chunks of
+        about `bucket_bytes` gathered with `zero.GatheredParameters` on every rank, copied on rank 0."""
+        entries = list(self.model.state_dict(keep_vars=True).items())  # tied weights under both names
+        if self.zero_stage < 3:
+            if self.rank == 0:
+                for name, t in entries:
+                    yield name, t.detach().to("cpu", copy=True)
+            return
+        import deepspeed
+
+        chunk: list[tuple[str, torch.Tensor]] = []
+        size = 0
+        for i, (name, t) in enumerate(entries):
+            chunk.append((name, t))
+            size += getattr(t, "ds_numel", t.numel()) * t.element_size()
+            if size < bucket_bytes and i + 1 < len(entries):
+                continue
+            params = list({id(p): p for _, p in chunk if hasattr(p, "ds_id")}.values())
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+                copies = [(n, p.detach().to("cpu", copy=True)) for n, p in chunk] if self.rank == 0 else []
+            yield from copies
+            chunk, size = [], 0
+
+    def save_checkpoint(self, folder: str) -> None:
+        """DeepSpeed's checkpoint (module, every rank's optimizer partition) under tag `deepspeed`,
+        with the LR schedule and step as client state; every rank's RNG (collective)."""
+        torch.save(self._rng_state(), f"{folder}/trainer-rng-rank{self.rank}.pt")
+        self.engine.save_checkpoint(folder, tag=CHECKPOINT_TAG, save_latest=False,
+                                    client_state={"step": self.step, "scheduler": self.scheduler.state_dict()})
+        dist.barrier()
+
+    def load_checkpoint(self, folder: str) -> int:
+        """Restore what `save_checkpoint` wrote (same world size and ZeRO stage). Returns the step."""
+        path, client = self.engine.load_checkpoint(folder, tag=CHECKPOINT_TAG, load_lr_scheduler_states=False)
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint (tag {CHECKPOINT_TAG!r}) in {folder}")
+        self.scheduler.load_state_dict(client["scheduler"])
+        self.step = client["step"]
+        self._set_rng_state(torch.load(f"{folder}/trainer-rng-rank{self.rank}.pt", weights_only=False))
+        dist.barrier()
+        return self.step
