@@ -1,0 +1,157 @@
+"""The WebDancer and EvolveSearch recipes end to end from the command line, `--smoke`, offline, through real
+Ray actor groups (rollout, reward, trainer, env). Smaller than the default smoke (fewer questions, turns
+and evaluations) so that each run stays within a few minutes here; the run folder is then checked
+against what the recipe claims: filter counts recomputed from the saved trajectories, the paper's reward
+composition recomputed from the reward parts, the rounds and their harvests."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from launch.common import ROOT
+
+
+def run_recipe(script: str, run_dir: Path, overrides: list[str], cwd: Path) -> float:
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, str(ROOT / "launch" / script), "--smoke", f"run.dir={run_dir}",
+                           "run.progress=false", *overrides], capture_output=True, text=True, timeout=900, cwd=cwd)
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+    assert proc.stdout.count(f"run folder: {run_dir}") == 2
+    return time.time() - t0
+
+
+def table(path: Path) -> dict[str, np.ndarray]:
+    t = pq.read_table(path)
+    return {c: np.array(t.column(c).to_pylist(), dtype=object) for c in t.schema.names}
+
+
+def as_float(values) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def metrics_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def common_outputs(run_dir: Path, eval_names: list[str]) -> tuple[str, dict]:
+    report = (run_dir / "report.md").read_text()
+    results = json.loads((run_dir / "results.json").read_text())
+    for name in eval_names:
+        assert f"| {name} |" in report and f"eval_{name}" in results, name
+        assert (run_dir / "trajectories" / f"eval_{name}.parquet").exists()
+        assert results[f"eval_{name}"]["num_tasks"] == 2
+    for split in ("expert", "rl", "heldout"):
+        assert (run_dir / "data" / f"{split}.jsonl").exists()
+    assert "## RL" in report and "## SFT" in report
+    for plot in ("reward", "length", "step_time", "sft_loss"):
+        assert (run_dir / "plots" / f"{plot}.png").stat().st_size > 1000, plot
+    return report, results
+
+
+# the expert writes turns of up to ~200 tokens (smoke.yaml allows 160)
+SMALL = ["eval.num_tasks=2", "agent.max_tokens_per_turn=256", "data.batch_size=2", "rollout.n=2"]
+
+
+@pytest.mark.slow
+def test_webdancer_smoke(tmp_path):
+    """CRAWLQA + E2HQA -> expert -> three-stage filter -> SFT -> DAPO RL -> evaluation, from the command line."""
+    run_dir = tmp_path / "webdancer"
+    seconds = run_recipe("webdancer.py", run_dir, SMALL + [
+        "pipeline.stages=[expert,sft,rl,eval_rl]", "data.num_tasks=4", "algo.max_gen_rounds=1"], tmp_path)
+    report, results = common_outputs(run_dir, ["rl"])
+    print(f"webdancer smoke: {seconds:.0f} s")
+
+    # the questions: both synthesizers, in disjoint splits of the sizes asked for
+    splits = {s: [json.loads(x) for x in (run_dir / "data" / f"{s}.jsonl").read_text().splitlines()]
+              for s in ("expert", "rl", "heldout")}
+    assert [len(v) for v in splits.values()] == [8, 4, 2]
+    uids = [it["uid"] for v in splits.values() for it in v]
+    assert len(set(uids)) == len(uids)
+    tags = {it["tag"] for v in splits.values() for it in v}
+    assert tags == {"crawlqa", "e2hqa"}
+    assert sum(sum(m.values()) for m in results["mix"].values()) == 14
+
+    # the funnel: counts recomputed from the expert trajectories, monotone, something left for SFT
+    c = results["rft"]
+    order = ["filter/input", "filter/validity", "filter/correctness", "quality/length", "quality/tool_calls",
+             "quality/dedup", "quality/no_repeat", "filter/quality"]
+    counts = [c[k] for k in order]
+    assert counts == sorted(counts, reverse=True) and counts[0] == 8 and counts[-1] >= 1, c
+    expert = table(run_dir / "trajectories" / "expert.parquet")
+    valid = (expert["finish"] == "answer") & (as_float(expert["reward_format"]) == 1)
+    correct = valid & (as_float(expert["reward_answer"]) == 1)
+    assert (int(valid.sum()), int(correct.sum())) == (c["filter/validity"], c["filter/correctness"])
+    by_type = results["filter_by_type"]
+    assert sum(r["input"] for r in by_type.values()) == 8
+    assert sum(r["kept"] for r in by_type.values()) == c["filter/quality"]
+    for section in ("Three-stage trajectory filter", "1. validity", "2. correctness", "3. quality",
+                    "Questions (CRAWLQA and E2HQA"):
+        assert section in report, section
+
+    # SFT then DAPO: steps logged, the webdancer composition 0.1 format + 0.9 answer (+ overlong punishment)
+    sft = metrics_rows(run_dir / "sft_metrics.jsonl")
+    assert len(sft) >= 1 and all(np.isfinite(r["sft/loss"]) for r in sft)
+    rows = metrics_rows(run_dir / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["algo"]["sampler"] == "dapo" and config["algo"]["clip_high"] == 0.28
+    assert config["reward"]["composition"] == "webdancer"
+    for step in (1, 2):
+        t = table(run_dir / "trajectories" / f"step_{step:06d}.parquet")
+        fmt, ans = as_float(t["reward_format"]), np.nan_to_num(as_float(t["reward_answer"]))
+        expected = 0.1 * fmt + 0.9 * ans + as_float(t.get("reward_overlong", np.zeros(len(fmt))))
+        np.testing.assert_allclose(as_float(t["reward"]), expected, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_evolvesearch_smoke(tmp_path):
+    """Two rounds of RL on disjoint shards -> harvest -> SFT from the base, with the warm-up base, from the
+    command line."""
+    run_dir = tmp_path / "evolve"
+    seconds = run_recipe("evolvesearch.py", run_dir, SMALL + [
+        "pipeline.stages=[warmup,rl,harvest,sft,rl,harvest,sft,eval_final]", "run.steps=1", "data.num_tasks=4",
+        "sft.expert_tasks=4", "sft.batch_size=2"], tmp_path)
+    report, results = common_outputs(run_dir, ["final"])
+    print(f"evolvesearch smoke: {seconds:.0f} s; rounds {results['rounds']}")
+
+    assert (run_dir / "base_model" / "trainer.pt").exists()
+    assert results["rft"]["rft/kept"] >= 1  # the warm-up's expert data
+    rounds = results["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2] and [r["questions"] for r in rounds] == [2, 2]
+    rl_uids, pool = [], 0
+    for r in rounds:
+        folder = run_dir / f"round{r['round']}"
+        assert [m["step"] for m in metrics_rows(folder / "metrics.jsonl")] == [1]
+        t = table(folder / "trajectories" / "step_000001.parquet")
+        rl_uids.append(set(t["uid"]))
+        # the EvolveSearch reward: 0.5 (format + answer) where the format is right, else 0
+        fmt, ans = as_float(t["reward_format"]), as_float(t["reward_answer"])
+        np.testing.assert_allclose(as_float(t["reward"]), np.where(fmt == 1, 0.5 * (fmt + np.nan_to_num(ans)), 0.0),
+                                   atol=1e-5)
+        # the harvest: answered, format-correct and answer-correct rollouts of this round
+        h = r["harvest"]
+        good = (t["finish"] == "answer") & (fmt == 1) & (np.nan_to_num(ans) == 1)
+        assert h["rft/input"] == len(fmt) and h["rft/correct"] == int(good.sum()) >= h["rft/kept"]
+        pool += h["rft/kept"]
+        assert h["pool"] >= h["rft/kept"] and h["pool"] <= pool
+        assert r["sft_data"] == h["pool"]
+        harvest_file = run_dir / "trajectories" / f"harvest_round{r['round']}.parquet"
+        assert harvest_file.exists() == (h["rft/kept"] > 0)
+        if h["pool"] == 0:  # SFT from the base on nothing: the engines serve the base weights again
+            assert r["sft_steps"] == 0
+            assert r["probe_after_sft"] == pytest.approx(results["base_probe"], abs=1e-3)
+        else:
+            assert r["sft_steps"] >= 1
+    assert not rl_uids[0] & rl_uids[1]  # disjoint shards
+    all_rows = metrics_rows(run_dir / "metrics.jsonl")
+    assert [(m["round"], m["step"]) for m in all_rows] == [(1, 1), (2, 2)]
+    for section in ("## Rounds", "Expert trajectories and the RFT filter", "| 1 | 2 | 1 |", "| 2 | 2 | 1 |"):
+        assert section in report, section
