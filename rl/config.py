@@ -87,6 +87,11 @@ class TrainerConfig(_Base):
     cpus_per_rank: NonNegFloat = 1.0
     gpus_per_rank: NonNegFloat = 0.0
     seed: int = 0
+    weight_transport: Annotated[Literal["object_store", "disk", "collective"], Meta(
+        description="how weights reach the engines: Ray object store; files in run.dir/weights; a torch.distributed "
+                    "broadcast (NCCL on GPU, gloo on CPU)")] = "object_store"
+    weight_bucket_mb: Annotated[int, Meta(ge=1, description="size of one weight bucket")] = 64
+    weight_window: Annotated[int, Meta(ge=1, description="buckets in flight at most (bounded memory)")] = 2
 
 
 class AlgoConfig(_Base):

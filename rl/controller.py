@@ -328,6 +328,7 @@ class RLGroups:
             timeout_s=self.timeout)
         addr, port = self.trainer.rendezvous()
         self.trainer.call("init_distributed", addr, port)
+        self.transport = self._make_transport(cfg)
         self.sampling = dict(max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p)
         self.dispatcher = Dispatcher(self.rollout.actors, r.n, self.sampling, r.max_inflight_groups)
 
@@ -368,14 +369,29 @@ class RLGroups:
             shards.append(ray.put(with_columns(view.take(pa.array(rows, pa.int64())), {"dup_of": shard_dup})))
         return self.trainer.call_split("train_step", shards)[0]
 
+    def _make_transport(self, cfg: Config):
+        from rl.weights import make_transport
+
+        t = cfg.trainer
+        opts = {"timeout_s": self.timeout}
+        if t.weight_transport in ("object_store", "disk"):
+            opts["window"] = t.weight_window
+        if t.weight_transport == "disk":
+            opts["folder"] = str(Path(cfg.run.dir or "runs").resolve() / "weights")
+        if t.weight_transport == "collective":
+            opts["host"], opts["port"] = self.trainer.rendezvous()
+        return make_transport(t.weight_transport, num_receivers=self.rollout.num, **opts)
+
     def sync_weights(self, version: int, abort: bool = False) -> int:
-        """Trainer full state -> every engine, through the object store; returns the new version.
-        Episodes in flight pause between turns and go on under the new weights (or, with `abort`,
-        are cancelled and their tasks re-queued by the dispatcher)."""
-        refs = self.trainer.call_async("state_buckets")
-        versions = wait([a.update_weights.remote(refs[0], version, abort) for a in self.rollout.actors],
+        """Trainer full state -> every engine through the weight transport, bucket by bucket (at most
+        trainer.weight_window in flight); returns the new version. Episodes in flight pause between
+        turns and go on under the new weights (or, with `abort`, are cancelled and re-queued)."""
+        bucket = self.cfg.trainer.weight_bucket_mb << 20
+        sent = self.trainer.call_async("send_weights", self.transport, version, bucket)
+        versions = wait([a.update_weights.remote(self.transport.stream(version, i), version, abort)
+                         for i, a in enumerate(self.rollout.actors)],
                         self.timeout, f"weight sync to {self.rollout.num} engine(s) (version {version})")
-        wait(refs, self.timeout, "the trainer's state gather")
+        wait(sent, self.timeout, f"the trainer's weight send (version {version})")
         if set(versions) != {version}:
             raise RuntimeError(f"engines report policy versions {versions} after syncing version {version}")
         return version
@@ -395,6 +411,12 @@ class RLGroups:
         return out
 
     def shutdown(self) -> None:
+        transport = getattr(self, "transport", None)
+        if transport is not None:
+            try:
+                transport.close()
+            except Exception as err:  # shutting down: report, keep going
+                print(f"warning: closing the weight transport: {err}")
         for g in ("rollout", "reward", "trainer", "env"):
             group = getattr(self, g, None)
             if group is not None:

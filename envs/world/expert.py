@@ -73,9 +73,12 @@ class WorldExpert:
         self.world, self.task, self.base_url = world, task, base_url.rstrip("/")
         answer = task["answer_entity"]
         nodes = sorted({x for s, _, o in task["subgraph"] for x in (s, o)})
-        # the way in: the entity farthest from the answer in the sub-graph (the question is built around it)
+        # the way in: an entity the question names (search its name), else the entity farthest from the
+        # answer in the sub-graph (the question is built around it; search the question's words)
         paths = {n: plan_path(world, task["subgraph"], n, answer) for n in nodes}
-        self.start = max(nodes, key=lambda n: (len(paths[n]), n)) if nodes else answer
+        named = [n for n in nodes if n != answer and world.entity(n).name in task["question"]]
+        self.named = named[0] if named else None
+        self.start = self.named or (max(nodes, key=lambda n: (len(paths[n]), n)) if nodes else answer)
         self.path = paths.get(self.start, [answer])
         self.step = 0              # index into self.path of the page to visit next
         self.searched_name = False
@@ -93,8 +96,13 @@ class WorldExpert:
         q = self.task["question"]
         self.last_observation = observation or ""
         if observation is None:
+            if self.named:
+                name = self.world.entity(self.named).name
+                return self._call(f"The question names {name}. I will search for it.", "search", {"query": [name]})
             return self._call("I will search for the clues of the question.",
                               "search", {"query": [question_keywords(q)]})
+        if self.read and str(self.task["answer"]) in observation:  # the page read last gives the answer
+            return self._answer()
         if self.step == 0 and not self.read:  # after a search: is the way-in page among the results?
             target = self.url(self.start)
             if target in _URL.findall(observation) or self.searched_name:

@@ -456,6 +456,17 @@ class TrainerBackend:
             for _ in named:
                 pass
 
+    def send_weights(self, transport, version: int, bucket_bytes: int = 64 << 20):
+        """Stream the full state as `version` through a weight transport (rl/weights.py): every rank
+        takes part in the gather, rank 0 sends bucket by bucket (bounded memory). Returns the send
+        statistics on rank 0, None elsewhere."""
+        buckets = self.iter_state_buckets(bucket_bytes)
+        if self.rank == 0:
+            return transport.send(version, buckets)
+        for _ in buckets:
+            pass
+        return None
+
     def state_buckets(self, bucket_bytes: int = 64 << 20) -> list[bytes]:
         """Gather the full state (collective); rank 0 returns it as safetensors buckets.
         Tied embeddings travel under both names: measured with vLLM 0.32 (CPU), dropping

@@ -95,3 +95,14 @@ def decode_bucket(data: bytes) -> list[tuple[str, torch.Tensor]]:
     from safetensors.torch import load
 
     return list(load(bytes(data)).items())
+
+
+async def aiter_buckets(buckets):
+    """Iterate weight buckets given as a list or any iterable, or an async iterable (a transport's
+    stream: its waits then run off the event loop, so generation goes on meanwhile)."""
+    if hasattr(buckets, "__aiter__"):
+        async for data in buckets:
+            yield data
+    else:
+        for data in buckets:
+            yield data

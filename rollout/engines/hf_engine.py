@@ -14,7 +14,7 @@ from typing import Iterable
 
 import torch
 
-from .base import Generation, SamplingParams, decode_bucket
+from .base import Generation, SamplingParams, aiter_buckets, decode_bucket
 
 
 class HFEngine:
@@ -87,8 +87,8 @@ class HFEngine:
     async def update_weights(self, buckets: Iterable[bytes], version: int) -> None:
         async with self._lock:
             state = {}
-            for data in buckets:
-                state.update(decode_bucket(data))
+            async for data in aiter_buckets(buckets):
+                state.update(decode_bucket(bytes(data)))
             missing, unexpected = self.model.load_state_dict(state, strict=False)
             if unexpected:
                 raise KeyError(f"HFEngine.update_weights: unknown parameter names {unexpected[:5]}")

@@ -17,7 +17,7 @@ import itertools
 import os
 from typing import Iterable
 
-from .base import Generation, SamplingParams
+from .base import Generation, SamplingParams, aiter_buckets
 
 EXTENSION = "rollout.engines.vllm_ext.WindwardWorkerExtension"
 
@@ -136,8 +136,8 @@ class VLLMEngine:
         """
         self._paused.clear()
         try:
-            for data in buckets:
-                await self.llm.collective_rpc("windward_stage_bucket", args=(data,))
+            async for data in aiter_buckets(buckets):
+                await self.llm.collective_rpc("windward_stage_bucket", args=(bytes(data),))
             await self.llm.collective_rpc("windward_commit")
             await self.llm.reset_prefix_cache()
             self.policy_version = version
