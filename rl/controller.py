@@ -404,8 +404,11 @@ class RLGroups:
         return float(np.sum(b.column("rollout_logprobs")[0].values.to_numpy()))
 
     def rollout_metrics(self) -> dict:
-        """Groups per engine (routing balance) and the env servers' tool metrics."""
-        out = {f"rollout/groups_engine{i}": g for i, g in enumerate(self.dispatcher.groups_per_engine)}
+        """Groups each engine finished since the last call (routing balance) and the env servers' tool metrics."""
+        now = list(self.dispatcher.groups_per_engine)
+        last = getattr(self, "_groups_seen", [0] * len(now))
+        self._groups_seen = now
+        out = {f"rollout/groups_engine{i}": g - g0 for i, (g, g0) in enumerate(zip(now, last))}
         if self.env is not None:
             out |= self.env.metrics()
         return out

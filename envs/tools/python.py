@@ -335,8 +335,10 @@ try:
     owner = cfg.get("uid") or 0
     mount("tmpfs", work, "tmpfs", NOSUID | NODEV,
           f"size={cfg['disk_mb']}m,mode=0700,uid={owner},gid={owner}")
-    os.makedirs(root + "/tmp")
-    mount(work, root + "/tmp", None, BIND)
+    if not os.path.exists(root + "/tmp"):  # /tmp is the sandbox's folder too (TMPDIR points there anyway)
+        os.makedirs(root + "/tmp")
+        mount(work, root + "/tmp", None, BIND)
+    # else: a bound system path lives under /tmp (e.g. a virtual env in /tmp): keep it visible
     mount(None, root, None, REMOUNT | BIND | RDONLY | NOSUID | NODEV)
     init = os.fork()
     if init:  # outside the namespaces: wait for the init and pass its status on
