@@ -127,7 +127,12 @@ def test_a_server_killed_mid_step_is_restarted_and_no_call_hangs(group):
     died = [o for o in results if o.error]
     ok = [o for o in results if not o.error]
     assert died and ok, [o.text for o in results]
-    assert all(o.metadata["error_type"] == "server_died" and o.metadata["server"] == 0 for o in died)
+    # a call in flight on the killed server ends as `server_died`, or, when its sandbox was killed with the
+    # server (PDEATHSIG) a moment before the server's own exit, as that sandbox's error; never a hang
+    lost = [o for o in died if o.metadata.get("error_type") == "server_died"]
+    assert lost and all(o.metadata.get("server") == 0 for o in lost), [(o.text[:300], o.metadata) for o in died]
+    assert all(o in lost or "killed by signal SIGKILL" in o.text for o in died), [(o.text[:300], o.metadata) for o in died]
+    died = lost
     assert all("env server" in o.text and "'python'" in o.text for o in died)
     assert all(o.text == "done\n" for o in ok)
     assert _wait_alive(victim) != pid_before  # a new process
