@@ -73,9 +73,10 @@ def as_tasks(items: list[dict]) -> list[dict]:
 # --- expert trajectories and the RFT filter ---------------------------------------------------------
 
 
-def expert_trajectories(cfg: Config, groups, world, items: list[dict], run_dir: Path) -> pa.RecordBatch:
-    """The world expert (envs/world/expert.py) answers each item through the real agent loop, the
-    policy's chat template and the EnvGroup's tools; the trajectories are scored by the RewardGroup."""
+def expert_trajectories(cfg: Config, groups, world, items: list[dict], run_dir: Path,
+                        expert_cls=None) -> pa.RecordBatch:
+    """A scripted expert (default: envs/world/expert.py WorldExpert) answers each item through the real
+    agent loop, the policy's chat template and the EnvGroup's tools; the RewardGroup scores them."""
     from transformers import AutoTokenizer
 
     from envs.world.expert import WorldExpert
@@ -84,6 +85,7 @@ def expert_trajectories(cfg: Config, groups, world, items: list[dict], run_dir: 
     from rollout.scripted import TextPolicyEngine
     from rollout.worker import _task_columns, agent_template
 
+    expert_cls = expert_cls or WorldExpert
     tok = AutoTokenizer.from_pretrained(groups.model_path)
     client = groups.env.client()
     template, fmt = agent_template(tok, client.tool_schemas(), cfg.agent.format, cfg.agent.system_prompt)
@@ -92,7 +94,7 @@ def expert_trajectories(cfg: Config, groups, world, items: list[dict], run_dir: 
 
     async def one(i, item):
         task = dict(as_tasks([item])[0], group=i)
-        engine = TextPolicyEngine(WorldExpert(world, item, groups.env.base_url).next_turn, tok)
+        engine = TextPolicyEngine(expert_cls(world, item, groups.env.base_url).next_turn, tok)
         ep = await run_episode(engine, client, template, task, sampling, agent, fmt)
         return _task_columns(build_batch([ep.record]), task)
 

@@ -76,47 +76,6 @@ def _tag(item: dict) -> str:
 # --- expert trajectories --------------------------------------------------------------------------
 
 
-def expert_trajectories(cfg, groups, world, items: list[dict], run_dir: Path):
-    """`launch.stages.expert_trajectories` with the WebDancer expert (COUNT questions counted on the page).
-    The same code but for the expert class; see the report of this change."""
-    import asyncio
-
-    from transformers import AutoTokenizer
-
-    from envs.world.expert_webdancer import WebDancerExpert
-    from launch.stages import as_tasks
-    from rl.config import to_dict
-    from rl.sft_data import write_trajectories
-    from rollout.agent import AgentConfig, run_episode
-    from rollout.engines import SamplingParams
-    from rollout.scripted import TextPolicyEngine
-    from rollout.trajectory import build_batch, concat, with_columns
-    from rollout.worker import _task_columns, agent_template
-
-    tok = AutoTokenizer.from_pretrained(groups.model_path)
-    client = groups.env.client()
-    template, fmt = agent_template(tok, client.tool_schemas(), cfg.agent.format, cfg.agent.system_prompt)
-    agent = AgentConfig(**{k: v for k, v in to_dict(cfg.agent).items() if k not in ("format", "system_prompt")})
-    sampling = SamplingParams(max_tokens=cfg.agent.max_tokens_per_turn)
-
-    async def one(i, item):
-        task = dict(as_tasks([item])[0], group=i)
-        engine = TextPolicyEngine(WebDancerExpert(world, item, groups.env.base_url).next_turn, tok)
-        ep = await run_episode(engine, client, template, task, sampling, agent, fmt)
-        return _task_columns(build_batch([ep.record]), task)
-
-    async def run_all():
-        return await asyncio.gather(*(one(i, it) for i, it in enumerate(items)))
-
-    batch = concat(asyncio.run(run_all()))
-    texts = [tok.decode(ids, skip_special_tokens=False) for ids in batch.column("response_ids").to_pylist()]
-    batch = groups.score(with_columns(batch, {"response_text": texts}))
-    write_trajectories(run_dir / "trajectories" / "expert.parquet", batch)
-    return batch
-
-
-# --- the three-stage filter -----------------------------------------------------------------------
-
 _CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 _OBSERVATION = re.compile(r"<tool_response>.*?</tool_response>", re.DOTALL)
 
@@ -206,7 +165,11 @@ def pipeline(cfg, run_dir: Path) -> dict:
         for stage in cfg.pipeline.stages:
             print(f"--- stage {stage} (at {time.perf_counter() - t0:.0f} s)", flush=True)
             if stage == "expert":
-                expert = expert_trajectories(cfg, groups, data["world"], data["expert"], run_dir)
+                from envs.world.expert_webdancer import WebDancerExpert
+
+                # the WebDancer expert counts COUNT questions' answers on the page
+                expert = st.expert_trajectories(cfg, groups, data["world"], data["expert"], run_dir,
+                                                expert_cls=WebDancerExpert)
                 sft_data, results["rft"], masks = funnel(cfg, expert)
                 results["filter_by_type"] = funnel_by_type(data["expert"], masks)
                 print(f"three-stage filter: {results['rft']}", flush=True)
