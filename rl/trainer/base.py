@@ -45,11 +45,13 @@ from rl.weights import iter_buckets
 
 
 def token_logprobs(model, input_ids, attention_mask, temperature: float = 1.0, with_entropy: bool = False,
-                   entropy_grad: bool = False, position_ids=None):
+                   entropy_grad: bool = False, position_ids=None, **image_inputs):
     """log pi(x_{t+1} | x_{<=t}) on the next-token grid [B, L-1] (and the entropy there, detached
-    unless `entropy_grad`). `position_ids` with `attention_mask=None`: a packed row."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                   use_cache=False).logits[:, :-1]
+    unless `entropy_grad`). `position_ids` with `attention_mask=None`: a packed row. `image_inputs`:
+    pixel_values / image_grid_thw of a vision-language model."""
+    if position_ids is not None:
+        image_inputs["position_ids"] = position_ids
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **image_inputs).logits[:, :-1]
     logits = logits.float()
     if temperature != 1.0:
         logits = logits / temperature
@@ -68,7 +70,13 @@ def microbatch_logprobs(model, mb: dict, temperature: float = 1.0, with_entropy:
     Packed: one forward over the concatenated row, then each row's values are picked from the flat
     next-token axis (`grid_index`); positions past a row's end are 0 (its mask is 0 there too)."""
     if "position_ids" not in mb:
-        return token_logprobs(model, mb["input_ids"], mb["attention_mask"], temperature, with_entropy, entropy_grad)
+        images = {k: mb[k] for k in ("pixel_values", "image_grid_thw") if k in mb}
+        lp, ent = token_logprobs(model, mb["input_ids"], mb["attention_mask"], temperature, with_entropy, entropy_grad,
+                                 **images)
+        if "grid_shape" in mb:  # a vision micro-batch with the dummy image row (see TrainerBackend._mb)
+            b, n = mb["grid_shape"]
+            lp, ent = lp[:b, :n], (ent[:b, :n] if ent is not None else None)
+        return lp, ent
     lp, ent = token_logprobs(model, mb["input_ids"], None, temperature, with_entropy, entropy_grad,
                              position_ids=mb["position_ids"])
     idx, valid = mb["grid_index"], mb["grid_valid"]
@@ -94,7 +102,8 @@ def attention_implementation(requested: str, device: torch.device, dtype: str) -
 def decoder_layers(model) -> torch.nn.ModuleList:
     """The decoder blocks of an HF causal LM, also under a PEFT wrapper (the sharding units)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.model.layers
+    inner = base.model
+    return inner.language_model.layers if hasattr(inner, "language_model") else inner.layers
 
 
 def merge_lora(named: Iterator[tuple[str, torch.Tensor]], scaling: float) -> Iterator[tuple[str, torch.Tensor]]:
@@ -169,6 +178,12 @@ class TrainerBackend:
         self.timeout_s = timeout_s
         self.step = 0
         self.model = self.ref_model = None
+        from rollout.vision import VisionSpec
+
+        self.vision = VisionSpec.from_model(self.model_path)
+        if self.vision is not None and self.packing:
+            warnings.warn("trainer.packing is off for a vision-language model: M-RoPE positions span a whole row")
+            self.packing = False
         if registries:  # user-registered algorithm pieces, shipped from the driver (cloudpickle)
             algos.restore_registries(registries)
 
@@ -189,14 +204,15 @@ class TrainerBackend:
         self.attn = attention_implementation(self.attn_implementation, self.device, self.dtype)
         torch.manual_seed(self.seed)
         self._build()
-        self.pad_id = self.model.config.pad_token_id or 0
+        text_config = getattr(self.model.config, "text_config", self.model.config)
+        self.pad_id = text_config.pad_token_id or getattr(self.model.config, "pad_token_id", None) or 0
 
     def _load_model(self, trainable: bool = True):
         """The HF causal LM in fp32 on this rank's device (backends cast for mixed precision)."""
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32,
-                                                     attn_implementation=self.attn)
+        auto = AutoModelForImageTextToText if self.vision is not None else AutoModelForCausalLM
+        model = auto.from_pretrained(self.model_path, dtype=torch.float32, attn_implementation=self.attn)
         if trainable and self.grad_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if not trainable:
@@ -279,7 +295,37 @@ class TrainerBackend:
             mb = self._dummy()
         else:
             mb = (packed_microbatch if self.packing else padded_microbatch)(batch, rows, self.pad_id)
+        if self.vision is not None:
+            mb = self._with_images(mb, batch, rows)
         return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in mb.items()}
+
+    def _with_images(self, mb: dict, batch, rows) -> dict:
+        """A vision model's micro-batch: the rows' images (in row order, as their pads appear) as
+        pixel_values / image_grid_thw. A micro-batch with no image gets one extra input row holding a
+        one-token blank image (VRAG-RL's dummy image; sliced off the outputs), so every rank runs the
+        vision tower on every forward and the sharded backward reduces the same parameters everywhere."""
+        images = []
+        if len(rows) and "images" in batch.schema.names:
+            column = batch.column("images")
+            for r in rows:
+                images.extend(column[int(r)].as_py() or [])
+        ids, attn = mb["input_ids"], mb["attention_mask"]
+        if images:
+            self.vision.check(ids[attn.bool()].tolist(), images)
+            return mb | self.vision.image_inputs(images)
+        b, length = ids.shape
+        v = self.vision
+        blank = [v.vision_start_id, v.image_pad_id, v.vision_end_id]
+        width = max(length, len(blank))
+        new_ids = torch.full((b + 1, width), self.pad_id, dtype=ids.dtype)
+        new_attn = torch.zeros((b + 1, width), dtype=attn.dtype)
+        new_ids[:b, :length], new_attn[:b, :length] = ids, attn
+        new_ids[b, :3], new_attn[b, :3] = torch.tensor(blank), 1
+        side = v.merge_size  # a grid of merge x merge patches is one token
+        patch = v.processor.patch_size ** 2 * v.processor.temporal_patch_size * 3
+        return mb | {"input_ids": new_ids, "attention_mask": new_attn, "grid_shape": (b, length - 1),
+                     "pixel_values": torch.zeros(side * side, patch),
+                     "image_grid_thw": torch.tensor([[1, side, side]])}
 
     # --- the work ------------------------------------------------------------------------
 

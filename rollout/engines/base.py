@@ -69,7 +69,9 @@ class Engine(Protocol):
     policy_version: int
 
     async def generate(self, prompt_ids: list[int], sampling: SamplingParams,
-                       request_id: str | None = None) -> Generation: ...
+                       request_id: str | None = None, images: list | None = None) -> Generation:
+        """`images` (a vision-language model): every image the prompt shows, in order, as encoded bytes
+        or PIL images; `prompt_ids` holds each one's <|image_pad|> ids expanded (rollout/vision.py)."""
 
     async def update_weights(self, buckets: Iterable[bytes], version: int) -> None:
         """Load a full state (HF parameter names) delivered as safetensors buckets."""

@@ -20,10 +20,13 @@ from .base import Generation, SamplingParams, aiter_buckets, decode_bucket
 class HFEngine:
     def __init__(self, model_path: str, *, dtype: str = "float32", device: str = "cpu",
                  seed: int = 0, request_timeout_s: float = 600.0):
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-        self.model = AutoModelForCausalLM.from_pretrained(
-            model_path, dtype=getattr(torch, dtype)).to(device).eval()
+        from rollout.vision import VisionSpec
+
+        self.vision = VisionSpec.from_model(model_path)
+        auto = AutoModelForImageTextToText if self.vision is not None else AutoModelForCausalLM
+        self.model = auto.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(device).eval()
         self.device = device
         self.eos_ids = _as_list(self.model.generation_config.eos_token_id)
         self.pad_id = self.model.generation_config.pad_token_id
@@ -44,10 +47,16 @@ class HFEngine:
         return {"stop_strings": list(sampling.stop), "tokenizer": self._tokenizer}
 
     @torch.no_grad()
-    def _generate_sync(self, prompt_ids: list[int], sampling: SamplingParams) -> Generation:
+    def _generate_sync(self, prompt_ids: list[int], sampling: SamplingParams, images=None) -> Generation:
         torch.manual_seed(self.seed if sampling.seed is None else sampling.seed)
         greedy = sampling.temperature == 0
         input_ids = torch.tensor([prompt_ids], device=self.device)
+        extra = {}
+        if images:
+            if self.vision is None:
+                raise ValueError("HFEngine.generate: images given but the model has no vision tower")
+            self.vision.check(prompt_ids, images)
+            extra = {k: v.to(self.device) for k, v in self.vision.image_inputs(images).items()}
         out = self.model.generate(
             input_ids,
             attention_mask=torch.ones_like(input_ids),
@@ -62,6 +71,7 @@ class HFEngine:
             output_logits=True,
             return_dict_in_generate=True,
             **self._stop_strings(sampling),
+            **extra,
         )
         new = out.sequences[0, len(prompt_ids):].tolist()
         logits = torch.stack(out.logits, dim=1)[0].float()  # [T, V], raw (before processors)
@@ -77,10 +87,10 @@ class HFEngine:
         return Generation(ids, logprobs, reason, policy_version=self.policy_version)
 
     async def generate(self, prompt_ids: list[int], sampling: SamplingParams,
-                       request_id: str | None = None) -> Generation:
+                       request_id: str | None = None, images: list | None = None) -> Generation:
         async with self._lock:
             return await asyncio.wait_for(
-                asyncio.to_thread(self._generate_sync, list(prompt_ids), sampling),
+                asyncio.to_thread(self._generate_sync, list(prompt_ids), sampling, images),
                 timeout=self.request_timeout_s,
             )
 

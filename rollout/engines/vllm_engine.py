@@ -6,6 +6,11 @@ in-place weight update (buckets staged in the worker, then one `reload_weights`)
 
 Never: tokenize, re-order requests, or keep trajectories; that is the agent loop's job.
 
+Vision-language models: images go in as `multi_modal_data` (see `request`). On this CPU machine vLLM
+cannot load Qwen2.5-VL (its qwen2_vl module imports transformers' torchvision image processor, and no
+torchvision builds against the CPU torch here), so the HF engine is the CPU twin for VL policies; the
+request this engine sends is unit-tested, the GPU run is not exercised here.
+
 CPU facts this code relies on (shared/ASSETS.md): `VLLM_CPU_KVCACHE_SPACE` must be set and
 `gpu_memory_utilization` about 0.3; weights must cross the RPC boundary as bytes, not tensors.
 """
@@ -73,6 +78,8 @@ class VLLMEngine:
             logprobs_mode="processed_logprobs",
             disable_log_stats=True,
         )
+        self.model_path = str(model_path)
+        self._image_pad_id = None
         self.llm = AsyncLLM.from_engine_args(args)
         self.policy_version = 0
         self.request_timeout_s = request_timeout_s
@@ -102,9 +109,25 @@ class VLLMEngine:
             ignore_eos=sampling.ignore_eos,
         )
 
+    def request(self, prompt_ids: list[int], images: list | None = None) -> dict:
+        """vLLM's prompt: token ids, and for a VL model the images as `multi_modal_data` with each run of
+        <|image_pad|> collapsed to one pad (vLLM's processor expands it again to the image's count, so the
+        engine sees exactly `prompt_ids`; verl's raw_prompt_ids)."""
+        if not images:
+            return {"prompt_token_ids": list(prompt_ids)}
+        from rollout.vision import collapse_image_pads, load_images
+
+        if self._image_pad_id is None:
+            from transformers import AutoTokenizer
+
+            self._image_pad_id = AutoTokenizer.from_pretrained(self.model_path).convert_tokens_to_ids("<|image_pad|>")
+        return {"prompt_token_ids": collapse_image_pads(list(prompt_ids), self._image_pad_id),
+                "multi_modal_data": {"image": load_images(images)}}
+
     async def generate(self, prompt_ids: list[int], sampling: SamplingParams,
-                       request_id: str | None = None) -> Generation:
+                       request_id: str | None = None, images: list | None = None) -> Generation:
         await self._paused.wait()
+        prompt = self.request(prompt_ids, images)
         params = self.vllm_params(sampling)
         rid = request_id or f"req-{next(self._ids)}"
         version = self.policy_version
@@ -112,7 +135,7 @@ class VLLMEngine:
 
         async def run():
             nonlocal final
-            async for out in self.llm.generate({"prompt_token_ids": list(prompt_ids)}, params, rid):
+            async for out in self.llm.generate(prompt, params, rid):
                 final = out
 
         try:

@@ -90,6 +90,7 @@ class VRAGFormat:
     """Parse an assistant turn: the first complete <search> / <bbox> / <answer> block decides."""
 
     stop_tokens: tuple[str, ...] = ()  # no special tokens end a VRAG-RL action
+    observation_role = "user"  # observations (images, the invalid-action message) are user turns (SEEDS 4.1)
     stop_strings = ("</search>", "</bbox>")
     invalid_action = INVALID_ACTION
     prompt = PROMPT
