@@ -86,9 +86,12 @@ def expert_trajectories(cfg: Config, groups, world, items: list[dict], run_dir: 
     from rollout.worker import _task_columns, agent_template
 
     expert_cls = expert_cls or WorldExpert
+    from rollout.vision import VisionSpec
+
     tok = AutoTokenizer.from_pretrained(groups.model_path)
     client = groups.env.client()
-    template, fmt = agent_template(tok, client.tool_schemas(), cfg.agent.format, cfg.agent.system_prompt)
+    vision = VisionSpec.from_model(groups.model_path, tok)  # a VL policy: image observations in the ids
+    template, fmt = agent_template(tok, client.tool_schemas(), cfg.agent.format, cfg.agent.system_prompt, vision)
     agent = AgentConfig(**{k: v for k, v in to_dict(cfg.agent).items() if k not in ("format", "system_prompt")})
     sampling = SamplingParams(max_tokens=cfg.agent.max_tokens_per_turn)
 
@@ -96,7 +99,7 @@ def expert_trajectories(cfg: Config, groups, world, items: list[dict], run_dir: 
         task = dict(as_tasks([item])[0], group=i)
         engine = TextPolicyEngine(expert_cls(world, item, groups.env.base_url).next_turn, tok)
         ep = await run_episode(engine, client, template, task, sampling, agent, fmt)
-        return _task_columns(build_batch([ep.record]), task)
+        return _task_columns(build_batch([ep.record], with_images=vision is not None), task)
 
     async def run_all():
         return await asyncio.gather(*(one(i, it) for i, it in enumerate(items)))
@@ -123,8 +126,9 @@ def sft(cfg: Config, groups, data: pa.RecordBatch, run_dir: Path, version: int) 
     then the new weights go to the engines. Returns (metrics per step, the policy_version served)."""
     from tqdm import tqdm
 
-    columns = ["prompt_ids", "response_ids", "loss_mask"]
-    batches = SFTBatches(project(data, columns), cfg.sft.batch_size, seed=cfg.run.seed, epochs=cfg.sft.epochs)
+    columns = ["prompt_ids", "response_ids", "loss_mask"] + (["images"] if "images" in data.schema.names else [])
+    batches = SFTBatches(project(data, columns), cfg.sft.batch_size, seed=cfg.run.seed, epochs=cfg.sft.epochs,
+                         columns=columns)
     groups.trainer.call("set_lr", cfg.sft.lr)
     history = []
     log = (run_dir / "sft_metrics.jsonl").open("a")

@@ -36,7 +36,8 @@ class _Base(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class ModelConfig(_Base):
-    path: Annotated[str, Meta(description="model folder or hub name; 'tiny' builds the offline tiny Qwen3")] = "tiny"
+    path: Annotated[str, Meta(description="model folder or hub name; 'tiny' builds the offline tiny Qwen3, "
+                                                    "'tiny_vl' the tiny Qwen2.5-VL")] = "tiny"
     tokenizer: Annotated[Literal["local", "qwen3"], Meta(description="tokenizer of the tiny model")] = "local"
     dtype: Annotated[Literal["float32", "bfloat16"], Meta(description="training parameter dtype")] = "float32"
     tiny: Annotated[dict, Meta(description="path=tiny: sizes of the tiny model (rl/models.py build_tiny_model: "
@@ -123,9 +124,10 @@ class AlgoConfig(_Base):
     prefilter_correct: Annotated[float, Meta(description="a rollout counts as correct when its reward >= this")] = 1.0
 
 class DataConfig(_Base):
-    task: Annotated[Literal["target_token", "world_qa", "file"], Meta(
+    task: Annotated[Literal["target_token", "world_qa", "visual_qa", "file"], Meta(
         description="target_token: single-turn built-in task; world_qa: SailorFog-QA questions on the synthetic "
-                    "world (multi-turn, tools); file: a jsonl/parquet of {uid, question, answer[, gold_ids]}")] = "target_token"
+                    "world (multi-turn, tools); visual_qa: questions read off the world's page images (VRAG-RL); "
+                    "file: a jsonl/parquet of {uid, question, answer[, gold_ids]}")] = "target_token"
     target_token: Annotated[str, Meta(description="target_token task: the token the reward counts")] = "the"
     path: Annotated[str | None, Meta(description="task=file: the jsonl or parquet file")] = None
     qa_nodes: Annotated[tuple[int, int], Meta(description="world_qa: entities per question sub-graph (min, max); SailorFog uses 3-6")] = (3, 6)
@@ -150,7 +152,7 @@ class EnvConfig(_Base):
 class AgentSection(_Base):
     """The multi-turn agent loop (rollout/agent.py), used by every task but target_token."""
 
-    format: Annotated[Literal["react"], Meta(description="action grammar (rollout/formats)")] = "react"
+    format: Annotated[Literal["react", "vrag"], Meta(description="action grammar (rollout/formats): react (WebSailor) or vrag (VRAG-RL)")] = "react"
     max_tool_calls: PosInt = 40
     max_turns: Annotated[Annotated[int, Meta(ge=1)] | None, Meta(description="model turns at most, valid actions or not (None: bounded by the context only)")] = None
     max_context_tokens: PosInt = 4096

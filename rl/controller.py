@@ -26,7 +26,7 @@ from rl import algos
 from rl.checkpoint import CheckpointManager
 from rl.cluster import ActorGroup, connect, wait
 from rl.config import AlgoConfig, Config, to_dict
-from rl.data import TaskSampler, file_tasks, target_token_tasks, world_qa_tasks
+from rl.data import TaskSampler, file_tasks, target_token_tasks, visual_qa_tasks, world_qa_tasks
 from rl.rollout_queue import AsyncRollout, Dispatcher
 from rl.sft_data import write_trajectories
 from rl.trainer.collate import TRAIN_COLUMNS
@@ -239,12 +239,15 @@ def load_tasks(cfg: Config, tokenizer) -> tuple[list[dict], dict]:
         tasks, token_id = target_token_tasks(tokenizer, d.target_token, d.num_tasks)
         default = {"rewards": {"target_token": {"token_id": token_id}}, "composition": None, "judge": None}
     else:
+        default = DEFAULT_QA_SCORING
         if d.task == "world_qa":
             tasks = world_qa_tasks(cfg.env.world_seed, cfg.env.world_size, d.num_tasks, seed=cfg.run.seed,
                                    nodes=d.qa_nodes, anchor_rate=d.qa_anchor_rate)
+        elif d.task == "visual_qa":
+            tasks = visual_qa_tasks(cfg.env.world_seed, cfg.env.world_size, d.num_tasks, seed=cfg.run.seed)
+            default = DEFAULT_VRAG_SCORING
         else:
             tasks = file_tasks(d.path, d.num_tasks)
-        default = DEFAULT_QA_SCORING
     if cfg.reward.fns is None:
         return tasks, default
     return tasks, {"rewards": cfg.reward.fns, "composition": cfg.reward.composition, "judge": cfg.reward.judge}
@@ -254,6 +257,10 @@ def load_tasks(cfg: Config, tokenizer) -> tuple[list[dict], dict]:
 #: task's gold answers (an LLM judge by configuration: reward.judge={backend: openai | engine, ...})
 DEFAULT_QA_SCORING = {"rewards": {"format": {"style": "websailor"}, "judge": {"kind": "gaia"}},
                       "composition": "websailor", "judge": {"backend": "rule"}}
+#: visual questions (VRAG-RL, SEEDS 4.3): 0.7 answer + 0.1 pattern + 0.2 NDCG of the retrieved pages,
+#: gated by the pattern; the answer by a rule judge on the gold answers (an LLM judge by configuration)
+DEFAULT_VRAG_SCORING = {"rewards": {"format": {"style": "vrag"}, "judge": {"kind": "vrag"}, "ndcg": {}},
+                        "composition": "vrag", "judge": {"backend": "rule"}}
 
 
 class RLGroups:
@@ -263,14 +270,16 @@ class RLGroups:
         from transformers import AutoTokenizer
 
         from reward.worker import RewardWorker
-        from rl.models import build_tiny_model
+        from rl.models import build_tiny_model, build_tiny_vl_model
         from rl.trainer.base import backend_class
         from rollout.worker import RolloutWorker
 
         self.cfg = cfg
         r, t = cfg.rollout, cfg.trainer
         self.timeout = cfg.run.stage_timeout_s
-        model_path = str(build_tiny_model(tokenizer=cfg.model.tokenizer, **cfg.model.tiny)) if cfg.model.path == "tiny" else cfg.model.path
+        builders = {"tiny": build_tiny_model, "tiny_vl": build_tiny_vl_model}
+        model_path = str(builders[cfg.model.path](tokenizer=cfg.model.tokenizer, **cfg.model.tiny)) \
+            if cfg.model.path in builders else cfg.model.path
         self.model_path = model_path
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.tasks, scoring = load_tasks(cfg, tokenizer)
@@ -359,7 +368,7 @@ class RLGroups:
         lengths = batch.column("response_ids").value_lengths().to_numpy(zero_copy_only=False) \
             + batch.column("prompt_ids").value_lengths().to_numpy(zero_copy_only=False)
         per_rank = algos.balance_groups(lengths, scalar_numpy(batch, "group"), self.trainer.num)
-        view = project(batch, TRAIN_COLUMNS)
+        view = project(batch, TRAIN_COLUMNS + (("images",) if "images" in batch.schema.names else ()))
         dup_of = scalar_numpy(batch, "dup_of") if "dup_of" in batch.schema.names else np.full(batch.num_rows, -1)
         shards = []
         for rows in per_rank:

@@ -50,6 +50,21 @@ def world_qa_tasks(world_seed: int, world_size: str, num_tasks: int, seed: int =
     return [{"uid": it["uid"], "question": it["question"], "answer": it["answer"]} for it in items]
 
 
+def visual_qa_tasks(world_seed: int, world_size: str, num_tasks: int, seed: int = 0) -> list[dict]:
+    """Visual questions on the world's rendered pages (VRAG-RL, SEEDS 4): each answer is read off one page
+    image (a document, a table or a chart), whose id is the task's gold_ids. The EnvGroup must serve the
+    same world (its image_search tool renders the same pages)."""
+    from envs.visual import render_pages, visual_qa
+    from envs.world import generate_world
+
+    world = generate_world(seed=world_seed, size=world_size)
+    items = visual_qa(world, render_pages(world), n=num_tasks, seed=seed)
+    if not items:
+        raise ValueError(f"the {world_size} world (seed {world_seed}) yielded no visual questions")
+    return [{"uid": it["uid"], "question": it["question"], "answer": it["answer"], "gold_ids": it["gold_ids"]}
+            for it in items]
+
+
 def file_tasks(path: str, limit: int | None = None) -> list[dict]:
     """Tasks from a jsonl or parquet file of {uid, question, answer[, gold_ids]}; a bad row is an
     error naming the file and the row."""

@@ -290,7 +290,11 @@ def _fingerprint(batch: pa.RecordBatch) -> str:
     h = hashlib.sha1()
     for c in batch.schema.names:
         col = batch.column(c)
-        if pa.types.is_list(col.type):
+        if pa.types.is_list(col.type) and pa.types.is_binary(col.type.value_type):  # images: their bytes
+            for row in col.to_pylist():
+                for data in row or ():
+                    h.update(hashlib.sha1(data).digest())
+        elif pa.types.is_list(col.type):
             values, offsets = ragged_numpy(batch, c)
             h.update(offsets.tobytes())
             h.update(values.tobytes())

@@ -102,7 +102,8 @@ async def run_episode(engine, env: EnvClient, template: ChatTemplate, task: dict
             break
         sp = dataclasses.replace(sampling, max_tokens=min(config.max_tokens_per_turn, budget),
                                  stop=tuple(sampling.stop) + tuple(getattr(fmt, "stop_strings", ())),
-                                 stop_token_ids=tuple(sampling.stop_token_ids) + stop_ids)
+                                 stop_token_ids=tuple(sampling.stop_token_ids) + stop_ids,
+                                 include_stop_str=getattr(fmt, "include_stop_strings", sampling.include_stop_str))
         gen = await (engine.generate(prompt + response, sp, images=list(images)) if images
                      else engine.generate(prompt + response, sp))
         turns += 1

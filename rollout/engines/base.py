@@ -28,6 +28,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False  # generate exactly max_tokens (benchmarks)
+    include_stop_str: bool = False  # keep a matched stop string in the output (VRAG-RL's </search>, </bbox>)
 
     def __post_init__(self):
         if self.max_tokens < 1:

@@ -107,6 +107,7 @@ class VLLMEngine:
             seed=sampling.seed if self.gpu else None,
             logprobs=0,
             ignore_eos=sampling.ignore_eos,
+            include_stop_str_in_output=sampling.include_stop_str,
         )
 
     def request(self, prompt_ids: list[int], images: list | None = None) -> dict:

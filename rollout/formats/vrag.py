@@ -15,9 +15,10 @@ Parsing follows VRAG-RL's `generation.py`: the first complete `<search|answer|bb
 the action (regex `<(search|answer|bbox)>(.*?)</\\1>`); a `<bbox>` must JSON-parse to 4 non-negative
 numbers (booleans and NaN refused too); anything else (no action, an empty query, a bad box) is invalid and
 yields `INVALID_ACTION`, VRAG-RL's fixed user message, and the episode goes on. Generation stops at
-`</search>` or `</bbox>` (stop strings, not special tokens: Qwen2.5-VL has no such tokens) and an engine
-drops the stop string from its output, so a search or bbox block left open at the very end of the text
-counts as closed. An answer is never cut by a stop string (the turn ends at EOS) and must be closed.
+`</search>` or `</bbox>` (stop strings, not special tokens: Qwen2.5-VL has no such tokens); the format
+asks the engine to keep the stop string (`include_stop_strings`: the closing tag is part of the model's
+turn, and the pattern reward looks for it), and an engine that drops it anyway leaves a search or bbox
+block open at the very end of the text, which counts as closed. An answer is never cut by a stop string (the turn ends at EOS) and must be closed.
 
 The episode key: the tools keep what each episode was shown (de-duplication, the frame of a crop), so a
 tool call carries `episode_id` (see `envs/visual/tools.py`). `VRAGFormat(episode_id=...)` puts it into
@@ -90,6 +91,7 @@ class VRAGFormat:
     """Parse an assistant turn: the first complete <search> / <bbox> / <answer> block decides."""
 
     stop_tokens: tuple[str, ...] = ()  # no special tokens end a VRAG-RL action
+    include_stop_strings = True  # the action's closing tag is the model's (VRAG-RL re-appends it too)
     observation_role = "user"  # observations (images, the invalid-action message) are user turns (SEEDS 4.1)
     stop_strings = ("</search>", "</bbox>")
     invalid_action = INVALID_ACTION
