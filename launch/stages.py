@@ -92,7 +92,7 @@ def expert_trajectories(cfg: Config, groups, world, items: list[dict], run_dir: 
     client = groups.env.client()
     vision = VisionSpec.from_model(groups.model_path, tok)  # a VL policy: image observations in the ids
     template, fmt = agent_template(tok, client.tool_schemas(), cfg.agent.format, cfg.agent.system_prompt, vision)
-    agent = AgentConfig(**{k: v for k, v in to_dict(cfg.agent).items() if k not in ("format", "system_prompt")})
+    agent = AgentConfig(**{k: v for k, v in to_dict(cfg.agent).items() if k not in ("format", "system_prompt", "hooks")})
     sampling = SamplingParams(max_tokens=cfg.agent.max_tokens_per_turn)
 
     async def one(i, item):

@@ -158,6 +158,9 @@ class AgentSection(_Base):
     max_context_tokens: PosInt = 4096
     max_tokens_per_turn: PosInt = 512
     system_prompt: Annotated[str | None, Meta(description="None: the format's default system prompt")] = None
+    hooks: Annotated[str | None, Meta(description="'module:function' returning rollout.agent.EpisodeHooks (system "
+                                                  "prompt per episode, observation rewrite, episode filter); "
+                                                  "imported on every rollout worker")] = None
 
 
 class RewardConfig(_Base):

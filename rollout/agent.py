@@ -57,6 +57,26 @@ class EpisodeHooks:
     accept: Callable[[TrajectoryRecord], bool] | None = None
 
 
+def load_hooks(spec: str | None) -> EpisodeHooks:
+    """EpisodeHooks from "package.module:function" (the function takes no arguments and returns them);
+    None gives no hooks. How a recipe's hooks reach remote rollout workers: by name, imported there."""
+    if not spec:
+        return EpisodeHooks()
+    import importlib
+
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise ValueError(f"agent.hooks must be 'module:function', got {spec!r}")
+    try:
+        factory = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"agent.hooks {spec!r}: cannot import it ({err})") from None
+    hooks = factory()
+    if not isinstance(hooks, EpisodeHooks):
+        raise ValueError(f"agent.hooks {spec!r} returned {type(hooks).__name__}, not rollout.agent.EpisodeHooks")
+    return hooks
+
+
 @dataclass
 class Episode:
     record: TrajectoryRecord

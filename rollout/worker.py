@@ -19,7 +19,7 @@ import time
 
 import pyarrow as pa
 
-from rollout.agent import AgentConfig, EpisodeHooks, run_episode
+from rollout.agent import AgentConfig, load_hooks, run_episode
 from rollout.engines import SamplingParams, make_engine
 from rollout.trajectory import build_batch, record_from_generation, with_columns
 
@@ -69,6 +69,7 @@ class RolloutWorker:
         agent = dict(agent or {})
         self.format_name = agent.pop("format", "react")
         self.system_prompt = agent.pop("system_prompt", None)
+        self.hooks = load_hooks(agent.pop("hooks", None))
         self.agent = AgentConfig(**agent)
         self.drain_timeout_s = drain_timeout_s
         self._template = None
@@ -133,11 +134,12 @@ class RolloutWorker:
             raise ValueError(f"task {task.get('uid')!r} is multi-turn (it has a question) but this "
                              "RolloutWorker has no env client")
         template, fmt = self._agent_parts()
-        hooks = EpisodeHooks()
         eps = await asyncio.gather(*(run_episode(self.gated, self.env, template, task, sampling, self.agent,
-                                                 fmt, hooks, sample=s) for s in range(n)))
+                                                 fmt, self.hooks, sample=s) for s in range(n)))
         self.stats["episodes"] += n
-        return build_batch([e.record for e in eps], with_images=self._vision is not None)
+        kept = [e.record for e in eps if e.accepted]  # the filter hook rejects episodes (the group shrinks)
+        self.stats["rejected_episodes"] = self.stats.get("rejected_episodes", 0) + n - len(kept)
+        return build_batch(kept, with_images=self._vision is not None)
 
     def _agent_parts(self):
         if self._template is None:

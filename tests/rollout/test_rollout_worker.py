@@ -121,3 +121,29 @@ def test_multi_turn_task_without_env_is_a_clear_error(tiny_model):
     w = RolloutWorker("hf", tiny_model, {"dtype": "float32"})
     with pytest.raises(ValueError, match="no env client"):
         asyncio.run(w.run_group({"uid": "q", "group": 0, "question": "Q?"}, 2, SAMPLING))
+
+
+def memory_hooks():
+    """Recipe hooks (imported by name on the worker): a memory system prompt per task, observations
+    rewritten, and episodes of sample 1 rejected."""
+    from rollout.agent import EpisodeHooks
+
+    return EpisodeHooks(system_prompt=lambda task: f"MEMORY for {task['uid']}",
+                        observation=lambda task, obs: Observation(obs.text.upper(), metadata=obs.metadata),
+                        accept=lambda record: record.sample != 1)
+
+
+def test_episode_hooks_by_name_reach_the_worker(tiny_model):
+    w = RolloutWorker("hf", tiny_model, {"dtype": "float32"}, env=LocalEnv([Wait(0.0)], timeout_s=30),
+                      agent={"format": "every_turn_calls", "max_tool_calls": 1, "max_tokens_per_turn": 4,
+                             "max_context_tokens": 2048, "hooks": f"{__name__}:memory_hooks"})
+    batch = asyncio.run(w.run_group({"uid": "q9", "group": 0, "question": "Who?"}, 3, SAMPLING))
+    assert batch.column("sample").to_pylist() == [0, 2]  # sample 1 rejected by the filter hook
+    assert w.stats["rejected_episodes"] == 1
+    text = batch.column("response_text").to_pylist()[0]
+    assert "WAITED" in text and "waited" not in text
+    prompt = w._tokenizer.decode(batch.column("prompt_ids").to_pylist()[0])
+    assert "MEMORY for q9" in prompt
+    with pytest.raises(ValueError, match="agent.hooks"):
+        RolloutWorker("hf", tiny_model, {"dtype": "float32"}, env=LocalEnv([Wait(0.0)]),
+                      agent={"hooks": "no_such_module:make"})
