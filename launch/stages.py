@@ -95,14 +95,22 @@ def expert_trajectories(cfg: Config, groups, world, items: list[dict], run_dir: 
     agent = AgentConfig(**{k: v for k, v in to_dict(cfg.agent).items() if k not in ("format", "system_prompt", "hooks")})
     sampling = SamplingParams(max_tokens=cfg.agent.max_tokens_per_turn)
 
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(items), desc="expert", unit="episode", disable=not cfg.run.progress)
+
     async def one(i, item):
         task = dict(as_tasks([item])[0], group=i)
         engine = TextPolicyEngine(expert_cls(world, item, groups.env.base_url).next_turn, tok)
         ep = await run_episode(engine, client, template, task, sampling, agent, fmt)
+        bar.update(1)
         return _task_columns(build_batch([ep.record], with_images=vision is not None), task)
 
     async def run_all():
-        return await asyncio.gather(*(one(i, it) for i, it in enumerate(items)))
+        try:
+            return await asyncio.gather(*(one(i, it) for i, it in enumerate(items)))
+        finally:
+            bar.close()
 
     parts = asyncio.run(run_all())
     batch = concat(parts)

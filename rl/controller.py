@@ -341,14 +341,18 @@ class RLGroups:
         self.sampling = dict(max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p)
         self.dispatcher = Dispatcher(self.rollout.actors, r.n, self.sampling, r.max_inflight_groups)
 
-    def generate(self, tasks: list[dict], n: int | None = None, sampling: dict | None = None) -> pa.RecordBatch:
+    def generate(self, tasks: list[dict], n: int | None = None, sampling: dict | None = None,
+                 progress: str | None = None) -> pa.RecordBatch:
         """All samples of a task go to one engine (shared prefix); each task goes to the least-loaded
-        engine as groups finish (rl/rollout_queue.py). Rows ordered (group, sample)."""
+        engine as groups finish (rl/rollout_queue.py). Rows ordered (group, sample). `progress`: the name
+        of a progress bar over finished groups (evaluations; run.progress=false turns it off)."""
+        if not self.cfg.run.progress:
+            progress = None
         n = n or self.cfg.rollout.n
         if sampling is not None:
             tasks = [dict(t, sampling=sampling) for t in tasks]
         parts = self.dispatcher.run([dict(t, n=n) for t in tasks], self.timeout,
-                                    f"rollout of {len(tasks)} tasks x {n} samples")
+                                    f"rollout of {len(tasks)} tasks x {n} samples", progress)
         batch = concat(parts)
         order = np.lexsort((scalar_numpy(batch, "sample"), scalar_numpy(batch, "group")))
         return validate(batch.take(pa.array(order)))

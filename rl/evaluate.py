@@ -35,9 +35,11 @@ def pass_metrics(correct: np.ndarray, group: np.ndarray) -> dict:
             "pass@k": float(any_ok.mean()), "pass@k_ci": bootstrap_ci(any_ok), "num_tasks": int(len(tasks))}
 
 
-def evaluate(groups, tasks: list[dict], k: int, sampling: dict, correct_part: str, threshold: float = 1.0) -> dict:
+def evaluate(groups, tasks: list[dict], k: int, sampling: dict, correct_part: str, threshold: float = 1.0,
+             progress: str | None = "eval") -> dict:
     """Roll every task out k times with `sampling`, score, and summarise. `groups` is an RLGroups."""
-    batch = groups.score(groups.generate([dict(t, group=i) for i, t in enumerate(tasks)], n=k, sampling=sampling))
+    batch = groups.score(groups.generate([dict(t, group=i) for i, t in enumerate(tasks)], n=k, sampling=sampling,
+                                         progress=progress))
     column = correct_part if correct_part in batch.schema.names else f"reward_{correct_part}"
     if column not in batch.schema.names:
         raise KeyError(f"evaluation: no reward part {correct_part!r} in the scored batch; it has "

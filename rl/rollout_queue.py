@@ -77,18 +77,31 @@ class Dispatcher:
         self._fill()
         return done
 
-    def run(self, tasks: list[dict], timeout_s: float, what: str) -> list[pa.RecordBatch]:
-        """Every task's group, in the order of `tasks` (sync mode)."""
+    def run(self, tasks: list[dict], timeout_s: float, what: str, progress: str | None = None) -> list[pa.RecordBatch]:
+        """Every task's group, in the order of `tasks` (sync mode); `progress`: a bar of finished groups."""
         self.submit(tasks)
         by_key = {}
         deadline = time.monotonic() + timeout_s
-        while len(by_key) < len(tasks):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"waited {timeout_s:.0f}s for {what}: {len(tasks) - len(by_key)} of "
-                                   f"{len(tasks)} task groups unfinished ({len(self.inflight)} in flight)")
-            for task, batch in self.poll(min(left, 5.0)):
-                by_key[(task["uid"], task["group"])] = batch
+        bar = None
+        if progress:
+            import sys
+
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(tasks), desc=progress, unit="group", file=sys.stderr)
+        try:
+            while len(by_key) < len(tasks):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"waited {timeout_s:.0f}s for {what}: {len(tasks) - len(by_key)} of "
+                                       f"{len(tasks)} task groups unfinished ({len(self.inflight)} in flight)")
+                for task, batch in self.poll(min(left, 5.0)):
+                    by_key[(task["uid"], task["group"])] = batch
+                    if bar is not None:
+                        bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
         return [by_key[(t["uid"], t["group"])] for t in tasks]
 
 
