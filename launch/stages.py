@@ -226,6 +226,13 @@ def plots(run_dir: Path, rl_history: list[dict], sft_history: list[dict]) -> lis
     return out
 
 
+def _parts(e: dict) -> str:
+    means = dict(e.get("mean_reward") or {})
+    total = means.pop("reward", None)
+    parts = ", ".join(f"{k[7:]} {v:.3f}" for k, v in means.items())
+    return "-" if total is None else f"{total:.3f} ({parts})" if parts else f"{total:.3f}"
+
+
 def report(run_dir: Path, recipe: str, cfg: Config, results: dict, seconds: float) -> Path:
     """report.md: what ran, the evaluation table with confidence intervals, and the numbers per stage."""
     lines = [f"# {recipe} run report", "", f"- run folder: `{run_dir}`", f"- wall time: {seconds / 60:.1f} min",
@@ -240,11 +247,12 @@ def report(run_dir: Path, recipe: str, cfg: Config, results: dict, seconds: floa
         k = cfg.eval.k
         lines += [f"## Evaluation on {next(iter(evals.values()))['num_tasks']} held-out questions "
                   f"(k = {k}, temperature {cfg.eval.temperature})", "",
-                  f"| after | Pass@1 | 95% CI | Pass@{k} | 95% CI | tool calls | turns | finish |", "|---|---|---|---|---|---|---|---|"]
+                  f"| after | Pass@1 | 95% CI | Pass@{k} | 95% CI | tool calls | turns | finish | mean reward (parts) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for name, e in evals.items():
             lines.append(f"| {name} | {e['pass@1']:.3f} | {e['pass@1_ci'][0]:.3f}-{e['pass@1_ci'][1]:.3f} | "
                          f"{e['pass@k']:.3f} | {e['pass@k_ci'][0]:.3f}-{e['pass@k_ci'][1]:.3f} | "
-                         f"{e['mean_tool_calls']:.2f} | {e['mean_turns']:.2f} | {e['finish']} |")
+                         f"{e['mean_tool_calls']:.2f} | {e['mean_turns']:.2f} | {e['finish']} | {_parts(e)} |")
         lines.append("")
         lines.append("Intervals: 95% percentile bootstrap over questions (2,000 resamples).")
         lines.append("")

@@ -48,6 +48,9 @@ def evaluate(groups, tasks: list[dict], k: int, sampling: dict, correct_part: st
     out = pass_metrics(correct, scalar_numpy(batch, "group"))
     out |= {"k": k, "mean_tool_calls": float(scalar_numpy(batch, "num_tool_calls").mean()),
             "mean_turns": float(scalar_numpy(batch, "num_turns").mean()),
+            # the reward and its parts, averaged over rows (partial progress where Pass@1 is still 0)
+            "mean_reward": {c: float(np.nanmean(scalar_numpy(batch, c).astype(np.float64)))
+                            for c in batch.schema.names if c == "reward" or c.startswith("reward_")},
             "finish": {f: int(n) for f, n in zip(*np.unique(batch.column("finish").to_numpy(zero_copy_only=False),
                                                                return_counts=True))}}
     return out | {"batch": batch}
