@@ -24,7 +24,8 @@ def marked_ppo(logprobs, old_logprobs, advantages, loss_mask, **kw):
     return loss, dict(metrics, driver_registered_loss=1.0)
 
 
-COMMON = ["run.steps=3", "run.progress=false", "data.batch_size=8", "trainer.num_ranks=2"]
+# the HF engine: three runs start no vLLM engine (the presets, not the engine, are under test here)
+COMMON = ["run.steps=3", "run.progress=false", "data.batch_size=8", "trainer.num_ranks=2", "rollout.backend=hf"]
 
 
 @pytest.mark.slow
