@@ -81,3 +81,10 @@ def test_cli_help_lists_configuration():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0
     assert "trainer.lr=" in proc.stdout and "rollout.backend=" in proc.stdout
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "launch/configs").glob("*.yaml") if p.name != "smoke.yaml"))
+def test_every_shipped_config_loads(name):
+    """Each recipe's config (smoke.yaml is an overlay, applied by --smoke) validates as a whole."""
+    cfg = load_config(ROOT / "launch/configs" / name)
+    assert cfg.run.steps >= 1
