@@ -38,7 +38,9 @@ class _Base(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class ModelConfig(_Base):
     path: Annotated[str, Meta(description="model folder or hub name; 'tiny' builds the offline tiny Qwen3, "
                                                     "'tiny_vl' the tiny Qwen2.5-VL")] = "tiny"
-    tokenizer: Annotated[Literal["local", "qwen3"], Meta(description="tokenizer of the tiny model")] = "local"
+    tokenizer: Annotated[Literal["local", "qwen3", "world"], Meta(
+        description="tokenizer of the tiny model: local (BPE on built-in text), qwen3 (the real one), world (BPE "
+                    "also trained on the synthetic world's pages: names are one or two tokens)")] = "local"
     dtype: Annotated[Literal["float32", "bfloat16"], Meta(description="training parameter dtype")] = "float32"
     tiny: Annotated[dict, Meta(description="path=tiny: sizes of the tiny model (rl/models.py build_tiny_model: "
                                            "vocab_size, hidden_size, num_layers, num_heads, num_kv_heads, head_dim, "

@@ -278,7 +278,9 @@ class RLGroups:
         r, t = cfg.rollout, cfg.trainer
         self.timeout = cfg.run.stage_timeout_s
         builders = {"tiny": build_tiny_model, "tiny_vl": build_tiny_vl_model}
-        model_path = str(builders[cfg.model.path](tokenizer=cfg.model.tokenizer, **cfg.model.tiny)) \
+        world = {"world_seed": cfg.env.world_seed, "world_size": cfg.env.world_size} \
+            if cfg.model.tokenizer == "world" else {}
+        model_path = str(builders[cfg.model.path](tokenizer=cfg.model.tokenizer, **world, **cfg.model.tiny)) \
             if cfg.model.path in builders else cfg.model.path
         self.model_path = model_path
         tokenizer = AutoTokenizer.from_pretrained(model_path)

@@ -61,12 +61,31 @@ Numbers: 0 1 2 3 4 5 6 7 8 9 10 11 12 20 30 42 100 250 1000 1999 2001 2010 2024.
 """
 
 
-def _train_local_tokenizer(vocab_size: int):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def _world_texts(seed: int, size: str) -> list[str]:
+    """What an agent reads in the synthetic world: every page's text and its URL path."""
+    from envs.world import generate_world
+    from envs.world.pages import WIKI_PREFIX, page_text
+
+    world = generate_world(seed=seed, size=size)
+    return [page_text(world, e) + "\n" + WIKI_PREFIX + e for e in world.entities]
+
+
+def _train_local_tokenizer(vocab_size: int, texts: list[str] | None = None):
+    """A byte-level BPE on the built-in text, plus `texts` if given. With `texts` (the "world"
+    tokenizer) whitespace, punctuation and digits are split off before BPE, so a word is the same token
+    ids wherever it stands: after a space, in a JSON string, in a URL ("Brenvo" in prose, in
+    ["Brenvo"] and in /wiki/Brenvo), which makes copying a name from the context one pattern."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if texts is None:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(r"\s"), behavior="isolated"), pre_tokenizers.Punctuation(behavior="isolated"),
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -74,7 +93,7 @@ def _train_local_tokenizer(vocab_size: int):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
+    tok.train_from_iterator([_CORPUS] * 4 + list(texts or ()), trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -117,21 +136,29 @@ def build_tiny_model(
     intermediate_size: int = 128,
     max_position_embeddings: int = 4096,
     seed: int = 0,
+    world_seed: int = 0,
+    world_size: str = "small",
 ) -> Path:
     """Build (once) and return the folder of a tiny random-init Qwen3 causal LM.
 
     tokenizer: "local" trains a byte-level BPE of `vocab_size` on built-in text (a small
     vocabulary: a random policy samples any given token often enough for RL to find it);
-    "qwen3" uses the real Qwen3 tokenizer and chat template (151,669 rows; `vocab_size` ignored).
+    "qwen3" uses the real Qwen3 tokenizer and chat template (151,669 rows; `vocab_size` ignored);
+    "world" trains the BPE of `vocab_size` also on the pages of the synthetic world (`world_seed`,
+    `world_size`) with spaces, punctuation and digits split off, so each name is one or two tokens and
+    the same ids everywhere (a tiny model can then learn to copy names; the local BPE of the built-in
+    text saturates near 600 merges and spells names letter by letter).
     """
-    if tokenizer not in ("local", "qwen3"):
-        raise ValueError(f"tokenizer must be 'local' or 'qwen3', got {tokenizer!r}")
+    if tokenizer not in ("local", "qwen3", "world"):
+        raise ValueError(f"tokenizer must be 'local', 'qwen3' or 'world', got {tokenizer!r}")
     spec = dict(
-        tokenizer=tokenizer, vocab_size=vocab_size if tokenizer == "local" else None,
+        tokenizer=tokenizer, vocab_size=vocab_size if tokenizer != "qwen3" else None,
         hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
         num_kv_heads=num_kv_heads, head_dim=head_dim, intermediate_size=intermediate_size,
         max_position_embeddings=max_position_embeddings, seed=seed, format=2,
     )
+    if tokenizer == "world":
+        spec["world"] = [world_seed, world_size, 2]  # 2: every whitespace character split off
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "models"
     target = root / f"tiny-qwen3-{tokenizer}-{key}"
@@ -141,7 +168,10 @@ def build_tiny_model(
     import torch
     from transformers import AutoModelForCausalLM, Qwen3Config
 
-    tok = _train_local_tokenizer(vocab_size) if tokenizer == "local" else _qwen3_tokenizer()
+    if tokenizer == "world":
+        tok = _train_local_tokenizer(vocab_size, _world_texts(world_seed, world_size))
+    else:
+        tok = _train_local_tokenizer(vocab_size) if tokenizer == "local" else _qwen3_tokenizer()
     config = Qwen3Config(
         vocab_size=len(tok),
         hidden_size=hidden_size,

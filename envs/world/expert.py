@@ -42,6 +42,14 @@ def question_keywords(question: str, limit: int = 6) -> str:
     return " ".join(out[:limit])
 
 
+def evidence_sentence(observation: str, answer: str) -> str | None:
+    """The last sentence of an observation that states `answer` (a page's lead sentence, which names the
+    page's entity and the related one), or None. Infobox lines ("Location X") are not sentences."""
+    sentences = [s.strip() for line in observation.splitlines() for s in re.split(r"(?<=\.) (?=[A-Z0-9])", line)]
+    found = [s for s in sentences if answer in s and s.endswith(".") and len(s) <= 200]
+    return found[-1] if found else None
+
+
 def plan_path(world: World, subgraph: list, start: str, goal: str) -> list[str]:
     """Entity ids from `start` to `goal` over the sub-graph's triples (either direction)."""
     adj: dict[str, set[str]] = {}
@@ -133,6 +141,10 @@ class WorldExpert:
         if answer not in self.last_observation:  # the page did not come through: no unsupported claim
             return ("<think>\nI could not read the page that would confirm the answer.\n</think>\n"
                     "<answer>unknown</answer>")
-        what = f"The page of {entity} confirms every clue of the question"
-        what += "." if answer == entity else f" and gives the value asked for: {answer}."
+        evidence = evidence_sentence(self.last_observation, answer)
+        if evidence:  # quote the page: the answer is read off a sentence the tool returned
+            what = f"The page says: {evidence}"
+        else:
+            what = f"The page of {entity} confirms every clue of the question"
+            what += "." if answer == entity else f" and gives the value asked for: {answer}."
         return f"<think>\n{what}\n</think>\n<answer>{answer}</answer>"

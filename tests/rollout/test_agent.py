@@ -30,6 +30,22 @@ def local_tok():
     return AutoTokenizer.from_pretrained(str(build_tiny_model()))
 
 
+@pytest.fixture(scope="module")
+def world_tok():
+    return AutoTokenizer.from_pretrained(str(build_tiny_model(tokenizer="world", vocab_size=4096)))
+
+
+def test_world_tokenizer_gives_a_name_the_same_ids_everywhere(world_tok):
+    """The embedded default's tokenizer: a world name is one token in prose, in a JSON string and in a URL,
+    and every text decodes back to itself."""
+    name = world_tok.encode("Brenvo", add_special_tokens=False)
+    assert len(name) == 1
+    for text in ("The question names Brenvo.", '{"query": ["Brenvo"]}', "http://127.0.0.1:44307/wiki/Brenvo"):
+        ids = world_tok.encode(text, add_special_tokens=False)
+        assert name[0] in ids, text
+        assert world_tok.decode(ids) == text
+
+
 class ScriptedEngine:
     """Replies with script(turn, prompt_text); honours stop ids and max_tokens like a real engine."""
 
@@ -140,9 +156,9 @@ def random_conversation_script(rng: random.Random, n_tools: int):
     return turns
 
 
-@pytest.mark.parametrize("which", ["qwen3", "local"])
-def test_token_append_invariant_over_random_conversations(which, qwen3_tok, local_tok):
-    tok = qwen3_tok if which == "qwen3" else local_tok
+@pytest.mark.parametrize("which", ["qwen3", "local", "world"])
+def test_token_append_invariant_over_random_conversations(which, qwen3_tok, local_tok, world_tok):
+    tok = {"qwen3": qwen3_tok, "local": local_tok, "world": world_tok}[which]
     tools = [Search.schema] if which == "qwen3" else None
     rng = random.Random(0)
     template = ChatTemplate(tok, tools=[{"type": "function", "function": t} for t in tools] if tools else None)
