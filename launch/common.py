@@ -70,9 +70,10 @@ def write_report(run_dir: Path, recipe: str, summary: dict, seconds: float) -> P
     return path
 
 
-def main(recipe: str, default_config: Path, argv: list[str], pipeline=None, check=None) -> int:
+def main(recipe: str, default_config: Path, argv: list[str], pipeline=None, check=None, extend=None) -> int:
     """Parse, validate (exit 2 on a mistake), then run: `pipeline(cfg, run_dir) -> results` when the
-    config is the recipe's own task, else the plain RL loop (e.g. the spine's target_token task)."""
+    config is the recipe's own task, else the plain RL loop (e.g. the spine's target_token task).
+    `extend(run_dir, results)`: the recipe's own report sections, after report.md is written."""
     args = parse_args(recipe, argv)
     overrides = list(args.overrides)
     if args.smoke:
@@ -97,6 +98,8 @@ def main(recipe: str, default_config: Path, argv: list[str], pipeline=None, chec
 
         results = pipeline(cfg, run_dir)
         path = report(run_dir, recipe, cfg, results, time.time() - t0)
+        if extend is not None:
+            extend(run_dir, results)
     else:
         from rl.controller import train
 

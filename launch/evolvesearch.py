@@ -196,17 +196,8 @@ def extend_report(run_dir: Path, results: dict) -> None:
 
 
 def run(argv: list[str]) -> int:
-    box: dict = {}
-
-    def story(cfg, run_dir):
-        box["run_dir"], box["results"] = run_dir, pipeline(cfg, run_dir)
-        return box["results"]
-
-    rc = main(recipe="evolvesearch", default_config=ROOT / "launch/configs/evolvesearch.yaml", argv=argv,
-              pipeline=story, check=check_stages)
-    if rc == 0 and "results" in box:
-        extend_report(box["run_dir"], box["results"])
-    return rc
+    return main(recipe="evolvesearch", default_config=ROOT / "launch/configs/evolvesearch.yaml", argv=argv,
+                pipeline=pipeline, check=check_stages, extend=extend_report)
 
 
 if __name__ == "__main__":

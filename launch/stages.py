@@ -155,6 +155,51 @@ def sft(cfg: Config, groups, data: pa.RecordBatch, run_dir: Path, version: int) 
     return history, groups.sync_weights(version + 1)
 
 
+# --- the stage loop -------------------------------------------------------------------------------
+
+
+def rft_expert(cfg: Config, data: dict, run_dir: Path, expert_cls=None):
+    """The expert stage of WebSailor and VRAG-RL: expert trajectories (`expert_cls`, default WorldExpert),
+    then the RFT filter. Returns `expert(groups) -> (sft data, results to add)` for `run_pipeline`."""
+    def expert(groups):
+        batch = expert_trajectories(cfg, groups, data["world"], data["expert"], run_dir, expert_cls=expert_cls)
+        sft_data, counts = rft(cfg, batch)
+        print(f"expert trajectories: {counts}", flush=True)
+        return sft_data, {"rft": counts}
+
+    return expert
+
+
+def run_pipeline(cfg: Config, run_dir: Path, data: dict, expert, results: dict | None = None) -> dict:
+    """`cfg.pipeline.stages` in order on one set of actor groups: expert (`expert(groups) -> (sft data,
+    results to add)`), sft, rl (on data["rl"]), eval_<name> (on data["heldout"]); then the plots.
+    Returns the results (`results` plus what each stage added)."""
+    from rl.controller import RLGroups, train
+
+    t0 = time.perf_counter()
+    heldout = as_tasks(data["heldout"])
+    groups = RLGroups(cfg)
+    print(f"actor groups up after {time.perf_counter() - t0:.0f} s", flush=True)
+    results, version, sft_data = dict(results or {}), 0, None
+    try:
+        for stage in cfg.pipeline.stages:
+            print(f"--- stage {stage} (at {time.perf_counter() - t0:.0f} s)", flush=True)
+            if stage == "expert":
+                sft_data, found = expert(groups)
+                results |= found
+            elif stage == "sft":
+                results["sft"], version = sft(cfg, groups, sft_data, run_dir, version)
+            elif stage == "rl":
+                summary = train(cfg, run_dir, groups=groups, tasks=as_tasks(data["rl"]), start_version=version)
+                results["rl"], version = summary["history"], summary["policy_version"]
+            else:
+                results[stage] = evaluation(cfg, groups, heldout, stage[5:], run_dir)
+    finally:
+        groups.shutdown()
+    plots(run_dir, results.get("rl", []), results.get("sft", []))
+    return results
+
+
 # --- evaluation -----------------------------------------------------------------------------------
 
 

@@ -150,42 +150,23 @@ def check_stages(cfg) -> str | None:
 
 
 def pipeline(cfg, run_dir: Path) -> dict:
-    import time
-
     from launch import stages as st
-    from rl.controller import RLGroups, train
 
-    t0 = time.perf_counter()
     data = synthesize(cfg, run_dir)
-    heldout = st.as_tasks(data["heldout"])
-    groups = RLGroups(cfg)
-    print(f"actor groups up after {time.perf_counter() - t0:.0f} s", flush=True)
-    results, version, sft_data = {"mix": data["mix"]}, 0, None
-    try:
-        for stage in cfg.pipeline.stages:
-            print(f"--- stage {stage} (at {time.perf_counter() - t0:.0f} s)", flush=True)
-            if stage == "expert":
-                from envs.world.expert_webdancer import WebDancerExpert
 
-                # the WebDancer expert counts COUNT questions' answers on the page
-                expert = st.expert_trajectories(cfg, groups, data["world"], data["expert"], run_dir,
-                                                expert_cls=WebDancerExpert)
-                sft_data, results["rft"], masks = funnel(cfg, expert)
-                results["filter_by_type"] = funnel_by_type(data["expert"], masks)
-                print(f"three-stage filter: {results['rft']}", flush=True)
-                if sft_data.num_rows == 0 and "sft" in cfg.pipeline.stages:
-                    raise RuntimeError("no expert trajectory passed the filter; nothing to fine-tune on")
-            elif stage == "sft":
-                results["sft"], version = st.sft(cfg, groups, sft_data, run_dir, version)
-            elif stage == "rl":
-                summary = train(cfg, run_dir, groups=groups, tasks=st.as_tasks(data["rl"]), start_version=version)
-                results["rl"], version = summary["history"], summary["policy_version"]
-            else:
-                results[stage] = st.evaluation(cfg, groups, heldout, stage[5:], run_dir)
-    finally:
-        groups.shutdown()
-    st.plots(run_dir, results.get("rl", []), results.get("sft", []))
-    return results
+    def expert(groups):
+        from envs.world.expert_webdancer import WebDancerExpert
+
+        # the WebDancer expert counts COUNT questions' answers on the page
+        batch = st.expert_trajectories(cfg, groups, data["world"], data["expert"], run_dir,
+                                       expert_cls=WebDancerExpert)
+        sft_data, counts, masks = funnel(cfg, batch)
+        print(f"three-stage filter: {counts}", flush=True)
+        if sft_data.num_rows == 0 and "sft" in cfg.pipeline.stages:
+            raise RuntimeError("no expert trajectory passed the filter; nothing to fine-tune on")
+        return sft_data, {"rft": counts, "filter_by_type": funnel_by_type(data["expert"], masks)}
+
+    return st.run_pipeline(cfg, run_dir, data, expert, results={"mix": data["mix"]})
 
 
 def extend_report(run_dir: Path, results: dict) -> None:
@@ -221,17 +202,8 @@ def extend_report(run_dir: Path, results: dict) -> None:
 
 
 def run(argv: list[str]) -> int:
-    box: dict = {}
-
-    def story(cfg, run_dir):
-        box["run_dir"], box["results"] = run_dir, pipeline(cfg, run_dir)
-        return box["results"]
-
-    rc = main(recipe="webdancer", default_config=ROOT / "launch/configs/webdancer.yaml", argv=argv,
-              pipeline=story, check=check_stages)
-    if rc == 0 and "results" in box:
-        extend_report(box["run_dir"], box["results"])
-    return rc
+    return main(recipe="webdancer", default_config=ROOT / "launch/configs/webdancer.yaml", argv=argv,
+                pipeline=pipeline, check=check_stages, extend=extend_report)
 
 
 if __name__ == "__main__":

@@ -29,35 +29,10 @@ STAGES = ("expert", "sft", "rl")  # and eval_<name>, anywhere
 
 
 def pipeline(cfg, run_dir: Path) -> dict:
-    import time
-
     from launch import stages as st
-    from rl.controller import RLGroups, train
 
-    t0 = time.perf_counter()
     data = st.synthesize(cfg, run_dir) if cfg.data.task == "world_qa" else st.file_splits(cfg, run_dir)
-    heldout = st.as_tasks(data["heldout"])
-    groups = RLGroups(cfg)
-    print(f"actor groups up after {time.perf_counter() - t0:.0f} s", flush=True)
-    results, version, sft_data = {}, 0, None
-    try:
-        for stage in cfg.pipeline.stages:
-            print(f"--- stage {stage} (at {time.perf_counter() - t0:.0f} s)", flush=True)
-            if stage == "expert":
-                expert = st.expert_trajectories(cfg, groups, data["world"], data["expert"], run_dir)
-                sft_data, results["rft"] = st.rft(cfg, expert)
-                print(f"expert trajectories: {results['rft']}", flush=True)
-            elif stage == "sft":
-                results["sft"], version = st.sft(cfg, groups, sft_data, run_dir, version)
-            elif stage == "rl":
-                summary = train(cfg, run_dir, groups=groups, tasks=st.as_tasks(data["rl"]), start_version=version)
-                results["rl"], version = summary["history"], summary["policy_version"]
-            else:
-                results[stage] = st.evaluation(cfg, groups, heldout, stage[5:], run_dir)
-    finally:
-        groups.shutdown()
-    st.plots(run_dir, results.get("rl", []), results.get("sft", []))
-    return results
+    return st.run_pipeline(cfg, run_dir, data, st.rft_expert(cfg, data, run_dir))
 
 
 def check_stages(cfg) -> str | None:
