@@ -39,7 +39,7 @@ def synthesize(cfg: Config, run_dir: Path) -> dict:
     world = generate_world(seed=cfg.env.world_seed, size=cfg.env.world_size)
     wanted = cfg.sft.expert_tasks + cfg.data.num_tasks + cfg.eval.num_tasks
     items = sailorfog_qa(world, n=wanted, seed=cfg.run.seed, nodes=tuple(cfg.data.qa_nodes),
-                         anchor_rate=cfg.data.qa_anchor_rate)
+                         anchor_rate=cfg.data.qa_anchor_rate, one_page=cfg.data.qa_one_page)
     if len(items) < wanted:
         raise ValueError(f"the {cfg.env.world_size} world (seed {cfg.env.world_seed}) yielded {len(items)} distinct "
                          f"questions, fewer than sft.expert_tasks + data.num_tasks + eval.num_tasks = {wanted}; "

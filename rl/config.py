@@ -134,6 +134,7 @@ class DataConfig(_Base):
     path: Annotated[str | None, Meta(description="task=file: the jsonl or parquet file")] = None
     qa_nodes: Annotated[tuple[int, int], Meta(description="world_qa: entities per question sub-graph (min, max); SailorFog uses 3-6")] = (3, 6)
     qa_anchor_rate: Annotated[float, Meta(ge=0, le=1, description="world_qa: share of questions that name one entity (easier, level 2)")] = 0.0
+    qa_one_page: Annotated[bool, Meta(description="world_qa: keep only questions whose named entity's page names the answer alone (level 1; needs qa_anchor_rate > 0)")] = False
     num_tasks: PosInt = 64
     batch_size: Annotated[int, Meta(ge=1, description="tasks per step")] = 8
 

@@ -242,7 +242,8 @@ def load_tasks(cfg: Config, tokenizer) -> tuple[list[dict], dict]:
         default = DEFAULT_QA_SCORING
         if d.task == "world_qa":
             tasks = world_qa_tasks(cfg.env.world_seed, cfg.env.world_size, d.num_tasks, seed=cfg.run.seed,
-                                   nodes=d.qa_nodes, anchor_rate=d.qa_anchor_rate)
+                                   nodes=d.qa_nodes, anchor_rate=d.qa_anchor_rate,
+                                   one_page=d.qa_one_page)
         elif d.task == "visual_qa":
             tasks = visual_qa_tasks(cfg.env.world_seed, cfg.env.world_size, d.num_tasks, seed=cfg.run.seed)
             default = DEFAULT_VRAG_SCORING

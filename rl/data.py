@@ -38,13 +38,14 @@ def target_token_tasks(tokenizer, word: str, num_tasks: int) -> tuple[list[dict]
 
 
 def world_qa_tasks(world_seed: int, world_size: str, num_tasks: int, seed: int = 0, nodes: tuple[int, int] = (3, 6),
-                   anchor_rate: float = 0.0) -> list[dict]:
+                   anchor_rate: float = 0.0, one_page: bool = False) -> list[dict]:
     """SailorFog-QA questions on the synthetic world (multi-turn: the policy answers with tools).
     The same (world_seed, world_size) must be served by the EnvGroup."""
     from envs.world import generate_world, sailorfog_qa
 
     world = generate_world(seed=world_seed, size=world_size)
-    items = sailorfog_qa(world, n=num_tasks, seed=seed, nodes=tuple(nodes), anchor_rate=anchor_rate)
+    items = sailorfog_qa(world, n=num_tasks, seed=seed, nodes=tuple(nodes), anchor_rate=anchor_rate,
+                         one_page=one_page)
     if not items:
         raise ValueError(f"the {world_size} world (seed {world_seed}) yielded no SailorFog questions")
     return [{"uid": it["uid"], "question": it["question"], "answer": it["answer"]} for it in items]

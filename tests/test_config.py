@@ -20,7 +20,7 @@ def test_defaults_and_overrides():
     assert isinstance(cfg, Config)
     assert cfg.trainer.lr == 1e-6 and cfg.run.steps == 3 and cfg.rollout.backend == "hf"
     assert cfg.trainer.betas == (0.8, 0.9)
-    assert cfg.rollout.n == 4 and cfg.data.task == "world_qa"  # from the file
+    assert cfg.rollout.n == 8 and cfg.data.task == "world_qa"  # from the file
 
 
 @pytest.mark.parametrize("override, expect", [

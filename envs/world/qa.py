@@ -17,7 +17,9 @@ The steps of one item, as in SEEDS 3.2:
   4. the question is written from the answer node outward, one sentence per edge, and accepted only if
      it states no exact date or number of the sub-graph's facts and names neither the answer nor (at level
      3) any other node. With `anchor_rate` > 0 one non-answer node is named exactly (level 2: a clear
-     place to start searching); otherwise every name is hidden (level 3).
+     place to start searching); otherwise every name is hidden (level 3). With `one_page` a question is
+     kept only when it names an entity whose page singles the answer out (a lead sentence that links to
+     the answer entity and to nothing else): level 1, one search and one page read reduce it.
 
 Never: call a model (the paper's LLM writer is replaced by templates over the same facts), fetch pages,
 or import anything of the project outside `envs/world/`.
@@ -30,7 +32,7 @@ import random
 import re
 
 from envs.world.graph import ATTRIBUTES, RELATIONS, Triple, World, year_of
-from envs.world.pages import article
+from envs.world.pages import Link, article, lead_sentences
 from envs.world.query import (
     Query,
     QueryNode,
@@ -282,9 +284,16 @@ def _apply(world: World, query: Query, ids: list[str], feature: tuple) -> None:
         node.bounds.append(feature[2:])
 
 
+def names_alone(world: World, page_entity: str, target: str) -> bool:
+    """Whether the page of `page_entity` has a lead sentence that links to `target` and to nothing else."""
+    return any([seg.entity_id for seg in sentence if isinstance(seg, Link)] == [target]
+               for sentence in lead_sentences(world, page_entity))
+
+
 def sailorfog_item(world: World, rng: random.Random, nodes: tuple[int, int] = (3, 6), anchor_rate: float = 0.0,
-                   attribute_rate: float = 0.3, feature_rate: float = 0.35) -> dict | None:
-    """One SailorFog item, or None where this draw is rejected (walk stuck, answer not unique, leak)."""
+                   attribute_rate: float = 0.3, feature_rate: float = 0.35, one_page: bool = False) -> dict | None:
+    """One SailorFog item, or None where this draw is rejected (walk stuck, answer not unique, leak, or with
+    `one_page` no named entity whose page names the answer alone)."""
     sub = sample_subgraph(world, rng, rng.randint(*nodes))
     if sub is None:
         return None
@@ -300,6 +309,8 @@ def sailorfog_item(world: World, rng: random.Random, nodes: tuple[int, int] = (3
         anchor = rng.choice([i for i in range(len(ids)) if i != answer])
         query.nodes[anchor].entity = ids[anchor]
         named = (ids[anchor],)
+    if one_page and not (named and names_alone(world, named[0], ids[answer])):
+        return None
     facts = fact_numbers(world, ids)
     pool = _features(world, ids, query, asked, facts, rng)
     rng.shuffle(pool)
@@ -328,7 +339,7 @@ def sailorfog_item(world: World, rng: random.Random, nodes: tuple[int, int] = (3
         "answer_entity": ids[answer],
         "subgraph": [list(t) for t in triples],
         "hops": query.hops(),
-        "level": 2 if named else 3,
+        "level": (1 if one_page else 2) if named else 3,
         "topology": topology(ids, triples),
         "query": query.to_dict(),
     }
@@ -336,7 +347,7 @@ def sailorfog_item(world: World, rng: random.Random, nodes: tuple[int, int] = (3
 
 def sailorfog_qa(world: World, n: int, seed: int = 0, *, nodes: tuple[int, int] = (3, 6),
                  anchor_rate: float = 0.0, attribute_rate: float = 0.3, feature_rate: float = 0.35,
-                 max_attempts: int | None = None) -> list[dict]:
+                 one_page: bool = False, max_attempts: int | None = None) -> list[dict]:
     """Up to `n` distinct SailorFog items, deterministic per (world, seed); fewer only when `max_attempts`
     draws (default 50 * n) did not yield n accepted ones.
 
@@ -346,9 +357,11 @@ def sailorfog_qa(world: World, n: int, seed: int = 0, *, nodes: tuple[int, int] 
     """
     if not 1 <= nodes[0] <= nodes[1]:
         raise ValueError(f"nodes={nodes}: need 1 <= min <= max entities per sub-graph")
+    if one_page and anchor_rate == 0:
+        raise ValueError("one_page needs anchor_rate > 0: a level-1 question names the entity whose page answers it")
     rng = random.Random(f"sailorfog:{world.seed}:{world.size}:{seed}")
-    return collect_distinct(lambda: sailorfog_item(world, rng, nodes, anchor_rate, attribute_rate, feature_rate),
-                            n, max_attempts)
+    return collect_distinct(lambda: sailorfog_item(world, rng, nodes, anchor_rate, attribute_rate, feature_rate,
+                                                   one_page), n, max_attempts)
 
 
 def collect_distinct(make, n: int, max_attempts: int | None = None) -> list[dict]:

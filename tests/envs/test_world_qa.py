@@ -10,7 +10,7 @@ import re
 import pytest
 
 from envs.world.graph import generate_world
-from envs.world.pages import format_date, format_number, page_links, render_page
+from envs.world.pages import format_date, format_number, page_links, page_text, render_page
 from envs.world.qa import obfuscation_problems, sailorfog_qa
 from envs.world.qa_webdancer import crawl, crawl_qa, e2h_qa
 from envs.world.query import Query, QueryNode, solve
@@ -159,6 +159,33 @@ def test_an_anchor_names_exactly_one_other_entity_at_level_2(world):
         named = [e for e in set(_names_in(world, item)) if world.entities[e].name in item["question"]]
         assert len(named) == 1 and named[0] != item["answer_entity"]
         assert brute_force_answers(world, item["query"]) == {item["answer_entity"]}
+
+
+def _page_singles_out(world, page_entity, answer_entity):
+    """Read off the page text: a lead sentence names the answer entity and no other entity but the page's own."""
+    others = [e.name for eid, e in world.entities.items() if eid not in (page_entity, answer_entity)]
+    lead = page_text(world, page_entity).split("\n\n")[1]
+    answer = world.entities[answer_entity].name
+    return any(answer in s and not any(re.search(rf"\b{re.escape(o)}\b", s) for o in others)
+               for s in re.split(r"(?<=\.) (?=[A-Z0-9])", lead))
+
+
+def test_level_1_questions_are_answered_by_the_named_entitys_page(world):
+    items = sailorfog_qa(world, 12, seed=3, nodes=(2, 2), anchor_rate=1.0, one_page=True)
+    assert len(items) == 12 and all(i["level"] == 1 for i in items)
+    for item in items:
+        named = [e for e in set(_names_in(world, item)) if world.entities[e].name in item["question"]]
+        assert len(named) == 1 and named[0] != item["answer_entity"]
+        assert _page_singles_out(world, named[0], item["answer_entity"]), item["question"]
+        assert brute_force_answers(world, item["query"]) == {item["answer_entity"]}
+    # the filter is what makes them so: plain level-2 questions often need more than that page
+    level2 = sailorfog_qa(world, 40, seed=3, nodes=(2, 2), anchor_rate=1.0)
+    singled = [_page_singles_out(world, [e for e in set(_names_in(world, i))
+                                         if world.entities[e].name in i["question"]][0], i["answer_entity"])
+               for i in level2]
+    assert not all(singled)
+    with pytest.raises(ValueError, match="anchor_rate"):
+        sailorfog_qa(world, 4, one_page=True)
 
 
 def test_solve_matches_brute_force_and_sees_ambiguity(sailorfog, world):
