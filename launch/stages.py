@@ -50,7 +50,17 @@ def synthesize(cfg: Config, run_dir: Path) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     for name, rows in split.items():
         (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return {"world": world, **split}
+    return {"world": world, **split, "heldout_tags": fact_tags(split["expert"], split["heldout"])}
+
+
+SEEN, NEW = "answer fact in the SFT data", "new answer fact"
+
+
+def fact_tags(expert: list[dict], heldout: list[dict]) -> list[str]:
+    """Per held-out question: whether an expert (SFT) question had the same answer (entity and value).
+    Questions are distinct, but a small world repeats facts; the split tells recall from reading."""
+    seen = {(it["answer_entity"], str(it["answer"])) for it in expert}
+    return [SEEN if (it["answer_entity"], str(it["answer"])) in seen else NEW for it in heldout]
 
 
 def file_splits(cfg: Config, run_dir: Path) -> dict:
@@ -193,7 +203,7 @@ def run_pipeline(cfg: Config, run_dir: Path, data: dict, expert, results: dict |
                 summary = train(cfg, run_dir, groups=groups, tasks=as_tasks(data["rl"]), start_version=version)
                 results["rl"], version = summary["history"], summary["policy_version"]
             else:
-                results[stage] = evaluation(cfg, groups, heldout, stage[5:], run_dir)
+                results[stage] = evaluation(cfg, groups, heldout, stage[5:], run_dir, data.get("heldout_tags"))
     finally:
         groups.shutdown()
     plots(run_dir, results.get("rl", []), results.get("sft", []))
@@ -203,11 +213,13 @@ def run_pipeline(cfg: Config, run_dir: Path, data: dict, expert, results: dict |
 # --- evaluation -----------------------------------------------------------------------------------
 
 
-def evaluation(cfg: Config, groups, tasks: list[dict], name: str, run_dir: Path) -> dict:
-    """Pass@1 over eval.k runs and Pass@k on the held-out tasks; trajectories kept as parquet."""
+def evaluation(cfg: Config, groups, tasks: list[dict], name: str, run_dir: Path,
+               tags: list[str] | None = None) -> dict:
+    """Pass@1 over eval.k runs and Pass@k on the held-out tasks (and per tag, with `tags`); trajectories
+    kept as parquet."""
     t0 = time.perf_counter()
     sampling = dict(groups.sampling, temperature=cfg.eval.temperature, top_p=cfg.eval.top_p)
-    out = evaluate(groups, tasks, cfg.eval.k, sampling, cfg.reward.correct_part)
+    out = evaluate(groups, tasks, cfg.eval.k, sampling, cfg.reward.correct_part, tags=tags)
     write_trajectories(run_dir / "trajectories" / f"eval_{name}.parquet", out.pop("batch"))
     out["seconds"] = time.perf_counter() - t0
     print(f"eval {name}: Pass@1 {out['pass@1']:.3f} (95% CI {out['pass@1_ci'][0]:.3f}-{out['pass@1_ci'][1]:.3f}), "
@@ -301,6 +313,17 @@ def report(run_dir: Path, recipe: str, cfg: Config, results: dict, seconds: floa
         lines.append("")
         lines.append("Intervals: 95% percentile bootstrap over questions (2,000 resamples).")
         lines.append("")
+        tagged = {name: e["by_tag"] for name, e in evals.items() if e.get("by_tag")}
+        if tagged:
+            lines += ["### Recall or reading", "",
+                      "Held-out questions are distinct from the expert's, but a small world repeats facts: "
+                      "Pass@1 apart on questions whose answer (entity and value) an SFT question also had.", "",
+                      "| after | questions | n | Pass@1 | 95% CI |", "|---|---|---|---|---|"]
+            for name, by_tag in tagged.items():
+                for tag, m in by_tag.items():
+                    lines.append(f"| {name} | {tag} | {m['num_tasks']} | {m['pass@1']:.3f} | "
+                                 f"{m['pass@1_ci'][0]:.3f}-{m['pass@1_ci'][1]:.3f} |")
+            lines.append("")
     if results.get("sft"):
         s = results["sft"]
         lines += ["## SFT", "", f"- steps: {len(s)}; loss first {s[0]['sft/loss']:.4f}, last {s[-1]['sft/loss']:.4f}", ""]

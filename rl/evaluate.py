@@ -36,8 +36,11 @@ def pass_metrics(correct: np.ndarray, group: np.ndarray) -> dict:
 
 
 def evaluate(groups, tasks: list[dict], k: int, sampling: dict, correct_part: str, threshold: float = 1.0,
-             progress: str | None = "eval") -> dict:
-    """Roll every task out k times with `sampling`, score, and summarise. `groups` is an RLGroups."""
+             progress: str | None = "eval", tags: list[str] | None = None) -> dict:
+    """Roll every task out k times with `sampling`, score, and summarise. `groups` is an RLGroups.
+    `tags` (one per task) adds "by_tag": the Pass metrics of each tag's tasks alone."""
+    if tags is not None and len(tags) != len(tasks):
+        raise ValueError(f"evaluation: {len(tags)} tags for {len(tasks)} tasks; need one tag per task")
     batch = groups.score(groups.generate([dict(t, group=i) for i, t in enumerate(tasks)], n=k, sampling=sampling,
                                          progress=progress))
     column = correct_part if correct_part in batch.schema.names else f"reward_{correct_part}"
@@ -45,7 +48,11 @@ def evaluate(groups, tasks: list[dict], k: int, sampling: dict, correct_part: st
         raise KeyError(f"evaluation: no reward part {correct_part!r} in the scored batch; it has "
                        f"{[c for c in batch.schema.names if c.startswith('reward')]}")
     correct = (scalar_numpy(batch, column) >= threshold).astype(np.float64)
-    out = pass_metrics(correct, scalar_numpy(batch, "group"))
+    group = scalar_numpy(batch, "group")
+    out = pass_metrics(correct, group)
+    if tags is not None:
+        row_tags = np.asarray(tags, dtype=object)[group]
+        out["by_tag"] = {t: pass_metrics(correct[row_tags == t], group[row_tags == t]) for t in sorted(set(tags))}
     out |= {"k": k, "mean_tool_calls": float(scalar_numpy(batch, "num_tool_calls").mean()),
             "mean_turns": float(scalar_numpy(batch, "num_turns").mean()),
             # the reward and its parts, averaged over rows (partial progress where Pass@1 is still 0)

@@ -59,6 +59,15 @@ def check_websailor_run(run_dir: Path):
     assert (run_dir / "sft_metrics.jsonl").exists() and (run_dir / "dupo_prefilter.json").exists()
     for split in ("expert", "rl", "heldout"):
         assert (run_dir / "data" / f"{split}.jsonl").exists()
+    # Pass@1 apart on held-out answer facts the SFT data held and new ones; the counts match the data files
+    expert, heldout = ([json.loads(x) for x in (run_dir / "data" / f"{s}.jsonl").read_text().splitlines()]
+                       for s in ("expert", "heldout"))
+    seen = {(e["answer_entity"], str(e["answer"])) for e in expert}
+    n_seen = sum((h["answer_entity"], str(h["answer"])) in seen for h in heldout)
+    by_tag = results["eval_rl"]["by_tag"]
+    assert sum(m["num_tasks"] for m in by_tag.values()) == len(heldout)
+    assert by_tag.get("answer fact in the SFT data", {"num_tasks": 0})["num_tasks"] == n_seen
+    assert "### Recall or reading" in report
 
 
 def free_ports(n: int) -> list[int]:
