@@ -377,6 +377,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         raise ConfigError(f"unknown key(s) {['model.tiny.' + k for k in unknown]}; allowed: {sorted(tiny_keys)}")
     if cfg.data.task == "file" and not cfg.data.path:
         raise ConfigError("data.task='file' needs data.path: a jsonl or parquet file of {uid, question, answer}")
+    if cfg.data.qa_one_page and cfg.data.qa_anchor_rate == 0:
+        raise ConfigError("data.qa_one_page=true needs data.qa_anchor_rate > 0: a level-1 question names the entity "
+                          "whose page answers it")
     return cfg
 
 

@@ -29,6 +29,7 @@ def test_defaults_and_overrides():
     ("trainer.lr=abc", ["'trainer.lr'", "float"]),
     ("rollout.backend=sglang", ["'rollout.backend'", "'vllm'", "'hf'"]),
     ("rollout.n=1", ["'rollout.n'", ">= 2"]),
+    ("data.qa_anchor_rate=0", ["data.qa_one_page", "data.qa_anchor_rate > 0"]),
     ("nosection.x=1", ["unknown key 'nosection'", "trainer"]),
     ("algo=3", ["'algo'", "keys"]),
     ("run.steps", ["key.path=value"]),

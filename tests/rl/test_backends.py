@@ -12,10 +12,8 @@ process group, so imports and the rendezvous are paid once (DeepSpeed's shm comm
 
 from __future__ import annotations
 
-import faulthandler
 import os
 import socket
-import sys
 
 import numpy as np
 import pytest
@@ -24,6 +22,7 @@ import torch.multiprocessing as mp
 from transformers import AutoModelForCausalLM
 
 from rl import algos
+from tests.rl.dist_ranks import leave_rank, start_rank
 from rl.trainer.collate import padded_microbatch, row_lengths
 from rl.trainer.base import token_logprobs
 from rollout.engines import Generation
@@ -66,9 +65,7 @@ def full_state(trainer):
 
 
 def _rank(rank, port, model_path, shards, out_dir):
-    faulthandler.enable()  # a native abort in a rank prints its Python stack
-    torch.set_num_threads(1)
-    os.environ["DS_ACCELERATOR"] = "cpu"
+    start_rank()
     for name, (backend, kwargs) in RUNS.items():
         t = trainer_class(backend)(model_path, rank=rank, world_size=2, lr=LR, grad_clip=0.0, algo=ALGO, **kwargs)
         t.init_distributed("127.0.0.1", port)  # joins the group on the first run, reuses it after
@@ -94,14 +91,7 @@ def _rank(rank, port, model_path, shards, out_dir):
     merged = full_state(t)
     if rank == 0:
         torch.save({"after_first": merged}, os.path.join(out_dir, "zero3-lora.pt"))
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
-    # leave without interpreter finalization: a gloo worker thread still holding a tensor at that point
-    # aborts the rank (SIGABRT, "terminate called without an active exception"; seen in the same
-    # pattern in test_vision_trainer.py; pytorch/pytorch#179291 describes the mechanism)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    leave_rank()
 
 
 def free_port():

@@ -6,11 +6,9 @@ the weight-sync path."""
 
 from __future__ import annotations
 
-import faulthandler
 import io
 import os
 import socket
-import sys
 
 import numpy as np
 import pytest
@@ -19,6 +17,7 @@ import torch.multiprocessing as mp
 from PIL import Image
 
 from rl import algos
+from tests.rl.dist_ranks import leave_rank, start_rank
 from rl.trainer.base import token_logprobs
 from rl.trainer.collate import padded_microbatch, row_lengths
 from rollout.engines.base import decode_bucket
@@ -62,9 +61,7 @@ def trainer_class(backend):
 
 
 def _rank(rank, port, model_path, shards, out_dir):
-    faulthandler.enable()  # a native abort in a rank prints its Python stack
-    torch.set_num_threads(1)
-    os.environ["DS_ACCELERATOR"] = "cpu"
+    start_rank()
     for name, (backend, kwargs) in RUNS.items():
         t = trainer_class(backend)(model_path, rank=rank, world_size=2, lr=LR, grad_clip=0.0, algo=ALGO, **kwargs)
         t.init_distributed("127.0.0.1", port)
@@ -75,14 +72,7 @@ def _rank(rank, port, model_path, shards, out_dir):
         if rank == 0:
             torch.save({"metrics": metrics, "state": state}, os.path.join(out_dir, f"{name}.pt"))
         del t
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
-    # leave without interpreter finalization: a gloo worker thread still holding a tensor at that point
-    # aborts the rank (SIGABRT, "terminate called without an active exception"; seen once in ~30 runs
-    # of this test; pytorch/pytorch#179291 describes the mechanism)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    leave_rank()
 
 
 def free_port():
