@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 
@@ -139,6 +140,17 @@ def rft(cfg: Config, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, dict]:
 # --- SFT ------------------------------------------------------------------------------------------
 
 
+def sft_lr(step: int, total: int, lr: float, schedule: str = "constant", min_lr_ratio: float = 0.1) -> float:
+    """The peak learning rate of SFT step `step` (1-based) of `total`: constant, or a cosine from `lr` at
+    step 1 down to `min_lr_ratio * lr` at step `total`. The trainer's warm-up scales it on top."""
+    if schedule == "constant" or total <= 1:
+        return lr
+    if schedule != "cosine":
+        raise ValueError(f"sft.lr_schedule: unknown schedule {schedule!r} (constant or cosine)")
+    progress = (min(max(step, 1), total) - 1) / (total - 1)
+    return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
 def sft(cfg: Config, groups, data: pa.RecordBatch, run_dir: Path, version: int) -> tuple[list[dict], int]:
     """Next-token loss on the model's own tokens (observations masked, SEEDS 3.4) on the TrainerGroup,
     then the new weights go to the engines. Returns (metrics per step, the policy_version served)."""
@@ -148,10 +160,14 @@ def sft(cfg: Config, groups, data: pa.RecordBatch, run_dir: Path, version: int) 
     batches = SFTBatches(project(data, columns), cfg.sft.batch_size, seed=cfg.run.seed, epochs=cfg.sft.epochs,
                          columns=columns)
     groups.trainer.call("set_lr", cfg.sft.lr)
+    total = len(batches)  # len() counts the batches still to come: taken before the first
     history = []
     log = (run_dir / "sft_metrics.jsonl").open("a")
     try:
-        for step, batch in enumerate(tqdm(batches, desc="sft", disable=not cfg.run.progress), 1):
+        for step, batch in enumerate(tqdm(batches, desc="sft", total=total, disable=not cfg.run.progress), 1):
+            if cfg.sft.lr_schedule != "constant":
+                groups.trainer.call("set_lr", sft_lr(step, total, cfg.sft.lr, cfg.sft.lr_schedule,
+                                                     cfg.sft.min_lr_ratio))
             lengths = sum(batch.column(c).value_lengths().to_numpy(zero_copy_only=False) for c in columns[:2])
             per_rank = algos.balance_groups(lengths, np.arange(batch.num_rows), groups.trainer.num)
             shards = [batch.take(pa.array(np.sort(r), pa.int64())) for r in per_rank]

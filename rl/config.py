@@ -115,6 +115,10 @@ class AlgoConfig(_Base):
     entropy_coef: NonNegFloat = 0.0
     sampler: Annotated[str, Meta(description="name in rl.algos.GROUP_SAMPLERS: keep | dapo | dupo")] = "keep"
     max_gen_rounds: Annotated[int, Meta(ge=1, description="dapo: generation rounds per step before training on what it has")] = 4
+    filter_metric: Annotated[str, Meta(
+        description="dapo / dupo: the per-rollout value whose spread within a group keeps the group: 'reward' (the "
+                    "total) or a reward part, e.g. 'answer' (column reward_answer) for the papers' 0 < #correct < G "
+                    "when a format part would otherwise keep all-wrong groups (verl: filter_groups.metric)")] = "reward"
     overlong_filter: Annotated[bool, Meta(description="mask truncated samples out of the loss")] = False
     overlong_penalty: Annotated[bool, Meta(description="add DAPO's soft overlong punishment to the reward")] = False
     overlong_max_len: PosInt = 20480
@@ -184,6 +188,10 @@ class SFTConfig(_Base):
     epochs: PosInt = 2
     batch_size: Annotated[int, Meta(ge=1, description="trajectories per optimizer step")] = 16
     lr: PosFloat = 1e-5
+    lr_schedule: Annotated[Literal["constant", "cosine"], Meta(
+        description="SFT learning rate after trainer.warmup_steps: constant, or cosine from lr down to "
+                    "min_lr_ratio x lr at the last step (the SFT trainers of verl and OpenRLHF)")] = "constant"
+    min_lr_ratio: Annotated[float, Meta(ge=0, le=1, description="cosine: the last step's lr over lr")] = 0.1
 
 
 class EvalConfig(_Base):
@@ -423,6 +431,9 @@ def _check_algo(algo: AlgoConfig) -> None:
         raise ConfigError(f"bad value for 'algo.dual_clip': must be > 1 or null, got {algo.dual_clip}")
     if algo.tis_cap is not None and algo.tis_cap <= 0:
         raise ConfigError(f"bad value for 'algo.tis_cap': must be > 0 or null, got {algo.tis_cap}")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", algo.filter_metric):
+        raise ConfigError(f"bad value for 'algo.filter_metric': {algo.filter_metric!r}; allowed: 'reward' or the "
+                          "name of a reward part (e.g. 'answer', 'format')")
     if algo.overlong_penalty and algo.overlong_cache_len >= algo.overlong_max_len:
         raise ConfigError("algo.overlong_cache_len must be smaller than algo.overlong_max_len")
 

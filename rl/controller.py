@@ -31,7 +31,7 @@ from rl.rollout_queue import AsyncRollout, Dispatcher
 from rl.sft_data import write_trajectories
 from rl.trainer.collate import TRAIN_COLUMNS
 from rl.metrics import MetricsLogger, StageTimer, batch_metrics
-from rollout.trajectory import concat, project, scalar_numpy, validate, with_columns
+from rollout.trajectory import REWARD_PART_PREFIX, concat, project, scalar_numpy, validate, with_columns
 
 
 def train(cfg: Config, run_dir: Path, groups: "RLGroups | None" = None, tasks: list[dict] | None = None,
@@ -157,32 +157,43 @@ def collect_batch(rollout_fn, score_fn, target: int, algo: AlgoConfig, timer: St
         rolled.append(batch)
         if algo.sampler != "dapo":
             break
-        kept.append(batch.take(pa.array(algos.dapo_select(scalar_numpy(batch, "reward"),
+        kept.append(batch.take(pa.array(algos.dapo_select(filter_signal(batch, algo.filter_metric),
                                                           scalar_numpy(batch, "group")), pa.int64())))
         valid = sum(len(np.unique(scalar_numpy(k, "group"))) for k in kept)
         if not algos.dapo_needs_more(valid, target) or rounds >= algo.max_gen_rounds:
             break
     everything = concat(rolled)
-    rewards, group = scalar_numpy(everything, "reward"), scalar_numpy(everything, "group")
-    metrics = {f"sampler/{k}": v for k, v in algos.sampler_metrics(rewards, group).items()} | extra
+    signal, group = filter_signal(everything, algo.filter_metric), scalar_numpy(everything, "group")
+    metrics = {f"sampler/{k}": v for k, v in algos.sampler_metrics(signal, group).items()} | extra
     metrics["sampler/gen_rounds"] = rounds
     if algo.sampler == "dapo":
         update = concat(kept)
-        rows, _, _ = algos.GROUP_SAMPLERS.get("dapo")(scalar_numpy(update, "reward"), scalar_numpy(update, "group"),
-                                                      num_groups_target=target)
+        rows, _, _ = algos.GROUP_SAMPLERS.get("dapo")(filter_signal(update, algo.filter_metric),
+                                                      scalar_numpy(update, "group"), num_groups_target=target)
         update = update.take(pa.array(rows, pa.int64()))
         metrics["sampler/dapo_bound_hit"] = int(valid < target)
         metrics["sampler/valid_groups"] = min(valid, target)
     else:
         rows, dup_of, new_group = algos.GROUP_SAMPLERS.get(algo.sampler)(
-            rewards, group, num_groups_target=target, rng=rng)
+            signal, group, num_groups_target=target, rng=rng)
         update = everything.take(pa.array(rows, pa.int64()))
         update = with_columns(update, {"dup_of": dup_of.astype(np.int32), "group": new_group.astype(np.int32)})
         metrics["sampler/duplication_ratio"] = float((dup_of >= 0).mean()) if len(dup_of) else 0.0
     if update.num_rows == 0:
-        print(f"warning: no group with non-zero reward variance after {rounds} round(s); step skipped")
+        print(f"warning: no group with non-zero {algo.filter_metric} variance after {rounds} round(s); step skipped")
         return everything, None, metrics
     return everything, update, metrics
+
+
+def filter_signal(batch: pa.RecordBatch, metric: str) -> np.ndarray:
+    """The per-row value whose spread within a group keeps the group (algo.filter_metric): the total
+    `reward`, or the reward part `metric` (column reward_<metric>)."""
+    column = "reward" if metric == "reward" else REWARD_PART_PREFIX + metric
+    if column not in batch.schema.names:
+        parts = [c[len(REWARD_PART_PREFIX):] for c in batch.schema.names if c.startswith(REWARD_PART_PREFIX)]
+        raise ValueError(f"algo.filter_metric={metric!r}: the scored batch has no column {column!r}; "
+                         f"allowed: 'reward' or one of the reward parts {parts}")
+    return scalar_numpy(batch, column)
 
 
 def prefilter_tasks(groups: "RLGroups", tasks: list[dict], num_rollouts: int, correct: float,

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from launch.common import ROOT
+from launch.stages import sft_lr
 
 BIN = Path(sys.executable).parent
 
@@ -68,6 +69,13 @@ def check_websailor_run(run_dir: Path):
     assert sum(m["num_tasks"] for m in by_tag.values()) == len(heldout)
     assert by_tag.get("answer fact in the SFT data", {"num_tasks": 0})["num_tasks"] == n_seen
     assert "### Recall or reading" in report
+    # the SFT learning rate each step used: the configured schedule under the trainer's warm-up
+    cfg = json.loads((run_dir / "config.json").read_text())
+    sft_rows = [json.loads(x) for x in (run_dir / "sft_metrics.jsonl").read_text().splitlines()]
+    warm, sc = cfg["trainer"]["warmup_steps"], cfg["sft"]
+    want = [sft_lr(r["step"], len(sft_rows), sc["lr"], sc["lr_schedule"], sc["min_lr_ratio"])
+            * (min(1.0, r["step"] / warm) if warm else 1.0) for r in sft_rows]
+    assert [r["sft/lr"] for r in sft_rows] == pytest.approx(want, rel=1e-6)
 
 
 def free_ports(n: int) -> list[int]:

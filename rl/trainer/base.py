@@ -378,6 +378,7 @@ class TrainerBackend:
                         sums[k] = sums.get(k, 0.0) + v * n
                     tokens_seen += n
             grad_norms.append(self._optimizer_step())
+        lr = self.scheduler.get_last_lr()[0]  # the one this step used
         self.scheduler.step()
         self.step += 1
         t2 = time.perf_counter()
@@ -389,7 +390,7 @@ class TrainerBackend:
         metrics = {f"train/{k}": v / total for k, v in zip(keys, red[:-1]) if k != "loss"}
         metrics["train/loss"] = red[keys.index("loss")] / self.mini_batches if "loss" in keys else 0.0
         metrics["train/grad_norm"] = float(np.mean(grad_norms))
-        metrics["train/lr"] = self.scheduler.get_last_lr()[0]
+        metrics["train/lr"] = lr
         metrics["train/tokens"] = red[-1]
         metrics["time/logprobs"] = t1 - t0
         metrics["time/update"] = t2 - t1
@@ -416,11 +417,12 @@ class TrainerBackend:
             self._backward(loss * self.world_size)
             nll += loss.item()
         grad_norm = self._optimizer_step()
+        lr = self.scheduler.get_last_lr()[0]  # the one this step used
         self.scheduler.step()
         self.step += 1
         loss_sum, tokens = self._all_reduce([nll, sum(mb["num_tokens"] for mb in mbs)])
         return {"sft/loss": loss_sum, "sft/tokens": tokens, "sft/grad_norm": grad_norm,
-                "sft/lr": self.scheduler.get_last_lr()[0], "time/update": time.perf_counter() - t0}
+                "sft/lr": lr, "time/update": time.perf_counter() - t0}
 
     def logprobs(self, batch: pa.RecordBatch, reference: bool = False) -> list[np.ndarray]:
         """Per row, log pi(response token | everything before it) under the policy (or the

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401
 import pytest
 
 from rl.config import load_config
@@ -97,6 +98,53 @@ def test_dupo_skips_a_step_with_no_signal():
     _, update, m = collect_batch(*_fns(g, TaskSampler(tasks(4), 4)), algo("algo.preset=dupo"), StageTimer(),
                                  np.random.default_rng(0))
     assert update is None and m["sampler/zero_variance_group_frac"] == 1.0
+
+
+class PartsGroups(ScriptedGroups):
+    """WebSailor-style scores: reward = 0.1 format + 0.9 answer, with both parts as columns."""
+
+    def __init__(self, parts_by_task: dict[str, list[tuple[float, float]]], n: int = 4):
+        super().__init__({}, n=n)
+        self.parts = parts_by_task
+
+    def score(self, batch):
+        fa = [self.parts[u][s] for u, s in zip(batch.column("uid").to_pylist(), batch.column("sample").to_pylist())]
+        fmt, ans = (np.array(x, np.float32) for x in zip(*fa))
+        return with_columns(batch, {"reward": 0.1 * fmt + 0.9 * ans, "reward_format": fmt, "reward_answer": ans})
+
+
+def test_filter_metric_answer_drops_groups_that_differ_only_in_format():
+    # t0: all wrong, format varies; t1: one right; t2, t3: all wrong, all well-formed
+    parts = {"t0": [(1, 0), (0, 0), (1, 0), (0, 0)], "t1": [(1, 1), (1, 0), (0, 0), (1, 0)],
+             "t2": [(1, 0)] * 4, "t3": [(1, 0)] * 4}
+    by_reward = collect_batch(*_fns(PartsGroups(parts), TaskSampler(tasks(4), 4)), algo("algo.preset=dupo"),
+                              StageTimer(), np.random.default_rng(0))
+    by_answer = collect_batch(*_fns(PartsGroups(parts), TaskSampler(tasks(4), 4)),
+                              algo("algo.preset=dupo", "algo.filter_metric=answer"), StageTimer(),
+                              np.random.default_rng(0))
+    sources = lambda update: set(update.column("uid").to_pylist())  # noqa: E731
+    assert sources(by_reward[1]) == {"t0", "t1"} and by_reward[2]["sampler/zero_variance_group_frac"] == 0.5
+    assert sources(by_answer[1]) == {"t1"} and by_answer[2]["sampler/zero_variance_group_frac"] == 0.75
+    assert by_answer[1].num_rows == 16  # refilled to B = 4 groups with copies of t1
+    # the advantages are still those of the total reward
+    t1 = by_answer[1].filter(pa.compute.equal(by_answer[1].column("dup_of"), -1))
+    r = scalar_numpy(t1, "reward")
+    assert np.allclose(scalar_numpy(t1, "advantage"), (r - r.mean()) / (r.std(ddof=1) + 1e-6), atol=1e-5)
+    # DAPO filters on the same metric; a metric that is not a reward part is named with what there is
+    _, update, _ = collect_batch(*_fns(PartsGroups(parts), TaskSampler(tasks(4), 4)),
+                                 algo("algo.preset=dapo", "algo.filter_metric=answer", "algo.max_gen_rounds=1"),
+                                 StageTimer(), np.random.default_rng(0))
+    assert sources(update) == {"t1"}
+    with pytest.raises(ValueError, match=r"algo.filter_metric='judge'.*\['format', 'answer'\]"):
+        collect_batch(*_fns(PartsGroups(parts), TaskSampler(tasks(4), 4)),
+                      algo("algo.preset=dupo", "algo.filter_metric=judge"), StageTimer(), np.random.default_rng(0))
+
+
+def test_filter_metric_is_checked_in_the_config():
+    from rl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="algo.filter_metric"):
+        algo("algo.filter_metric=not a part")
 
 
 def test_grpo_keeps_everything():

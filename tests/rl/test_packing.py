@@ -226,9 +226,10 @@ def test_set_lr_changes_the_peak_and_keeps_the_warmup(tiny_model):
     t.init_distributed("127.0.0.1", free_port())
     try:
         batch = multi_turn_batch()
-        assert t.sft_step(batch)["sft/lr"] == pytest.approx(1e-3 * 2 / 4)  # after step 1: (1 + 1) / 4 of the peak
+        assert t.sft_step(batch)["sft/lr"] == pytest.approx(1e-3 * 1 / 4)  # step 1 of the warm-up: 1/4 of the peak
         t.set_lr(1e-2)
         assert t.optimizer.param_groups[0]["lr"] == pytest.approx(1e-2 * 2 / 4)
+        assert t.sft_step(batch)["sft/lr"] == pytest.approx(1e-2 * 2 / 4)
         assert t.sft_step(batch)["sft/lr"] == pytest.approx(1e-2 * 3 / 4)
     finally:
         t.shutdown()
