@@ -31,7 +31,7 @@ from rl.rollout_queue import AsyncRollout, Dispatcher
 from rl.sft_data import write_trajectories
 from rl.trainer.collate import TRAIN_COLUMNS
 from rl.metrics import MetricsLogger, StageTimer, batch_metrics
-from rollout.trajectory import REWARD_PART_PREFIX, concat, project, scalar_numpy, validate, with_columns
+from rollout.trajectory import concat, project, reward_part_column, scalar_numpy, validate, with_columns
 
 
 def train(cfg: Config, run_dir: Path, groups: "RLGroups | None" = None, tasks: list[dict] | None = None,
@@ -188,12 +188,7 @@ def collect_batch(rollout_fn, score_fn, target: int, algo: AlgoConfig, timer: St
 def filter_signal(batch: pa.RecordBatch, metric: str) -> np.ndarray:
     """The per-row value whose spread within a group keeps the group (algo.filter_metric): the total
     `reward`, or the reward part `metric` (column reward_<metric>)."""
-    column = "reward" if metric == "reward" else REWARD_PART_PREFIX + metric
-    if column not in batch.schema.names:
-        parts = [c[len(REWARD_PART_PREFIX):] for c in batch.schema.names if c.startswith(REWARD_PART_PREFIX)]
-        raise ValueError(f"algo.filter_metric={metric!r}: the scored batch has no column {column!r}; "
-                         f"allowed: 'reward' or one of the reward parts {parts}")
-    return scalar_numpy(batch, column)
+    return scalar_numpy(batch, reward_part_column(batch, metric, f"algo.filter_metric={metric!r}"))
 
 
 def prefilter_tasks(groups: "RLGroups", tasks: list[dict], num_rollouts: int, correct: float,

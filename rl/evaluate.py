@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from rollout.trajectory import scalar_numpy
+from rollout.trajectory import reward_part_column, scalar_numpy
 
 
 def bootstrap_ci(per_task: np.ndarray, seed: int = 0, rounds: int = 2000) -> tuple[float, float]:
@@ -43,10 +43,8 @@ def evaluate(groups, tasks: list[dict], k: int, sampling: dict, correct_part: st
         raise ValueError(f"evaluation: {len(tags)} tags for {len(tasks)} tasks; need one tag per task")
     batch = groups.score(groups.generate([dict(t, group=i) for i, t in enumerate(tasks)], n=k, sampling=sampling,
                                          progress=progress))
-    column = correct_part if correct_part in batch.schema.names else f"reward_{correct_part}"
-    if column not in batch.schema.names:
-        raise KeyError(f"evaluation: no reward part {correct_part!r} in the scored batch; it has "
-                       f"{[c for c in batch.schema.names if c.startswith('reward')]}")
+    column = (correct_part if correct_part in batch.schema.names
+              else reward_part_column(batch, correct_part, f"evaluation: correct_part={correct_part!r}"))
     correct = (scalar_numpy(batch, column) >= threshold).astype(np.float64)
     group = scalar_numpy(batch, "group")
     out = pass_metrics(correct, group)

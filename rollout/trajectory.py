@@ -234,5 +234,23 @@ def ragged_torch(batch: pa.RecordBatch, column: str):
         return torch.from_numpy(values), torch.from_numpy(offsets)
 
 
+class MissingRewardPart(KeyError, ValueError):
+    """A reward part asked for by name is not a column of the scored batch."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+def reward_part_column(batch: pa.RecordBatch, part: str, who: str) -> str:
+    """The column of reward part `part` in a scored batch ('reward' is the total, else reward_<part>);
+    MissingRewardPart naming `who` and the parts the batch has."""
+    column = "reward" if part == "reward" else REWARD_PART_PREFIX + part
+    if column not in batch.schema.names:
+        parts = [c[len(REWARD_PART_PREFIX):] for c in batch.schema.names if c.startswith(REWARD_PART_PREFIX)]
+        raise MissingRewardPart(f"{who}: the scored batch has no column {column!r}; allowed: 'reward' or one of "
+                                f"the reward parts {parts}")
+    return column
+
+
 def scalar_numpy(batch: pa.RecordBatch, column: str) -> np.ndarray:
     return batch.column(column).to_numpy(zero_copy_only=False)
