@@ -110,7 +110,8 @@ def pipeline(cfg, run_dir: Path) -> dict:
     import time
 
     from launch import stages as st
-    from rl.controller import RLGroups, train
+    from rl.controller import train
+    from rl.groups import RLGroups
     from rl.sft_data import write_trajectories
     from rollout.trajectory import concat, project
 

@@ -176,7 +176,8 @@ def pipeline(cfg, run_dir: Path) -> dict:
     import msgspec
 
     from launch import stages as st
-    from rl.controller import RLGroups, train
+    from rl.controller import train
+    from rl.groups import RLGroups
 
     t0 = time.perf_counter()
     data = synthesize(cfg, run_dir)

@@ -1,4 +1,4 @@
-"""The stages recipes are made of, on one set of actor groups (rl/controller.py RLGroups):
+"""The stages recipes are made of, on one set of actor groups (rl/groups.py RLGroups):
 
     synthesize -> expert trajectories -> RFT filter -> SFT -> evaluate -> RL (rl/controller.train) -> report
 
@@ -200,7 +200,8 @@ def run_pipeline(cfg: Config, run_dir: Path, data: dict, expert, results: dict |
     """`cfg.pipeline.stages` in order on one set of actor groups: expert (`expert(groups) -> (sft data,
     results to add)`), sft, rl (on data["rl"]), eval_<name> (on data["heldout"]); then the plots.
     Returns the results (`results` plus what each stage added)."""
-    from rl.controller import RLGroups, train
+    from rl.controller import train
+    from rl.groups import RLGroups
 
     t0 = time.perf_counter()
     heldout = as_tasks(data["heldout"])

@@ -1,0 +1,206 @@
+"""The actor groups of one run (RolloutGroup, RewardGroup, TrainerGroup and the EnvGroup of
+multi-turn tasks) and how a batch moves between them: the machinery under the loop of
+`rl/controller.py`.
+
+Never: decide the order of a step (the controller does), compute a loss or a reward, or wait
+without a timeout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from rl import algos
+from rl.cluster import ActorGroup, connect, wait
+from rl.config import Config, to_dict
+from rl.rollout_queue import Dispatcher
+from rl.tasks import load_tasks
+from rl.trainer.collate import TRAIN_COLUMNS
+from rollout.trajectory import concat, project, scalar_numpy, validate, with_columns
+
+
+class RLGroups:
+    """The actor groups of one run and the moves of a batch between them."""
+
+    def __init__(self, cfg: Config):
+        from transformers import AutoTokenizer
+
+        from reward.worker import RewardWorker
+        from rl.models import build_tiny_model, build_tiny_vl_model
+        from rl.trainer.base import backend_class
+        from rollout.worker import RolloutWorker
+
+        self.cfg = cfg
+        r, t = cfg.rollout, cfg.trainer
+        self.timeout = cfg.run.stage_timeout_s
+        builders = {"tiny": build_tiny_model, "tiny_vl": build_tiny_vl_model}
+        world = {"world_seed": cfg.env.world_seed, "world_size": cfg.env.world_size} \
+            if cfg.model.tokenizer == "world" else {}
+        model_path = str(builders[cfg.model.path](tokenizer=cfg.model.tokenizer, **world, **cfg.model.tiny)) \
+            if cfg.model.path in builders else cfg.model.path
+        self.model_path = model_path
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.tasks, scoring = load_tasks(cfg, tokenizer)
+        first = self.tasks[0]
+        self.probe_ids = first.get("prompt_ids") or tokenizer.apply_chat_template(
+            [{"role": "user", "content": first["question"]}], add_generation_prompt=True, tokenize=True)["input_ids"]
+        multi_turn = cfg.data.task != "target_token"
+
+        cpus = r.num_engines * r.cpus_per_engine + t.num_ranks * t.cpus_per_rank \
+            + cfg.reward.num_workers * cfg.reward.cpus_per_worker \
+            + (cfg.env.num_servers * cfg.env.cpus_per_server if multi_turn else 0)
+        self.how = connect(cfg.ray.address, cfg.ray.num_cpus, cpus_needed=cpus)
+        self.env = None
+        if multi_turn:
+            from rl.env_group import EnvGroup
+
+            e = cfg.env
+            self.env = EnvGroup(tools=e.tools, num_servers=e.num_servers, num_cpus=e.cpus_per_server,
+                                world={"seed": e.world_seed, "size": e.world_size, "latency_s": e.page_latency_s},
+                                limits=e.limits, ready_timeout_s=self.timeout)
+        agent = to_dict(cfg.agent) if multi_turn else None
+        env_client = self.env.client() if self.env is not None else None
+
+        engine_kwargs = {"seed": cfg.run.seed, "request_timeout_s": r.request_timeout_s}
+        if r.backend == "vllm":
+            engine_kwargs |= dict(max_model_len=r.max_model_len, gpu_memory_utilization=r.gpu_memory_utilization,
+                                  kv_cache_gib=r.kv_cache_gib, enforce_eager=r.enforce_eager)
+        self.rollout = ActorGroup(
+            RolloutWorker, r.num_engines, name="rollout", num_cpus=r.cpus_per_engine, num_gpus=r.gpus_per_engine,
+            kwargs_for=lambda i: dict(backend=r.backend, model_path=model_path,
+                                      engine_kwargs=engine_kwargs | {"seed": cfg.run.seed + i},
+                                      env=env_client, agent=agent),
+            timeout_s=self.timeout)
+        rewards, composition, judge = scoring["rewards"], scoring["composition"], scoring["judge"]
+        self.reward_columns = RewardWorker(rewards, composition, judge).columns  # what the RewardGroup receives
+        self.reward = ActorGroup(
+            RewardWorker, cfg.reward.num_workers, name="reward", num_cpus=cfg.reward.cpus_per_worker,
+            kwargs_for=lambda i: dict(rewards=rewards, composition=composition, judge=judge), timeout_s=self.timeout)
+        algo = to_dict(cfg.algo) | {"norm_len": r.max_tokens}
+        extra = dict(token_budget=t.token_budget, packing=t.packing, grad_checkpointing=t.grad_checkpointing,
+                     attn_implementation=t.attn_implementation,
+                     lora=({"rank": t.lora_rank, "alpha": t.lora_alpha}
+                           | ({"target_modules": t.lora_target_modules} if t.lora_target_modules else {}))
+                     if t.lora_rank else None)
+        if t.backend == "deepspeed":
+            extra["zero_stage"] = t.zero_stage
+        self.trainer = ActorGroup(  # FSDP2 or DeepSpeed ZeRO behind one interface (rl/trainer/base.py)
+            backend_class(t.backend), t.num_ranks, name="trainer", num_cpus=t.cpus_per_rank, num_gpus=t.gpus_per_rank,
+            kwargs_for=lambda i: dict(model_path=model_path, rank=i, world_size=t.num_ranks, lr=t.lr,
+                                      weight_decay=t.weight_decay, betas=t.betas, grad_clip=t.grad_clip,
+                                      warmup_steps=t.warmup_steps, micro_batch_size=t.micro_batch_size,
+                                      mini_batches=t.mini_batches, dtype=cfg.model.dtype, seed=t.seed,
+                                      temperature=r.temperature, algo=algo, timeout_s=self.timeout,
+                                      registries=algos.snapshot_registries(), **extra),
+            timeout_s=self.timeout)
+        addr, port = self.trainer.rendezvous()
+        self.trainer.call("init_distributed", addr, port)
+        self.transport = self._make_transport(cfg)
+        self.sampling = dict(max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p)
+        self.dispatcher = Dispatcher(self.rollout.actors, r.n, self.sampling, r.max_inflight_groups)
+
+    def generate(self, tasks: list[dict], n: int | None = None, sampling: dict | None = None,
+                 progress: str | None = None) -> pa.RecordBatch:
+        """All samples of a task go to one engine (shared prefix); each task goes to the least-loaded
+        engine as groups finish (rl/rollout_queue.py). Rows ordered (group, sample). `progress`: the name
+        of a progress bar over finished groups (evaluations; run.progress=false turns it off)."""
+        if not self.cfg.run.progress:
+            progress = None
+        n = n or self.cfg.rollout.n
+        if sampling is not None:
+            tasks = [dict(t, sampling=sampling) for t in tasks]
+        parts = self.dispatcher.run([dict(t, n=n) for t in tasks], self.timeout,
+                                    f"rollout of {len(tasks)} tasks x {n} samples", progress)
+        batch = concat(parts)
+        order = np.lexsort((scalar_numpy(batch, "sample"), scalar_numpy(batch, "group")))
+        return validate(batch.take(pa.array(order)))
+
+    def score(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Only the columns the rewards read travel to the RewardGroup; reward columns come back."""
+        view = project(batch, self.reward_columns)
+        bounds = np.linspace(0, batch.num_rows, self.reward.num + 1).astype(int)
+        shards = [view.slice(a, b - a) for a, b in zip(bounds[:-1], bounds[1:])]
+        parts = self.reward.call_split("score", shards)
+        return with_columns(batch, {name: pa.concat_arrays([p.column(name) for p in parts])
+                                    for name in parts[0].schema.names})
+
+    def train(self, batch: pa.RecordBatch) -> dict:
+        """Whole groups per rank, balanced by tokens (SEEDS 13 item 6: never split a group).
+        A DUPO copy's `dup_of` becomes an index into its rank's shard (-1 if the source is elsewhere)."""
+        lengths = batch.column("response_ids").value_lengths().to_numpy(zero_copy_only=False) \
+            + batch.column("prompt_ids").value_lengths().to_numpy(zero_copy_only=False)
+        per_rank = algos.balance_groups(lengths, scalar_numpy(batch, "group"), self.trainer.num)
+        view = project(batch, TRAIN_COLUMNS + (("images",) if "images" in batch.schema.names else ()))
+        dup_of = scalar_numpy(batch, "dup_of") if "dup_of" in batch.schema.names else np.full(batch.num_rows, -1)
+        shards = []
+        for rows in per_rank:
+            rows = np.sort(rows)
+            local = {int(g): i for i, g in enumerate(rows)}
+            shard_dup = np.array([local.get(int(d), -1) if d >= 0 else -1 for d in dup_of[rows]], np.int32)
+            shards.append(ray.put(with_columns(view.take(pa.array(rows, pa.int64())), {"dup_of": shard_dup})))
+        return self.trainer.call_split("train_step", shards)[0]
+
+    def _make_transport(self, cfg: Config):
+        from rl.weights import make_transport
+
+        t = cfg.trainer
+        opts = {"timeout_s": self.timeout}
+        if t.weight_transport in ("object_store", "disk"):
+            opts["window"] = t.weight_window
+        if t.weight_transport == "disk":
+            opts["folder"] = str(Path(cfg.run.dir or "runs").resolve() / "weights")
+        if t.weight_transport == "collective":
+            opts["host"], opts["port"] = self.trainer.rendezvous()
+        return make_transport(t.weight_transport, num_receivers=self.rollout.num, **opts)
+
+    def sync_weights(self, version: int, abort: bool = False) -> int:
+        """Trainer full state -> every engine through the weight transport, bucket by bucket (at most
+        trainer.weight_window in flight); returns the new version. Episodes in flight pause between
+        turns and go on under the new weights (or, with `abort`, are cancelled and re-queued)."""
+        bucket = self.cfg.trainer.weight_bucket_mb << 20
+        sent = self.trainer.call_async("send_weights", self.transport, version, bucket)
+        versions = wait([a.update_weights.remote(self.transport.stream(version, i), version, abort)
+                         for i, a in enumerate(self.rollout.actors)],
+                        self.timeout, f"weight sync to {self.rollout.num} engine(s) (version {version})")
+        wait(sent, self.timeout, f"the trainer's weight send (version {version})")
+        if set(versions) != {version}:
+            raise RuntimeError(f"engines report policy versions {versions} after syncing version {version}")
+        return version
+
+    def probe(self) -> float:
+        """Sum of logprobs of a greedy continuation of a fixed prompt: changes when weights do."""
+        greedy = dict(self.sampling, temperature=0.0, max_tokens=8)
+        task = [{"uid": "probe", "group": 0, "prompt_ids": self.probe_ids}]
+        b = wait(self.rollout.actors[0].generate.remote(task, 1, greedy), self.timeout, "the probe generation")
+        return float(np.sum(b.column("rollout_logprobs")[0].values.to_numpy()))
+
+    def rollout_metrics(self) -> dict:
+        """Groups each engine finished since the last call (routing balance) and the env servers' tool metrics."""
+        now = list(self.dispatcher.groups_per_engine)
+        last = getattr(self, "_groups_seen", [0] * len(now))
+        self._groups_seen = now
+        out = {f"rollout/groups_engine{i}": g - g0 for i, (g, g0) in enumerate(zip(now, last))}
+        if self.env is not None:
+            out |= self.env.metrics()
+        return out
+
+    def shutdown(self) -> None:
+        transport = getattr(self, "transport", None)
+        if transport is not None:
+            try:
+                transport.close()
+            except Exception as err:  # shutting down: report, keep going
+                print(f"warning: closing the weight transport: {err}")
+        for g in ("rollout", "reward", "trainer", "env"):
+            group = getattr(self, g, None)
+            if group is not None:
+                try:
+                    if g == "rollout":
+                        group.call("shutdown", timeout_s=60)
+                    group.shutdown()
+                except Exception as err:  # shutting down: report, keep going
+                    print(f"warning: shutting down {g}: {err}")
