@@ -11,6 +11,10 @@ found by dotted path (imported lazily, so a spec without visual tools never impo
 `context` carries what several tools share in one EnvServer: the synthetic world, its base URL,
 its search index, the hosts the fetch guard allows.
 
+`validate_tools(spec)` is the dry run of `build_tools`: kinds, argument names, required arguments and
+argument types (against the factory's signature), and whatever the factory's own `check(arguments)`
+attribute says of settings its signature cannot (e.g. the search backend's keys); it builds nothing.
+
 Never: import anything of the project outside `envs/`; raise anything but a ValueError naming
 the tool and the key when a spec is wrong.
 """
@@ -19,7 +23,11 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import types
+import typing
 from typing import Any
+
+import msgspec
 
 from envs.base import Tool
 
@@ -47,23 +55,78 @@ def _factory(kind: str, tool: str):
     return getattr(importlib.import_module(module), name)
 
 
+def _resolve(tool: str, arguments: dict | None):
+    """(kind, factory, arguments without `kind`) of one spec entry; unknown kinds and argument names name the tool."""
+    if arguments is not None and not isinstance(arguments, dict):
+        raise ValueError(f"tool {tool!r}: expected a mapping of arguments, got {type(arguments).__name__}")
+    arguments = dict(arguments or {})
+    kind = arguments.pop("kind", tool)
+    if not isinstance(kind, str):
+        raise ValueError(f"tool {tool!r}: kind must be a string, got {kind!r}; known kinds: {sorted(TOOL_KINDS)}")
+    make = _factory(kind, tool)
+    params = inspect.signature(make).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        allowed = [p for p in params if p != "context"]
+        unknown = sorted(set(arguments) - set(allowed))
+        if unknown:
+            raise ValueError(f"tool {tool!r} (kind {kind!r}): unknown key(s) {unknown}; allowed: {allowed}")
+    return kind, make, arguments
+
+
 def build_tools(spec: dict[str, dict], context: dict[str, Any] | None = None) -> list[Tool]:
     """One Tool per spec entry, in order. Unknown kinds and unknown arguments name the tool."""
     context = context or {}
     tools = []
     for tool, arguments in spec.items():
-        arguments = dict(arguments or {})
-        kind = arguments.pop("kind", tool)
-        make = _factory(kind, tool)
-        params = inspect.signature(make).parameters
-        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-            allowed = [p for p in params if p != "context"]
-            unknown = sorted(set(arguments) - set(allowed))
-            if unknown:
-                raise ValueError(f"tool {tool!r} (kind {kind!r}): unknown key(s) {unknown}; allowed: {allowed}")
+        kind, make, arguments = _resolve(tool, arguments)
         made = make(context, **arguments)
         if getattr(made, "name", None) != tool:
             made.name = tool  # the spec's name is what the model calls
             made.schema = dict(made.schema, name=tool)
         tools.append(made)
     return tools
+
+
+def validate_tools(spec: dict[str, dict]) -> None:
+    """What `build_tools(spec)` would refuse, found without building a tool (module docstring): ValueError
+    naming the tool, the key and what is allowed."""
+    for tool, arguments in spec.items():
+        kind, make, arguments = _resolve(tool, arguments)
+        check_arguments(make, arguments, f"tool {tool!r} (kind {kind!r})", skip=("context",))
+        check = getattr(make, "check", None)
+        if check is not None:
+            check(arguments)
+
+
+def check_arguments(fn, arguments: dict, what: str, skip: tuple[str, ...] = ()) -> None:
+    """`fn(**arguments)` would bind: no missing required argument, and each value of the type its annotation
+    names (where msgspec can check that type; ints pass for floats). ValueError naming `what` and the key."""
+    params = {n: p for n, p in inspect.signature(fn).parameters.items() if n not in skip}
+    missing = [n for n, p in params.items() if p.default is p.empty and n not in arguments
+               and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if missing:
+        raise ValueError(f"{what}: missing key(s) {missing}")
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # an annotation that does not resolve here: names were checked, types cannot be
+        return
+    for key, value in arguments.items():
+        if key in hints:
+            problem = _type_problem(value, hints[key])
+            if problem:
+                raise ValueError(f"{what}: bad value for {key!r}: {problem} (given {value!r})")
+
+
+def _type_problem(value: Any, hint: Any) -> str | None:
+    """None when `value` fits `hint` (or msgspec cannot check `hint`, e.g. a Protocol), else what is wrong."""
+    members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    problems = []
+    for member in members:
+        try:
+            msgspec.convert(value, member, strict=True)
+            return None
+        except msgspec.ValidationError as err:
+            problems.append(str(err))
+        except TypeError:  # a type msgspec does not know: cannot tell, so accept
+            return None
+    return "; ".join(dict.fromkeys(problems))

@@ -49,7 +49,7 @@ from envs.world.index import SNIPPET_MAX_CHARS, Document, SearchIndex, tokenize
 
 __all__ = ["Hit", "Passage", "load_corpus", "BM25Backend", "DenseBackend", "HashingEmbedder",
            "SentenceTransformerEmbedder", "make_embedder", "SerperBackend", "RetrievalBackend", "make_backend",
-           "BACKENDS"]
+           "check_backend", "BACKENDS"]
 
 
 @dataclass(frozen=True)
@@ -458,10 +458,14 @@ BACKENDS = {"world": (_world, _world), "bm25": (_bm25, _bm25), "dense": (_dense,
             "serper": (_serper, SerperBackend.__init__), "retrieval": (_retrieval, RetrievalBackend.__init__)}
 
 
-def make_backend(name: str, context: dict | None = None, **settings) -> Any:
-    """A search backend by name (module docstring) with its settings; unknown names and keys are ValueErrors."""
+def check_backend(name: str, settings: dict) -> None:
+    """What `make_backend` refuses before building anything: an unknown name, unknown or missing keys."""
     if name not in BACKENDS:
         raise ValueError(f"search: unknown backend {name!r}; known: {sorted(BACKENDS)}")
-    factory, signature = BACKENDS[name]
-    _check_keys(signature, settings, f"search backend {name!r}")
-    return factory(context or {}, **settings)
+    _check_keys(BACKENDS[name][1], settings, f"search backend {name!r}")
+
+
+def make_backend(name: str, context: dict | None = None, **settings) -> Any:
+    """A search backend by name (module docstring) with its settings; unknown names and keys are ValueErrors."""
+    check_backend(name, settings)
+    return BACKENDS[name][0](context or {}, **settings)

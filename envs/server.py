@@ -1,7 +1,7 @@
 """EnvServer: the tools of one environment process, with limits, a cache, retries and metrics.
 
 Owns: `EnvServer` (hosts the tools of a spec, `envs.registry.build_tools`, and answers `async call(name,
-arguments) -> Observation`), `ToolLimits` (the per-tool policy), `TokenBucket`, and `WorldHost` (one
+arguments) -> Observation`), `ToolLimits` (the per-tool policy; `check_limits`, its dry run), `TokenBucket`, and `WorldHost` (one
 synthetic world's web server with a configurable latency per page). Both are plain classes:
 `rl/env_group.py` makes N EnvServers and one WorldHost into Ray actors; a test or a notebook uses them
 in process. The world's HTTP server is one per EnvGroup, so a URL means the same page on every server;
@@ -15,10 +15,13 @@ after an exponential backoff with jitter; a timeout is not (a tool that hangs on
 Cacheable tools (search, visit by default; never python) keep successful observations in an LRU keyed by
 the tool and the canonical JSON of its arguments; identical calls in flight at once share one execution.
 Everything that goes wrong is an error observation that names the tool (`metadata["error_type"]`:
-unknown_tool, busy, timeout, exception, bad_result). Sync tools (a blocking `call`) run in a thread pool of
+unknown_tool, bad_arguments, busy, timeout, exception, bad_result). Arguments are checked against the
+tool's schema before anything runs (`envs.base.check_arguments`: wrong types, missing keys, lone
+surrogates, NaN, huge strings or numbers, deep nesting); what fails is the tool's error observation,
+naming the argument, never cached. Sync tools (a blocking `call`) run in a thread pool of
 `threads` workers (SEEDS 9.1: tool calls run in a thread pool of up to 128 workers).
 
-Metrics per tool: calls, errors, timeouts, retries, cache hits, in flight, latency mean / p50 / p95 / max
+Metrics per tool: calls, errors, bad_arguments, timeouts, retries, cache hits, in flight, latency mean / p50 / p95 / max
 (over the last `LATENCY_WINDOW` calls).
 
 Never: raise into a caller; cache an error or a python result; import anything of the project outside
@@ -40,7 +43,9 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from envs.base import Observation, Tool, error_observation
+import msgspec
+
+from envs.base import Observation, Tool, check_arguments, error_observation
 from envs.llm import backoff_delay
 from envs.registry import build_tools
 from envs.world import Fault, SearchIndex, WorldServer, generate_world
@@ -84,6 +89,23 @@ class ToolLimits:
         if unknown:
             raise ValueError(f"limits of tool {tool!r}: unknown key(s) {unknown}; allowed: {sorted(known)}")
         return replace(base, **overrides)
+
+
+def check_limits(kinds: dict[str, str], limits: dict | None) -> None:
+    """What EnvServer refuses in `limits` ({tool name: {ToolLimits field: value}}) for tools of these kinds
+    ({name: kind}), found without building a tool: an unknown tool or field, a value of the wrong type or range."""
+    limits = dict(limits or {})
+    unknown = sorted(set(limits) - set(kinds))
+    if unknown:
+        raise ValueError(f"EnvServer limits: no tool named {unknown}; tools: {sorted(kinds)}")
+    for name, overrides in limits.items():
+        if overrides is not None and not isinstance(overrides, (dict, ToolLimits)):
+            raise ValueError(f"limits of tool {name!r}: expected a mapping of ToolLimits fields, got {overrides!r}")
+        merged = ToolLimits.of(default_limits(kinds[name]), overrides, name)  # unknown fields
+        try:
+            msgspec.convert(asdict(merged), ToolLimits)  # types, then ToolLimits' own range checks
+        except msgspec.ValidationError as err:
+            raise ValueError(f"limits of tool {name!r}: {err}") from None
 
 
 def default_limits(kind: str, tool: Tool | None = None) -> ToolLimits:
@@ -138,11 +160,13 @@ def _is_transient_error(err: BaseException) -> bool:
 class _Stats:
     def __init__(self):
         self.calls = self.errors = self.timeouts = self.retries = self.cache_hits = self.busy = 0
+        self.bad_arguments = 0
         self.in_flight = 0
         self.latency: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
 
     def as_dict(self, samples: bool = False) -> dict:
-        out = {"calls": self.calls, "errors": self.errors, "timeouts": self.timeouts, "retries": self.retries,
+        out = {"calls": self.calls, "errors": self.errors, "bad_arguments": self.bad_arguments,
+               "timeouts": self.timeouts, "retries": self.retries,
                "cache_hits": self.cache_hits, "busy": self.busy, "in_flight": self.in_flight}
         out.update(latency_summary(list(self.latency)))
         if samples:
@@ -229,9 +253,7 @@ class EnvServer:
         if len(self.tools) != len(built):
             raise ValueError(f"EnvServer: duplicate tool names in {[t.name for t in built]}")
         limits = dict(limits or {})
-        unknown = sorted(set(limits) - set(self.tools))
-        if unknown:
-            raise ValueError(f"EnvServer limits: no tool named {unknown}; tools: {sorted(self.tools)}")
+        check_limits(kinds, limits)
         self.limits = {n: ToolLimits.of(default_limits(kinds[n], t), limits.get(n), n) for n, t in self.tools.items()}
         self._sem = {n: asyncio.Semaphore(lim.concurrency) for n, lim in self.limits.items()}
         self._bucket = {n: TokenBucket(lim.rate_per_s, lim.burst) for n, lim in self.limits.items()
@@ -251,17 +273,20 @@ class EnvServer:
 
     async def call(self, name: str, arguments: dict, key: str | None = None) -> Observation:
         t0 = time.perf_counter()
-        tool = self.tools.get(name)
+        tool = self.tools.get(name) if isinstance(name, str) else None
         if tool is None:
-            return error_observation(f"Error: unknown tool {name!r}; available tools: {sorted(self.tools)}",
-                                     tool=name, error_type="unknown_tool")
-        if not isinstance(arguments, dict):
-            arguments = {}
+            return error_observation(f"Error: unknown tool {name!r:.80}; available tools: {sorted(self.tools)}",
+                                     tool=str(name)[:80], error_type="unknown_tool")
         stats, limits = self._stats[name], self.limits[name]
         stats.calls += 1
         stats.in_flight += 1
         try:
-            obs = await self._cached_call(name, tool, arguments, limits, stats)
+            why = check_arguments(name, tool.schema, arguments)
+            if why is not None:
+                stats.bad_arguments += 1
+                obs = error_observation(why, tool=name, error_type="bad_arguments")
+            else:
+                obs = await self._cached_call(name, tool, arguments, limits, stats)
         except Exception as err:  # a bug of the server itself must still not reach the agent loop
             log.exception("EnvServer: tool %r", name)
             obs = error_observation(f"Error: tool {name!r} failed: {type(err).__name__}: {err}", tool=name,

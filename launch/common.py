@@ -1,5 +1,6 @@
-"""What every recipe's command line shares: arguments, config errors (exit 2), the run folder,
-the report. Each recipe script stays a short story on top of this.
+"""What every recipe's command line shares: arguments, config errors (exit 2 with one message, no
+traceback, before anything starts), the run folder, the report. Each recipe script stays a short story on
+top of this.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from rl.config import ConfigError, describe, load_config
+from rl.config import ConfigError, describe, load_config, read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "launch/configs/smoke.yaml"
@@ -31,8 +32,6 @@ def parse_args(recipe: str, argv: list[str]) -> argparse.Namespace:
 
 def merged_overrides(base: Path, extra: Path) -> list[str]:
     """Flatten a YAML overlay into dotted overrides (applied after the base file)."""
-    import yaml
-
     out: list[str] = []
 
     def walk(node, prefix):
@@ -42,7 +41,7 @@ def merged_overrides(base: Path, extra: Path) -> list[str]:
             else:
                 out.append(f"{prefix}{k}={json.dumps(v)}")
 
-    walk(yaml.safe_load(extra.read_text()) or {}, "")
+    walk(read_yaml(extra) or {}, "")
     return out
 
 
@@ -75,11 +74,9 @@ def main(recipe: str, default_config: Path, argv: list[str], pipeline=None, chec
     config is the recipe's own task, else the plain RL loop (e.g. the spine's target_token task).
     `extend(run_dir, results)`: the recipe's own report sections, after report.md is written."""
     args = parse_args(recipe, argv)
-    overrides = list(args.overrides)
-    if args.smoke:
-        overrides = merged_overrides(default_config, SMOKE) + overrides
-    try:
-        cfg = load_config(args.config or default_config, overrides)
+    try:  # --smoke's sizes apply where a stage reads them, so they are an overlay, not settings of their own
+        overlay = merged_overrides(default_config, SMOKE) if args.smoke else []
+        cfg = load_config(args.config or default_config, args.overrides, overlay=overlay)
     except ConfigError as err:
         print(f"configuration error: {err}", file=sys.stderr)
         return 2

@@ -3,7 +3,7 @@
 Owns: `EngineJudge`, the `BatchedJudge` transport that renders a judge request with the judge tokenizer's chat
 template, sends the token ids to an engine (`rollout.engines`: vLLM or HF) at temperature 0 and decodes the
 reply; and `start_engine_judge`, which starts that engine from configuration. Cache, de-duplication,
-concurrency, timeouts, retries, fallback and metrics are `reward.judge.BatchedJudge`'s, exactly as for an
+concurrency, timeouts, retries, fallback and metrics are `reward.judge_batch.BatchedJudge`'s, exactly as for an
 OpenAI-compatible endpoint.
 
 Every distinct item of a batch is one concurrent `engine.generate` call (`max_concurrency` defaults to 1024):
@@ -24,7 +24,8 @@ import itertools
 from collections.abc import Mapping
 from typing import Any
 
-from reward.judge import BatchedJudge, JudgePermanent, JudgeTransient, _LoopState
+from reward.judge_batch import BatchedJudge, LoopState
+from reward.judge_types import JudgePermanent, JudgeTransient
 
 __all__ = ["EngineJudge", "start_engine_judge"]
 
@@ -59,12 +60,15 @@ class EngineJudge(BatchedJudge):
         self.sampling = SamplingParams(max_tokens=max_tokens, temperature=0.0)
         self._ids = itertools.count()
 
+    def describe(self) -> str:
+        return f"judge engine {type(self.engine).__name__} model={getattr(self.tokenizer, 'name_or_path', '?')}"
+
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
                                                   **self.chat_template_kwargs)
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    async def _complete(self, state: _LoopState, messages: list[dict[str, str]]) -> str:
+    async def _complete(self, state: LoopState, messages: list[dict[str, str]]) -> str:
         try:
             prompt_ids = self.prompt_ids(messages)
         except Exception as exc:  # a template that cannot render these messages fails the same way every time

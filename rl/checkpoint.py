@@ -5,24 +5,125 @@ into place only after every file and a `COMPLETE` marker are on disk (a rename i
 so a crash mid-write never leaves a folder that looks complete), finding the newest complete
 checkpoint, cleaning what crashed writes left, and keeping only the last k.
 
-The marker lists every file with its size; a folder whose files do not match it (copied in part,
-truncated afterwards) is not complete. Re-committing a step moves the old folder aside first, so a
-crash at any point leaves either the old or the new one loadable.
+The marker lists every file with its size and sha256 (hashed as the commit reads each file back to
+fsync it). A folder whose sizes do not match (copied in part, truncated afterwards) is not complete;
+`latest` also checks the hashes, newest first, and skips a folder whose bytes changed at the same
+size (saying which file), so a resume falls back to the last good step. Re-committing a step moves
+the old folder aside first, so a crash at any point leaves either the old or the new one loadable.
+
+Also owns how checkpoint files are read and written: `save_state` (a full disk is a
+`CheckpointWriteError` naming the folder and its free space, never torch's opaque writer error;
+`begin` refuses to start when the disk has less room than the last checkpoint took) and
+`load_state` (`torch.load(weights_only=True)`: tensors and plain data only; `plain_rng_state`
+makes numpy's RNG state such data).
 
 Never: decide what goes into a checkpoint (the controller and the trainer do).
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
+import pickle
 import re
 import shutil
+import warnings
 from pathlib import Path
+
+import numpy as np
+import torch
 
 _STEP = re.compile(r"^step-(\d+)$")
 _TMP = re.compile(r"^\.tmp-step-(\d+)$")  # being written (or a crashed write)
 _OLD = re.compile(r"^\.old-step-(\d+)$")  # moved aside while a step is replaced
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written for want of space (errno ENOSPC, or another rank's); says
+    where and how much is free."""
+
+
+class CheckpointLoadError(RuntimeError):
+    """A checkpoint file that does not load (corrupt, or holding more than tensors and plain data)."""
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the file system of `path` (or of its nearest existing parent)."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def disk_full(path: Path, err: OSError) -> OSError:
+    """`err` as a CheckpointWriteError naming the folder and its free space when the disk is full
+    (ENOSPC, EDQUOT); any other error as it is."""
+    if isinstance(err, CheckpointWriteError) or err.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return err
+    folder = Path(path).parent
+    return CheckpointWriteError(err.errno, f"no space left writing checkpoint file {path}: {_mib(free_bytes(folder))} "
+                                           f"free on the file system of {folder}; free some space, lower "
+                                           f"run.keep_last or put run.dir on a larger disk")
+
+
+def save_state(obj, path: str | Path) -> None:
+    """torch.save through a Python file, so a full disk surfaces as ENOSPC (torch's own writer says
+    only "unexpected pos") and then as a CheckpointWriteError."""
+    try:
+        with open(path, "wb") as fh:
+            torch.save(obj, fh)
+    except OSError as err:
+        raise disk_full(Path(path), err) from err
+
+
+def load_state(path: str | Path, map_location="cpu", allow: tuple = ()):
+    """torch.load(weights_only=True): tensors and plain data, plus the classes in `allow`
+    (e.g. DeepSpeed's loss scaler); never arbitrary pickled code. A file that does not load is a
+    CheckpointLoadError naming it."""
+    try:
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        raise CheckpointLoadError(f"checkpoint file {path} does not load with weights_only=True: {err}") from err
+
+
+def agree_on_write(error: OSError | None, folder: str | Path, all_reduce) -> None:
+    """Collective, after each rank wrote its checkpoint files: every rank learns whether any failed
+    and raises (one rank raising alone would leave the others waiting at the next barrier).
+    `all_reduce(list[float]) -> list[float]` sums over the ranks."""
+    failed = int(all_reduce([float(error is not None)])[0])
+    if error is not None:
+        raise error
+    if failed:
+        raise CheckpointWriteError(f"{failed} other trainer rank(s) could not write their files into checkpoint "
+                                   f"{folder}; their errors say why ({_mib(free_bytes(Path(folder)))} free here)")
+
+
+def plain_rng_state(state: dict) -> dict:
+    """A trainer's RNG state (torch, numpy, random, cuda) that `load_state` reads: numpy's legacy
+    state tuple (name, 624 uint32 keys, pos, has_gauss, cached gaussian) becomes a list with the keys
+    as an int64 tensor. Python's `random.getstate()` is already plain (ints in tuples)."""
+    out = dict(state)
+    if isinstance(state.get("numpy_rng"), tuple):
+        name, keys, pos, has_gauss, gauss = state["numpy_rng"]
+        out["numpy_rng"] = [str(name), torch.from_numpy(np.asarray(keys, np.int64)), int(pos), int(has_gauss),
+                            float(gauss)]
+    return out
+
+
+def rng_state_from_plain(state: dict) -> dict:
+    """The inverse of `plain_rng_state`: what `np.random.set_state` and `random.setstate` take."""
+    out = dict(state)
+    if isinstance(state.get("numpy_rng"), list):
+        name, keys, pos, has_gauss, gauss = state["numpy_rng"]
+        out["numpy_rng"] = (name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss)
+    return out
 
 
 def _fsync_dir(path: Path) -> None:
@@ -39,12 +140,22 @@ class CheckpointManager:
             raise ValueError(f"keep_last must be >= 1, got {keep_last}")
         self.root = Path(run_dir) / "checkpoints"
         self.keep_last = keep_last
+        self.skipped: list[tuple[Path, list[str]]] = []  # what the last `latest` skipped, and why
+        self._hashed: dict[tuple[str, int], list[str]] = {}
 
     def begin(self, step: int) -> Path:
         """A fresh temporary folder to write step `step` into (shared by all writers). What earlier
         crashed writes left is removed first."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.clean()
+        found = self.complete()
+        if found:  # the new checkpoint sits beside the last one until pruning: it needs as much room
+            last_step, last = found[-1]
+            need, free = _marker_bytes(last), free_bytes(self.root)
+            if free < need:
+                raise CheckpointWriteError(errno.ENOSPC, f"not enough space for checkpoint step {step} in {self.root}: "
+                                           f"{_mib(free)} free, the last one (step {last_step}) took {_mib(need)}; "
+                                           f"free some space, lower run.keep_last or put run.dir on a larger disk")
         tmp = self.root / f".tmp-step-{step}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
@@ -52,17 +163,24 @@ class CheckpointManager:
 
     def commit(self, tmp: Path, step: int, meta: dict) -> Path:
         """Mark `tmp` complete and rename it into place; prune old checkpoints."""
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        files = {}
-        for f in sorted(tmp.rglob("*")):  # everything durable before the marker
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-                files[str(f.relative_to(tmp))] = f.stat().st_size
-        with open(tmp / "COMPLETE", "w") as fh:
-            fh.write(json.dumps({"step": step, "files": files}))
-            fh.flush()
-            os.fsync(fh.fileno())
+        files, sha256 = {}, {}
+        writing = tmp / "meta.json"
+        try:
+            writing.write_text(json.dumps(meta, indent=1))
+            for f in sorted(tmp.rglob("*")):  # everything durable before the marker
+                if f.is_file():
+                    name = str(f.relative_to(tmp))
+                    with open(f, "rb") as fh:
+                        sha256[name] = _sha256(fh)
+                        os.fsync(fh.fileno())
+                    files[name] = f.stat().st_size
+            writing = tmp / "COMPLETE"
+            with open(writing, "w") as fh:
+                fh.write(json.dumps({"step": step, "files": files, "sha256": sha256}))
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as err:
+            raise disk_full(writing, err) from err
         _fsync_dir(tmp)
         final = self.root / f"step-{step}"
         if final.exists():  # replacing a step: move the old one aside, never delete it first
@@ -89,8 +207,16 @@ class CheckpointManager:
         return sorted(found.items())
 
     def latest(self) -> tuple[int, Path] | None:
-        found = self.complete()
-        return found[-1] if found else None
+        """The newest complete checkpoint whose files hash to what its marker says. A folder whose
+        bytes changed is skipped with a warning naming it and the files (kept on disk to look at;
+        `skipped` lists them); the next older one is tried."""
+        self.skipped = []
+        for step, folder in reversed(self.complete()):
+            bad = self._changed_files(folder)
+            if not bad:
+                return step, folder
+            self.skipped.append((folder, bad))
+        return None
 
     def clean(self) -> list[Path]:
         """Remove what crashed writes left: temporary folders, folders moved aside by an interrupted
@@ -115,7 +241,7 @@ class CheckpointManager:
     def _is_complete(self, folder: Path) -> bool:
         try:
             marker = (folder / "COMPLETE").read_text()
-        except (FileNotFoundError, NotADirectoryError):
+        except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError):
             return False
         try:
             files = json.loads(marker)["files"]
@@ -123,10 +249,52 @@ class CheckpointManager:
             return marker.strip().isdigit()  # a marker written before it listed the files
         try:
             return all((folder / name).stat().st_size == size for name, size in files.items())
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError, AttributeError, TypeError):  # a file gone, a mangled marker
             return False
+
+    def _changed_files(self, folder: Path) -> list[str]:
+        """Files of a complete folder whose sha256 differs from the marker's (none for a marker written
+        before hashes were recorded), with a warning the first time. Remembered per marker, so a
+        second `latest` reads nothing again."""
+        marker = folder / "COMPLETE"
+        key = (str(folder), marker.stat().st_mtime_ns)
+        if key in self._hashed:
+            return self._hashed[key]
+        try:
+            expect = dict(json.loads(marker.read_text()).get("sha256", {}))
+        except (ValueError, AttributeError, TypeError):
+            expect = {}
+        bad = []
+        for name, digest in expect.items():
+            try:
+                with open(folder / name, "rb") as fh:
+                    if _sha256(fh) != digest:
+                        bad.append(name)
+            except OSError:
+                bad.append(name)
+        if bad:
+            warnings.warn(f"checkpoint {folder} is skipped: {', '.join(bad)} no longer match(es) the sha256 its "
+                          f"COMPLETE marker recorded (changed after it was written); falling back to an older one",
+                          stacklevel=3)
+        self._hashed[key] = bad
+        return bad
 
     def _prune(self) -> None:
         for _, p in self.complete()[:-self.keep_last]:
             shutil.rmtree(p, ignore_errors=True)
         self.clean()
+
+
+def _sha256(fh) -> str:
+    h = hashlib.sha256()
+    while chunk := fh.read(1 << 24):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def _marker_bytes(folder: Path) -> int:
+    """What a complete checkpoint's files take, from its marker (0 for a marker without sizes)."""
+    try:
+        return sum(json.loads((folder / "COMPLETE").read_text())["files"].values())
+    except (ValueError, KeyError, TypeError, AttributeError, OSError):
+        return 0

@@ -68,14 +68,19 @@ class ActorGroup:
 
     def __init__(self, cls: type, num: int, *, name: str, num_cpus: float, num_gpus: float = 0.0,
                  kwargs_for=lambda rank: {}, strategy: str = "PACK", timeout_s: float = 600.0,
-                 max_concurrency: int | None = None):
+                 max_concurrency: int | None = None, pg=None):
+        """`pg`: a placement group shared with another group (colocated placement, rl/placement.py): rank i
+        goes to its bundle i; it is not this group's to remove."""
         if num < 1:
             raise ValueError(f"{name}: an actor group needs at least one actor, got {num}")
         self.name, self.num, self.timeout_s = name, num, timeout_s
-        bundle = {"CPU": num_cpus} | ({"GPU": num_gpus} if num_gpus else {})
-        self.pg = placement_group([dict(bundle) for _ in range(num)], strategy=strategy, name=f"windward-{name}")
-        wait(self.pg.ready(), timeout_s, f"the placement group of {name} ({num} x {bundle}); "
-                                         "does the cluster have these resources?")
+        self.own_pg = pg is None
+        if pg is None:
+            bundle = {"CPU": num_cpus} | ({"GPU": num_gpus} if num_gpus else {})
+            pg = placement_group([dict(bundle) for _ in range(num)], strategy=strategy, name=f"windward-{name}")
+            wait(pg.ready(), timeout_s, f"the placement group of {name} ({num} x {bundle}); "
+                                        "does the cluster have these resources?")
+        self.pg = pg
         remote_cls = ray.remote(cls)
         opts = dict(num_cpus=num_cpus, num_gpus=num_gpus)
         if max_concurrency:
@@ -111,4 +116,5 @@ class ActorGroup:
     def shutdown(self) -> None:
         for a in self.actors:
             ray.kill(a)
-        remove_placement_group(self.pg)
+        if self.own_pg:
+            remove_placement_group(self.pg)

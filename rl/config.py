@@ -5,13 +5,24 @@ Owns: the typed tree of every setting a run reads (`Config`), loading it from a 
 path, says where it came from (file or command line) and what is allowed. The edge of the
 system: code below takes plain values from these Structs.
 
+`load_config` checks, in order: the YAML itself (at most `MAX_CONFIG_BYTES`, UTF-8, no duplicate keys,
+aliases expanding to at most `MAX_YAML_NODES` nodes, nesting at most `MAX_YAML_DEPTH` deep); keys, types and
+ranges (msgspec); settings that nothing in this run would read (`_unconsumed`: a setting is never silently
+ignored); then a dry run of every builder that will read a dict-typed or external setting, which constructs
+nothing heavy and starts nothing: the tool factories' signatures (`envs.registry.validate_tools`), the tool
+limits (`envs.server.check_limits`), the reward functions, composition and judge (`rl.tasks.check_scoring`),
+the agent hooks (imported, not called), `model.path` and `data.path` (read as the run will read them).
+
 Never: start anything. A bad configuration must fail here, before any actor starts.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
+import types
 import typing
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -95,6 +106,12 @@ class TrainerConfig(_Base):
                     "broadcast (NCCL on GPU, gloo on CPU)")] = "object_store"
     weight_bucket_mb: Annotated[int, Meta(ge=1, description="size of one weight bucket")] = 64
     weight_window: Annotated[int, Meta(ge=1, description="buckets in flight at most (bounded memory)")] = 2
+    logprob_chunk_mb: Annotated[int, Meta(ge=1, description="memory of one chunk of the logprob kernel (rows x "
+                                                            "vocabulary logits, rl/trainer/logprobs.py)")] = 64
+    entropy_every: Annotated[int, Meta(ge=0, description="compute the entropy metric every k steps (0 = only when "
+                                                         "algo.entropy_coef > 0 needs it)")] = 1
+    offload: Annotated[bool, Meta(description="colocated on GPU: move the trainer's parameters, gradients and "
+                                              "optimizer state to CPU while the engines generate")] = False
 
 
 class AlgoConfig(_Base):
@@ -114,6 +131,17 @@ class AlgoConfig(_Base):
     kl_in_reward: Annotated[bool, Meta(description="KL as a reward penalty (not supported yet) instead of in the loss")] = False
     entropy_coef: NonNegFloat = 0.0
     sampler: Annotated[str, Meta(description="name in rl.algos.GROUP_SAMPLERS: keep | dapo | dupo")] = "keep"
+    adv_estimator_args: Annotated[dict[str, Any], Meta(description="parameters of the chosen advantage estimator "
+                                                                   "(its own declared ones; rl/algos/params.py)")] = \
+        msgspec.field(default_factory=dict)
+    policy_loss_args: Annotated[dict[str, Any], Meta(description="parameters of the chosen policy loss, e.g. "
+                                                                 "{clip_low: 3e-4} for gspo (its own declared ones; "
+                                                                 "win over clip_low/clip_high/dual_clip)")] = \
+        msgspec.field(default_factory=dict)
+    kl_estimator_args: Annotated[dict[str, Any], Meta(description="parameters of the chosen KL estimator")] = \
+        msgspec.field(default_factory=dict)
+    sampler_args: Annotated[dict[str, Any], Meta(description="parameters of the chosen group sampler")] = \
+        msgspec.field(default_factory=dict)
     max_gen_rounds: Annotated[int, Meta(ge=1, description="dapo: generation rounds per step before training on what it has")] = 4
     filter_metric: Annotated[str, Meta(
         description="dapo / dupo: the per-rollout value whose spread within a group keeps the group: 'reward' (the "
@@ -225,6 +253,10 @@ class RunConfig(_Base):
 
 class RayConfig(_Base):
     address: Annotated[str | None, Meta(description="existing cluster; None: the job's cluster or a new local one")] = None
+    placement: Annotated[Literal["auto", "colocated", "split"], Meta(
+        description="colocated: engines and trainer share the node's devices and the phase in progress gets all of "
+                    "them (GPU: engines sleep while the trainer trains; CPU: each phase runs on every core); split: "
+                    "each role its own devices (async mode). auto: colocated for sync mode on one node")] = "auto"
     num_cpus: Annotated[int | None, Meta(description="logical CPUs of a new local cluster")] = None
 
 
@@ -266,11 +298,107 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
         raise ConfigError(f"command-line override {text!r}: {key!r} is not a dotted key path")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as err:
-        raise ConfigError(f"command-line override {text!r}: value is not valid YAML ({err})") from None
+    value = safe_yaml(raw, f"command-line override {text!r}: the value") if raw.strip() else ""
     return key, value
+
+
+#: limits on a YAML document (a config file or an override's value): a config is a few KB and a few hundred
+#: nodes; aliases may not expand it past MAX_YAML_NODES ("billion laughs"), nesting may not go deeper than
+#: MAX_YAML_DEPTH (including through aliases)
+MAX_CONFIG_BYTES = 1 << 20
+MAX_YAML_NODES = 100_000
+MAX_YAML_DEPTH = 32
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A config file -> its YAML document, within the limits above; ConfigError naming the file otherwise."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} is not a regular file")
+    try:
+        size = p.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {str(p)!r} is {size} bytes; a config is at most {MAX_CONFIG_BYTES} bytes")
+        data = p.read_bytes()[:MAX_CONFIG_BYTES + 1]
+    except OSError as err:
+        raise ConfigError(f"config file {str(p)!r} cannot be read: {err.strerror or err}") from None
+    if len(data) > MAX_CONFIG_BYTES:  # grew while we looked
+        raise ConfigError(f"config file {str(p)!r} is over {MAX_CONFIG_BYTES} bytes")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise ConfigError(f"config file {str(p)!r} is not UTF-8 text: byte 0x{data[err.start]:02x} at offset "
+                          f"{err.start} (line {line}); save it as UTF-8") from None
+    return safe_yaml(text, f"config file {str(p)!r}")
+
+
+def safe_yaml(text: str, where: str) -> Any:
+    """YAML text -> Python data with PyYAML's safe loader, refusing what would hurt or mislead later: a
+    document that aliases expand past MAX_YAML_NODES nodes or nest past MAX_YAML_DEPTH, a recursive alias, a
+    key repeated in one mapping (YAML would silently keep the last), a key that is not a string (`1:`, `yes:`).
+    ConfigError naming `where` otherwise."""
+    loader = None
+    try:
+        loader = yaml.SafeLoader(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _measure(node, where, {}, set(), 1)
+        return loader.construct_document(node)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where} is not valid YAML: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{where} nests deeper than Python can read; a config nests at most "
+                          f"{MAX_YAML_DEPTH} levels") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def _measure(node, where: str, memo: dict, stack: set, depth: int) -> tuple[int, int]:
+    """(nodes, height) of `node` with every alias expanded, memoised by node (an alias is the same node object
+    reached again), so that it costs the size of the text, not of the expansion."""
+    key = id(node)
+    if key in memo:
+        nodes, height = memo[key]
+    else:
+        if key in stack:
+            raise ConfigError(f"{where}: recursive alias at line {node.start_mark.line + 1} (a node that contains "
+                              "itself)")
+        if depth > MAX_YAML_DEPTH:
+            raise ConfigError(f"{where}: nested deeper than {MAX_YAML_DEPTH} levels at line {node.start_mark.line + 1}")
+        stack.add(key)
+        nodes, height, seen = 1, 0, {}
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if k.tag == "tag:yaml.org,2002:merge":
+                    continue
+                if not (isinstance(k, yaml.ScalarNode) and k.tag == "tag:yaml.org,2002:str"):
+                    shown = k.value if isinstance(k, yaml.ScalarNode) else type(k).__name__
+                    raise ConfigError(f"{where}: the key {shown!r} at line {k.start_mark.line + 1} is not a string "
+                                      "(YAML reads 1, yes, null ... as other types); quote it")
+                if k.value in seen:
+                    raise ConfigError(f"{where}: key {k.value!r} appears twice in one mapping (lines {seen[k.value]} "
+                                      f"and {k.start_mark.line + 1}); YAML would keep only the last")
+                seen[k.value] = k.start_mark.line + 1
+            children = [c for pair in node.value for c in pair]
+        else:
+            children = node.value if isinstance(node, yaml.SequenceNode) else []
+        for child in children:
+            n, h = _measure(child, where, memo, stack, depth + 1)
+            nodes, height = nodes + n, max(height, h)
+        height += 1
+        stack.discard(key)
+        memo[key] = (nodes, height)
+    if nodes > MAX_YAML_NODES:
+        raise ConfigError(f"{where}: aliases expand it to {nodes} nodes; a config has at most {MAX_YAML_NODES}")
+    if depth + height - 1 > MAX_YAML_DEPTH:
+        raise ConfigError(f"{where}: aliases nest it deeper than {MAX_YAML_DEPTH} levels "
+                          f"(line {node.start_mark.line + 1})")
+    return nodes, height
 
 
 def _flatten_keys(tree: dict, prefix: str = "") -> set[str]:
@@ -319,6 +447,22 @@ def _allowed(typ) -> str:
     return f"a {tname}" + (f" {' and '.join(bounds)}" if bounds else "")
 
 
+def _bad_entry(value, typ) -> str | None:
+    """The first key of a mapping `value` whose entry does not convert to the mapping's value type."""
+    base = _strip(typ)
+    union = typing.get_origin(base) in (typing.Union, types.UnionType)
+    members = [m for m in (typing.get_args(base) if union else (base,)) if typing.get_origin(m) is dict]
+    if not isinstance(value, dict) or not members or len(typing.get_args(members[0])) != 2:
+        return None
+    entry_type = typing.get_args(members[0])[1]
+    for k, v in value.items():
+        try:
+            msgspec.convert(v, entry_type, strict=False)
+        except msgspec.ValidationError:
+            return str(k)
+    return None
+
+
 def _value_at(tree: dict, parts: list[str]):
     node: Any = tree
     for k in parts:
@@ -328,67 +472,274 @@ def _value_at(tree: dict, parts: list[str]):
     return node
 
 
-def _explain(err: msgspec.ValidationError, tree: dict, file_keys: set[str], cli_keys: set[str],
-             source: str) -> str:
+def _explain(err: msgspec.ValidationError, tree: dict, where) -> str:
     msg = str(err)
     m = re.search(r" - at `\$\.?(.*)`$", msg)
     path = m.group(1) if m else ""
     body = msg[: m.start()] if m else msg
-    parts = [p for p in re.split(r"\.|\[\d+\]", path) if p]
+    entry = "[...]" in path  # msgspec does not say which key of a mapping: name the mapping
+    parts = [p for p in re.split(r"\.|\[\d+\]", path.split("[...]")[0]) if p]
     unknown = re.match(r"Object contains unknown field `(.+)`", body)
     if unknown:
         key = ".".join(parts + [unknown.group(1)])
         parent = _type_at(parts)
-        where = "command line" if key in cli_keys else source
-        return f"unknown key '{key}' (from the {where}); allowed {_allowed(parent)}"
+        return f"unknown key '{key}' (from the {where(key)}); allowed {_allowed(parent)}"
     key = ".".join(parts) or "(top level)"
-    where = "command line" if key in cli_keys else (source if key in file_keys else "defaults")
+    if entry:
+        bad = _bad_entry(_value_at(tree, parts), _type_at(parts))
+        key = f"{key}.{bad}" if bad is not None else key
+        return f"bad value for '{key}' (from the {where(key)}): {body} (given {_value_at(tree, key.split('.'))!r})"
     typ = _type_at(parts)
     allowed = f"; allowed: {_allowed(typ)}" if typ is not None else ""
-    return (f"bad value for '{key}' (from the {where}): {body} (given {_value_at(tree, parts)!r})"
+    return (f"bad value for '{key}' (from the {where(key)}): {body} (given {_value_at(tree, parts)!r})"
             f"{allowed}")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """YAML file (optional) + dotted overrides -> validated Config, or ConfigError."""
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = (), *, overlay: Iterable[str] = (),
+                check_inputs: bool = True) -> Config:
+    """YAML file (optional) + dotted overrides -> validated Config, or ConfigError (module docstring).
+
+    overlay: dotted overrides applied before `overrides` that set sizes for whatever reads them (`--smoke`'s
+    smoke.yaml): they are checked like any other but never reported as read by nothing.
+    check_inputs: also check that `model.path` and `data.path` are there and readable on this machine (off only
+    to inspect a config written for another one, e.g. before `ray job submit`)."""
     tree: dict = {}
     source = "defaults"
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {err}") from None
+        loaded = read_yaml(path)
+        if loaded is None:
+            loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections, got {type(loaded).__name__}")
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, got {type(loaded).__name__}")
         tree = loaded
-        source = f"config file {p}"
+        source = f"config file {path}"
     file_keys = _flatten_keys(tree)
-    cli_keys = set()
-    for text in overrides:
-        key, value = parse_override(text)
-        _set_dotted(tree, key, value)
-        cli_keys.add(key)
+    given = {"file": _given_keys(tree), "command line": set()}  # what the user set (not the overlay)
+    overlay_keys, cli_keys = set(), set()
+    for keys, texts in ((overlay_keys, overlay), (cli_keys, overrides)):
+        for text in texts:
+            key, value = parse_override(text)
+            _set_dotted(tree, key, value)
+            keys.add(key)
+            if keys is cli_keys:
+                for found in given.values():
+                    found -= {k for k in found if _overlaps(k, key)}
+                given["command line"] |= _given_keys({key: value})
     _apply_preset(tree)
+
+    def where(key: str) -> str:
+        for keys, name in ((cli_keys, "command line"), (overlay_keys, "overlay"), (file_keys, source)):
+            if any(_overlaps(k, key) for k in keys):
+                return name
+        return "defaults"
+
     try:
         cfg = msgspec.convert(tree, Config, strict=False)
     except msgspec.ValidationError as err:
-        raise ConfigError(_explain(err, tree, file_keys, cli_keys, source)) from None
+        raise ConfigError(_explain(err, tree, where)) from None
     _check_algo(cfg.algo)
     _check_trainer(cfg.trainer)
-    tiny_keys = {"vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
-                 "intermediate_size", "max_position_embeddings", "seed"}
-    unknown = sorted(set(cfg.model.tiny) - tiny_keys)
-    if unknown:
-        raise ConfigError(f"unknown key(s) {['model.tiny.' + k for k in unknown]}; allowed: {sorted(tiny_keys)}")
     if cfg.data.task == "file" and not cfg.data.path:
         raise ConfigError("data.task='file' needs data.path: a jsonl or parquet file of {uid, question, answer}")
     if cfg.data.qa_one_page and cfg.data.qa_anchor_rate == 0:
         raise ConfigError("data.qa_one_page=true needs data.qa_anchor_rate > 0: a level-1 question names the entity "
                           "whose page answers it")
+
+    def ignored(prefix: str, deciders: tuple[str, ...]) -> list[str]:
+        """The keys under `prefix` the user gave whose being read depends on `deciders`: those given on the
+        command line, and those of the file unless the command line changed a decider (then the file's
+        settings for what it no longer runs are moot: e.g. model.tiny after model.path=<a real model>)."""
+        cli = [k for k in given["command line"] if _under(k, prefix)]
+        moot = any(_overlaps(k, d) for k in cli_keys for d in deciders)
+        return sorted(cli + ([] if moot else [k for k in given["file"] if _under(k, prefix)]))
+
+    _unconsumed(cfg, ignored, where)
+    _dry_run(cfg, where, check_inputs, ignored)
     return cfg
+
+
+def _overlaps(a: str, b: str) -> bool:
+    """One dotted key path is the other or lies under it."""
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+
+def _under(key: str, prefix: str) -> bool:
+    """`key` is `prefix`, lies under it, or (a prefix ending in "_") starts with it."""
+    return key.startswith(prefix) if prefix.endswith("_") else key == prefix or key.startswith(prefix + ".")
+
+
+def _given_keys(tree: dict, prefix: str = "") -> set[str]:
+    """The dotted paths of the values a tree sets: leaves that are not null, and empty mappings three levels
+    down (a tool or a reward with its defaults, e.g. env.tools.search: {}; not a cleared section or field)."""
+    out = set()
+    for k, v in tree.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out |= _given_keys(v, path + ".")
+        elif v is not None and not (isinstance(v, dict) and path.count(".") < 2):
+            out.add(path)
+    return out
+
+
+#: stages of the recipes that read the sft section (the expert's data, the RFT filter, SFT itself)
+SFT_STAGES = ("expert", "sft", "warmup", "harvest")
+TINY_MODELS = ("tiny", "tiny_vl")
+
+
+def _unconsumed(cfg: Config, ignored, where) -> None:
+    """A setting the user gave that nothing in this run reads is an error, so none is silently ignored.
+    Read means: by the task (env, agent, pipeline, sft, eval and reward.correct_part by the multi-turn tasks and
+    their recipe's stages; data.path by task=file; data.target_token by target_token; data.qa_* by world_qa),
+    by a stage of pipeline.stages (sft.*: expert, sft, warmup, harvest; eval.*: eval_<name>), by the model
+    builder (model.tiny and model.tokenizer: path tiny or tiny_vl), or by the setting it refines
+    (reward.composition: reward.fns; rollout.max_staleness and partial_rollout: rollout.mode=async;
+    trainer.lora_alpha and lora_target_modules: trainer.lora_rank > 0). `ignored(prefix, deciders)` gives
+    the keys to report (load_config). reward.judge: `_dry_run`."""
+    task, stages = cfg.data.task, cfg.pipeline.stages
+    multi = task != "target_token"
+    single = "data.task=target_token is the single-turn task of the plain RL loop"
+    by_stage = ("data.task", "pipeline.stages")
+    rules = [
+        ("env", multi, f"{single}, without tools", ("data.task",)),
+        ("agent", multi, f"{single}, without an agent loop", ("data.task",)),
+        ("pipeline", multi, f"{single}, not a recipe's stages", ("data.task",)),
+        ("reward.correct_part", multi, f"{single}; the recipes' evaluations and filters read it", ("data.task",)),
+        ("sft", multi and any(s in SFT_STAGES for s in stages),
+         single if not multi else f"no stage of pipeline.stages {stages} reads it (expert, sft, warmup and "
+                                  "harvest do)", by_stage),
+        ("eval", multi and any(s.startswith("eval_") for s in stages),
+         single if not multi else f"no stage of pipeline.stages {stages} is an evaluation (eval_<name>)", by_stage),
+        ("data.path", task == "file", f"only data.task=file reads a file (data.task is {task!r})", ("data.task",)),
+        ("data.target_token", task == "target_token", f"only data.task=target_token reads it (data.task is {task!r})",
+         ("data.task",)),
+        ("data.qa_", task == "world_qa", f"only data.task=world_qa makes SailorFog questions (data.task is {task!r})",
+         ("data.task",)),
+        ("model.tiny", cfg.model.path in TINY_MODELS, f"model.path={cfg.model.path!r} is not a tiny model built here",
+         ("model.path",)),
+        ("model.tokenizer", cfg.model.path in TINY_MODELS,
+         f"model.path={cfg.model.path!r} brings its own tokenizer (model.tokenizer is the tiny models')",
+         ("model.path",)),
+        ("reward.composition", cfg.reward.fns is not None,
+         "without reward.fns the task's default rewards keep their own composition; give reward.fns with it",
+         ("reward.fns",)),
+        ("rollout.max_staleness", cfg.rollout.mode == "async", "rollout.mode=sync has no staleness",
+         ("rollout.mode",)),
+        ("rollout.partial_rollout", cfg.rollout.mode == "async", "rollout.mode=sync syncs weights between steps",
+         ("rollout.mode",)),
+        ("trainer.lora_alpha", cfg.trainer.lora_rank > 0, "trainer.lora_rank=0 trains every weight (no LoRA)",
+         ("trainer.lora_rank",)),
+        ("trainer.lora_target_modules", cfg.trainer.lora_rank > 0, "trainer.lora_rank=0 trains every weight (no LoRA)",
+         ("trainer.lora_rank",)),
+    ]
+    for prefix, read, why, deciders in rules:
+        keys = [] if read else ignored(prefix, deciders)
+        if keys:
+            raise ConfigError(_unread(keys, where, why))
+
+
+def _unread(keys: list[str], where, why: str) -> str:
+    shown = ", ".join(repr(k) for k in keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+    return f"{shown} (from the {where(keys[0])}) would be read by nothing in this run, so it would be silently " \
+           f"ignored: {why}"
+
+
+def _dry_run(cfg: Config, where, check_inputs: bool, ignored) -> None:
+    """Every builder that reads a dict-typed or external setting, run dry (module docstring)."""
+    multi = cfg.data.task != "target_token"
+
+    def checked(key: str, fn, *args):
+        try:
+            return fn(*args)
+        except ConfigError:
+            raise
+        except (ValueError, KeyError, TypeError, OSError, ImportError, msgspec.ValidationError) as err:
+            text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+            raise ConfigError(f"bad value for '{key}' (from the {where(key)}): {text}") from None
+
+    if cfg.model.path in TINY_MODELS:
+        checked("model.tiny", _check_tiny, cfg.model)
+    elif check_inputs:
+        checked("model.path", _check_model_path, cfg.model.path)
+    if check_inputs and cfg.data.task == "file":
+        checked("data.path", _check_data_path, cfg.data.path)
+    if multi:
+        from envs.registry import validate_tools
+
+        checked("env.tools", validate_tools, cfg.env.tools)
+        if cfg.env.limits:
+            from envs.server import check_limits
+
+            kinds = {name: (spec or {}).get("kind", name) for name, spec in cfg.env.tools.items()}
+            checked("env.limits", check_limits, kinds, cfg.env.limits)
+        if cfg.agent.hooks:
+            from rollout.agent import hooks_factory
+
+            checked("agent.hooks", hooks_factory, cfg.agent.hooks)
+    from rl.tasks import check_judge, check_scoring
+
+    if cfg.reward.judge is not None:
+        checked("reward.judge", check_judge, cfg.reward.judge)
+    if cfg.reward.fns is not None and cfg.reward.composition is not None:
+        checked("reward.composition", _check_composition, cfg.reward.composition)
+    worker = checked("reward.fns" if cfg.reward.fns is not None else "reward", check_scoring, cfg)
+    parts = sorted({p for fn in worker.fns.values() for p in getattr(fn, "parts", ())})
+    # a stated default judge ({backend: rule}, e.g. for span_judge when it is chosen) is not a setting ignored
+    if cfg.reward.judge not in (None, {"backend": "rule"}) \
+            and not any(getattr(fn, "needs_judge", False) for fn in worker.fns.values()):
+        keys = ignored("reward.judge", ("reward.fns", "data.task"))
+        if keys:
+            raise ConfigError(_unread(keys, where, f"no reward of {sorted(worker.fns)} asks a judge (judge and "
+                                                   "span_judge do): give one in reward.fns"))
+    if multi and cfg.reward.correct_part not in parts:
+        raise ConfigError(f"bad value for 'reward.correct_part' (from the {where('reward.correct_part')}): "
+                          f"{cfg.reward.correct_part!r} is not a part the rewards produce; allowed: one of {parts}")
+    if multi and cfg.algo.filter_metric != "reward" and cfg.algo.filter_metric not in parts:
+        raise ConfigError(f"bad value for 'algo.filter_metric' (from the {where('algo.filter_metric')}): "
+                          f"{cfg.algo.filter_metric!r} is neither 'reward' nor a part the rewards produce {parts}")
+
+
+def _check_tiny(model: ModelConfig) -> None:
+    """model.tiny against the tiny builder's own keyword arguments (names and types; rl/models.py)."""
+    from envs.registry import check_arguments
+    from rl.models import build_tiny_model, build_tiny_vl_model
+
+    build = build_tiny_model if model.path == "tiny" else build_tiny_vl_model
+    params = inspect.signature(build).parameters
+    allowed = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY and n not in ("tokenizer", "world_seed",
+                                                                                          "world_size")]
+    unknown = sorted(set(model.tiny) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} for the {model.path} model; allowed: {allowed}")
+    check_arguments(build, model.tiny, f"the {model.path} model")
+    if model.path == "tiny_vl" and model.tokenizer == "world":
+        raise ValueError("model.tokenizer='world' is the text model's (tiny); tiny_vl takes 'local' or 'qwen3'")
+
+
+def _check_model_path(path: str) -> None:
+    """A model folder here (with config.json), or, not being a path here, a hub name (org/name)."""
+    p = Path(path).expanduser()
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise ValueError(f"{path!r} is not a model folder (no config.json in it)")
+    elif not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*", path) or ".." in path \
+            or "--" in path:
+        raise ValueError(f"{path!r} is not 'tiny' or 'tiny_vl', not a folder here, and not a hub name (org/name, "
+                         "e.g. Qwen/Qwen2.5-7B-Instruct)")
+
+
+def _check_data_path(path: str) -> None:
+    from rl.tasks import check_task_file
+
+    check_task_file(path)
+
+
+def _check_composition(composition) -> None:
+    from reward.compose import Composition, get_composition
+
+    if isinstance(composition, str):
+        get_composition(composition)
+    else:
+        msgspec.convert(composition, Composition)
 
 
 def _apply_preset(tree: dict) -> None:
@@ -401,7 +752,7 @@ def _apply_preset(tree: dict) -> None:
     if not isinstance(algo, dict):
         return  # msgspec reports the type error with the key path
     name = algo.get("preset", "grpo")
-    if name in PRESETS:  # an unknown name is reported by msgspec with the allowed ones
+    if isinstance(name, str) and name in PRESETS:  # an unknown name is reported by msgspec with the allowed ones
         for key, value in PRESETS[name].items():
             algo.setdefault(key, value)
 
@@ -427,8 +778,10 @@ def _check_algo(algo: AlgoConfig) -> None:
     if algo.kl_in_reward:
         raise ConfigError("algo.kl_in_reward=true is not supported yet: use the KL term in the loss "
                           "(algo.kl_in_reward=false, algo.kl_coef>0)")
-    if algo.dual_clip is not None and algo.dual_clip <= 1:
-        raise ConfigError(f"bad value for 'algo.dual_clip': must be > 1 or null, got {algo.dual_clip}")
+    # each chosen piece's own parameters (declared with it): unknown or out-of-range ones, flat keys it ignores
+    problems = algos.check_piece_params(msgspec.to_builtins(algo), algos.PRESETS[algo.preset])
+    if problems:
+        raise ConfigError("; ".join(problems))
     if algo.tis_cap is not None and algo.tis_cap <= 0:
         raise ConfigError(f"bad value for 'algo.tis_cap': must be > 0 or null, got {algo.tis_cap}")
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", algo.filter_metric):

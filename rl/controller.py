@@ -30,7 +30,7 @@ from rl.sft_data import write_trajectories
 from rollout.trajectory import concat, reward_part_column, scalar_numpy, with_columns
 
 
-def train(cfg: Config, run_dir: Path, groups: "RLGroups | None" = None, tasks: list[dict] | None = None,
+def train(cfg: Config, run_dir: Path, groups: RLGroups | None = None, tasks: list[dict] | None = None,
           start_version: int = 0) -> dict:
     """Run `cfg.run.steps` RL steps (sync, or async with bounded staleness); metrics go to
     `run_dir/metrics.jsonl`, every rolled-out trajectory to `run_dir/trajectories/` (parquet).
@@ -51,45 +51,34 @@ def train(cfg: Config, run_dir: Path, groups: "RLGroups | None" = None, tasks: l
         done, version = resume(found[1], groups, sampler, rng, run_dir)
         found_meta = json.loads((found[1] / "meta.json").read_text())
         start = done + 1
-    producer = None
-    if cfg.rollout.mode == "async":  # rollout of step t+1 runs on the engines while step t trains
-        producer = AsyncRollout(groups.dispatcher, sampler, cfg.data.batch_size, cfg.rollout.max_staleness)
-        if start > 1 and "async" in found_meta:
-            producer.load_state_dict(found_meta["async"])
+    rollout = RolloutSource(groups, sampler, cfg, found_meta.get("async"))
     logger = MetricsLogger(run_dir, cfg.run.steps, progress=cfg.run.progress, initial=start - 1,
                            loggers=cfg.run.loggers, name=cfg.run.name, config=to_dict(cfg))
     history = []
     try:
         for step in range(start, cfg.run.steps + 1):
             timer = StageTimer()
-            groups.sampling["seed"] = cfg.run.seed * 1_000_003 + step * 10_007  # reproducible rollouts
-            if producer is None:
-                rollout_fn = lambda: groups.generate(sampler.next_batch())  # noqa: E731
-            else:
-                rollout_fn = lambda: producer.take(cfg.data.batch_size, version, groups.timeout)  # noqa: E731
-            rolled, update, sample_metrics = collect_batch(rollout_fn, groups.score, sampler.batch_size,
-                                                           cfg.algo, timer, rng)
-            metrics = batch_metrics(rolled) | sample_metrics
-            if cfg.run.save_trajectories:
-                write_trajectories(run_dir / "trajectories" / f"step_{step:06d}.parquet", rolled)
-            if producer is not None:
-                producer.admit(version)  # top up before training so the engines keep working
-            if update is not None:
-                with timer("train"):
-                    metrics |= groups.train(update)
-                with timer("sync"):
-                    version = groups.sync_weights(version + 1, abort=cfg.rollout.partial_rollout == "abort")
-            metrics |= timer.seconds
-            metrics["policy_version"] = version
-            metrics["skipped"] = int(update is None)
+            with timer("step"):
+                seed = step_seed(cfg.run.seed, step)  # reproducible rollouts
+                rolled, update, metrics = collect_batch(lambda: rollout.next(version, seed), groups.score,
+                                                        cfg.data.batch_size, cfg.algo, timer, rng)
+                if cfg.run.save_trajectories:
+                    write_trajectories(run_dir / "trajectories" / f"step_{step:06d}.parquet", rolled)
+                rollout.top_up(version)  # async: the engines keep working while the step trains
+                if update is not None:
+                    with timer("train"):
+                        metrics |= groups.train(update, version)
+                    with timer("sync"):
+                        version = groups.sync_weights(version + 1, abort=cfg.rollout.partial_rollout == "abort")
+                metrics |= batch_metrics(rolled) | groups.rollout_metrics()
+                metrics["probe/logprob"] = groups.probe()
+            metrics |= timer.seconds | {"policy_version": version, "skipped": int(update is None)}
             metrics["throughput/generated_tokens_per_s"] = (
                 metrics["response_length/mean"] * rolled.num_rows / metrics["time/generate"])
-            metrics["probe/logprob"] = groups.probe()
-            metrics |= groups.rollout_metrics()
             logger.log(step, metrics)
             history.append(metrics)
             if cfg.run.save_every and (step % cfg.run.save_every == 0 or step == cfg.run.steps):
-                save(ckpt, step, version, groups, sampler, rng, producer)
+                save(ckpt, step, version, groups, sampler, rng, rollout.state_dict())
     finally:
         logger.close()
         if own_groups:
@@ -97,18 +86,49 @@ def train(cfg: Config, run_dir: Path, groups: "RLGroups | None" = None, tasks: l
     return {"run_dir": str(run_dir), "history": history, "policy_version": version}
 
 
-def save(ckpt: CheckpointManager, step: int, version: int, groups: "RLGroups", sampler: TaskSampler,
-         rng: np.random.Generator, producer: AsyncRollout | None = None) -> None:
+def step_seed(run_seed: int, step: int) -> int:
+    """The sampling seed of one RL step (engines derive each sample's seed from it)."""
+    return run_seed * 1_000_003 + step * 10_007
+
+
+class RolloutSource:
+    """Where a step's groups come from, one interface for both modes. sync: roll the next batch of tasks
+    out now. async (rollout.mode=async): take finished groups from the producer, which keeps the engines
+    rolling out under AReaL's staleness bound (rl/rollout_queue.py) while a step trains."""
+
+    def __init__(self, groups: RLGroups, sampler: TaskSampler, cfg: Config, async_state: dict | None = None):
+        self.groups, self.sampler, self.batch_size = groups, sampler, cfg.data.batch_size
+        self.producer = None
+        if cfg.rollout.mode == "async":
+            self.producer = AsyncRollout(groups.dispatcher, sampler, cfg.data.batch_size, cfg.rollout.max_staleness)
+            if async_state:
+                self.producer.load_state_dict(async_state)
+
+    def next(self, version: int, seed: int):
+        if self.producer is None:
+            return self.groups.generate(self.sampler.next_batch(), seed=seed)
+        return self.producer.take(self.batch_size, version, self.groups.timeout)
+
+    def top_up(self, version: int) -> None:
+        if self.producer is not None:
+            self.producer.admit(version)
+
+    def state_dict(self) -> dict | None:
+        return self.producer.state_dict() if self.producer is not None else None
+
+
+def save(ckpt: CheckpointManager, step: int, version: int, groups: RLGroups, sampler: TaskSampler,
+         rng: np.random.Generator, async_state: dict | None = None) -> None:
     """Everything the run needs to continue as if never stopped, written atomically."""
     folder = ckpt.begin(step)
     groups.trainer.call("save_checkpoint", str(folder))
     meta = {"step": step, "policy_version": version, "sampler": sampler.state_dict(), "rng": rng.bit_generator.state}
-    if producer is not None:
-        meta["async"] = producer.state_dict()
+    if async_state is not None:
+        meta["async"] = async_state
     ckpt.commit(folder, step, meta)
 
 
-def resume(folder: Path, groups: "RLGroups", sampler: TaskSampler, rng: np.random.Generator,
+def resume(folder: Path, groups: RLGroups, sampler: TaskSampler, rng: np.random.Generator,
            run_dir: Path) -> tuple[int, int]:
     """Load a checkpoint into the trainer, the sampler and the RNG; push the weights to the engines;
     drop metrics rows written after it. Returns (its step, the policy_version now served)."""
@@ -149,9 +169,9 @@ def collect_batch(rollout_fn, score_fn, target: int, algo: AlgoConfig, timer: St
         rounds += 1
         with timer("reward"):
             batch = score_fn(batch)
-        batch = add_advantages(shape_rewards(batch, algo), algo.adv_estimator, algo.norm_adv_by_std)
+        batch = add_advantages(shape_rewards(batch, algo), algo)
         rolled.append(batch)
-        if algo.sampler != "dapo":
+        if not algos.sampler_regenerates(algo.sampler):
             break
         kept.append(batch.take(pa.array(algos.dapo_select(filter_signal(batch, algo.filter_metric),
                                                           scalar_numpy(batch, "group")), pa.int64())))
@@ -162,16 +182,18 @@ def collect_batch(rollout_fn, score_fn, target: int, algo: AlgoConfig, timer: St
     signal, group = filter_signal(everything, algo.filter_metric), scalar_numpy(everything, "group")
     metrics = {f"sampler/{k}": v for k, v in algos.sampler_metrics(signal, group).items()} | extra
     metrics["sampler/gen_rounds"] = rounds
-    if algo.sampler == "dapo":
+    sampler_args = algos.piece_kwargs("sampler", algo.sampler, to_dict(algo))
+    if algos.sampler_regenerates(algo.sampler):
         update = concat(kept)
-        rows, _, _ = algos.GROUP_SAMPLERS.get("dapo")(filter_signal(update, algo.filter_metric),
-                                                      scalar_numpy(update, "group"), num_groups_target=target)
+        rows, _, _ = algos.GROUP_SAMPLERS.get(algo.sampler)(filter_signal(update, algo.filter_metric),
+                                                            scalar_numpy(update, "group"), num_groups_target=target,
+                                                            **sampler_args)
         update = update.take(pa.array(rows, pa.int64()))
         metrics["sampler/dapo_bound_hit"] = int(valid < target)
         metrics["sampler/valid_groups"] = min(valid, target)
     else:
         rows, dup_of, new_group = algos.GROUP_SAMPLERS.get(algo.sampler)(
-            signal, group, num_groups_target=target, rng=rng)
+            signal, group, num_groups_target=target, rng=rng, **sampler_args)
         update = everything.take(pa.array(rows, pa.int64()))
         update = with_columns(update, {"dup_of": dup_of.astype(np.int32), "group": new_group.astype(np.int32)})
         metrics["sampler/duplication_ratio"] = float((dup_of >= 0).mean()) if len(dup_of) else 0.0
@@ -187,7 +209,7 @@ def filter_signal(batch: pa.RecordBatch, metric: str) -> np.ndarray:
     return scalar_numpy(batch, reward_part_column(batch, metric, f"algo.filter_metric={metric!r}"))
 
 
-def prefilter_tasks(groups: "RLGroups", tasks: list[dict], num_rollouts: int, correct: float,
+def prefilter_tasks(groups: RLGroups, tasks: list[dict], num_rollouts: int, correct: float,
                     run_dir: Path) -> list[dict]:
     """DUPO's pre-RL filter (SEEDS 3.5 item 1): roll every task out `num_rollouts` times with the
     current policy, drop the tasks every rollout solves, write `dupo_prefilter.json` (dropped ids
@@ -224,10 +246,11 @@ def shape_rewards(batch: pa.RecordBatch, algo: AlgoConfig) -> pa.RecordBatch:
     return with_columns(batch, {"reward": reward.astype(np.float32), "reward_overlong": penalty.astype(np.float32)})
 
 
-def add_advantages(batch: pa.RecordBatch, estimator: str, norm_by_std: bool) -> pa.RecordBatch:
-    """Group-relative advantage per trajectory (SEEDS 1.2), from `reward` and `group`."""
+def add_advantages(batch: pa.RecordBatch, algo: AlgoConfig) -> pa.RecordBatch:
+    """Group-relative advantage per trajectory (SEEDS 1.2), from `reward` and `group`, by the estimator
+    `algo.adv_estimator` with the parameters it declares."""
     rewards = torch.from_numpy(scalar_numpy(batch, "reward").astype(np.float32))
     group = torch.from_numpy(scalar_numpy(batch, "group").astype(np.int64))
-    kwargs = {"norm_by_std": norm_by_std} if estimator == "grpo" else {}
-    adv = algos.compute_advantage(estimator, rewards, group, **kwargs)
+    kwargs = algos.piece_kwargs("adv_estimator", algo.adv_estimator, to_dict(algo))
+    adv = algos.compute_advantage(algo.adv_estimator, rewards, group, **kwargs)
     return with_columns(batch, {"advantage": adv.numpy()})

@@ -67,8 +67,13 @@ def visual_qa_tasks(world_seed: int, world_size: str, num_tasks: int, seed: int 
 
 
 def file_tasks(path: str, limit: int | None = None) -> list[dict]:
-    """Tasks from a jsonl or parquet file of {uid, question, answer[, gold_ids]}; a bad row is an
-    error naming the file and the row."""
+    """Tasks from a jsonl or parquet file of {uid, question, answer[, gold_ids]}.
+
+    `question`: a non-empty string; `answer`: a non-empty string, or a non-empty list of them (several
+    acceptable answers); `uid`: a string (default `<file stem>-<index>`), unique; `gold_ids`: a list of
+    strings. Other keys are ignored. A row that breaks this is a ValueError naming the file, the line
+    (jsonl) or row (parquet) and the field; nothing is converted (a number answer is written "1987").
+    """
     from pathlib import Path
 
     p = Path(path)
@@ -77,33 +82,68 @@ def file_tasks(path: str, limit: int | None = None) -> list[dict]:
     if p.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        rows = pq.read_table(p).to_pylist()
+        rows = [(f"{p}: row {i + 1}", row) for i, row in enumerate(pq.read_table(p).to_pylist())]
     else:
         import json
 
+        data = p.read_bytes()
+        try:
+            text = data.decode("utf-8-sig")  # a byte-order mark is fine
+        except UnicodeDecodeError as err:
+            at = data[:err.start].count(b"\n") + 1
+            raise ValueError(f"{p}: line {at} is not UTF-8 text ({err.reason} at byte {err.start}); "
+                             f"save the file as UTF-8") from None
         rows = []
-        for i, line in enumerate(p.read_text().splitlines()):
+        for i, line in enumerate(text.splitlines()):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    rows.append((f"{p}: line {i + 1}", json.loads(line)))
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"{p}: row {i + 1} is not valid JSON ({err})") from None
+                    raise ValueError(f"{p}: line {i + 1} is not valid JSON ({err})") from None
     tasks, seen = [], set()
-    for i, row in enumerate(rows[:limit] if limit else rows):
-        missing = [k for k in ("question", "answer") if not isinstance(row, dict) or row.get(k) in (None, "")]
-        if missing:
-            raise ValueError(f"{p}: row {i + 1} has no {missing} (each row needs uid, question, answer)")
-        uid = str(row.get("uid", f"{p.stem}-{i}"))
-        if uid in seen:
-            raise ValueError(f"{p}: row {i + 1} repeats uid {uid!r}")
-        seen.add(uid)
-        task = {"uid": uid, "question": str(row["question"]), "answer": row["answer"]}
-        if row.get("gold_ids"):
-            task["gold_ids"] = [str(g) for g in row["gold_ids"]]
+    for i, (where, row) in enumerate(rows[:limit] if limit else rows):
+        task = _task_row(row, where, default_uid=f"{p.stem}-{i}")
+        if task["uid"] in seen:
+            raise ValueError(f"{where} repeats uid {task['uid']!r}")
+        seen.add(task["uid"])
         tasks.append(task)
     if not tasks:
         raise ValueError(f"{p}: no tasks")
     return tasks
+
+
+def _task_row(row, where: str, default_uid: str) -> dict:
+    """One checked task from a file row (see `file_tasks`); `where` names the file and row."""
+    if not isinstance(row, dict):
+        raise ValueError(f"{where} is a JSON {type(row).__name__}, not an object with uid, question, answer")
+    missing = [k for k in ("question", "answer") if row.get(k) in (None, "", [])]
+    if missing:
+        raise ValueError(f"{where} has no {missing} (each row needs uid, question, answer)")
+
+    def wrong(field: str, want: str):
+        value = row[field]
+        return ValueError(f"{where}: field {field!r} is {type(value).__name__} {value!r:.80}, expected {want}")
+
+    def strings(value) -> bool:
+        return isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+
+    if not isinstance(row["question"], str):
+        raise wrong("question", "a string")
+    answer = row["answer"]
+    if not (isinstance(answer, str) or (strings(answer) and answer)):
+        raise wrong("answer", 'a string (write a number as "1987") or a list of strings (several acceptable answers)')
+    uid = row.get("uid")
+    if uid is None:
+        uid = default_uid
+    elif not isinstance(uid, str) or not uid:
+        raise wrong("uid", 'a non-empty string (write a number as "17")')
+    task = {"uid": uid, "question": row["question"], "answer": answer}
+    gold_ids = row.get("gold_ids")
+    if gold_ids is not None and not strings(gold_ids):
+        raise wrong("gold_ids", "a list of non-empty strings (page or document ids)")
+    if gold_ids:
+        task["gold_ids"] = gold_ids
+    return task
 
 
 class TaskSampler:

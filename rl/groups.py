@@ -17,6 +17,7 @@ import ray
 from rl import algos
 from rl.cluster import ActorGroup, connect, wait
 from rl.config import Config, to_dict
+from rl.placement import Colocation, cpu_threads, node_cores, resolve_placement
 from rl.rollout_queue import Dispatcher
 from rl.tasks import load_tasks
 from rl.trainer.collate import TRAIN_COLUMNS
@@ -54,6 +55,20 @@ class RLGroups:
             + cfg.reward.num_workers * cfg.reward.cpus_per_worker \
             + (cfg.env.num_servers * cfg.env.cpus_per_server if multi_turn else 0)
         self.how = connect(cfg.ray.address, cfg.ray.num_cpus, cpus_needed=cpus)
+        gpu = r.gpus_per_engine > 0 or t.gpus_per_rank > 0
+        self.placement = resolve_placement(cfg.ray.placement, r.mode, sum(n["Alive"] for n in ray.nodes()))
+        engine_threads, rank_threads = (0, 0) if gpu else cpu_threads(self.placement, node_cores(), r.num_engines,
+                                                                      t.num_ranks)
+        shared_pg = None
+        engine_gpus, rank_gpus = r.gpus_per_engine, t.gpus_per_rank
+        if self.placement == "colocated" and gpu:  # one GPU per bundle, half for an engine, half for a rank
+            from ray.util.placement_group import placement_group
+
+            bundles = max(r.num_engines, t.num_ranks)
+            shared_pg = placement_group([{"GPU": 1, "CPU": max(r.cpus_per_engine, t.cpus_per_rank) * 2}] * bundles,
+                                        strategy="PACK", name="windward-colocated")
+            wait(shared_pg.ready(), self.timeout, f"the colocated placement group ({bundles} x 1 GPU)")
+            engine_gpus, rank_gpus = 0.5, 0.5
         self.env = None
         if multi_turn:
             from rl.env_group import EnvGroup
@@ -65,12 +80,13 @@ class RLGroups:
         agent = to_dict(cfg.agent) if multi_turn else None
         env_client = self.env.client() if self.env is not None else None
 
-        engine_kwargs = {"seed": cfg.run.seed, "request_timeout_s": r.request_timeout_s}
+        engine_kwargs = {"seed": cfg.run.seed, "request_timeout_s": r.request_timeout_s,
+                         "cpu_threads": engine_threads, "sleep_mode": shared_pg is not None}
         if r.backend == "vllm":
             engine_kwargs |= dict(max_model_len=r.max_model_len, gpu_memory_utilization=r.gpu_memory_utilization,
                                   kv_cache_gib=r.kv_cache_gib, enforce_eager=r.enforce_eager)
         self.rollout = ActorGroup(
-            RolloutWorker, r.num_engines, name="rollout", num_cpus=r.cpus_per_engine, num_gpus=r.gpus_per_engine,
+            RolloutWorker, r.num_engines, name="rollout", num_cpus=r.cpus_per_engine, num_gpus=engine_gpus, pg=shared_pg,
             kwargs_for=lambda i: dict(backend=r.backend, model_path=model_path,
                                       engine_kwargs=engine_kwargs | {"seed": cfg.run.seed + i},
                                       env=env_client, agent=agent),
@@ -89,29 +105,37 @@ class RLGroups:
         if t.backend == "deepspeed":
             extra["zero_stage"] = t.zero_stage
         self.trainer = ActorGroup(  # FSDP2 or DeepSpeed ZeRO behind one interface (rl/trainer/base.py)
-            backend_class(t.backend), t.num_ranks, name="trainer", num_cpus=t.cpus_per_rank, num_gpus=t.gpus_per_rank,
+            backend_class(t.backend), t.num_ranks, name="trainer", num_cpus=t.cpus_per_rank, num_gpus=rank_gpus,
+            pg=shared_pg,
             kwargs_for=lambda i: dict(model_path=model_path, rank=i, world_size=t.num_ranks, lr=t.lr,
                                       weight_decay=t.weight_decay, betas=t.betas, grad_clip=t.grad_clip,
                                       warmup_steps=t.warmup_steps, micro_batch_size=t.micro_batch_size,
                                       mini_batches=t.mini_batches, dtype=cfg.model.dtype, seed=t.seed,
                                       temperature=r.temperature, algo=algo, timeout_s=self.timeout,
-                                      registries=algos.snapshot_registries(), **extra),
+                                      registries=algos.snapshot_registries(), threads=rank_threads,
+                                      logprob_chunk_mb=t.logprob_chunk_mb, entropy_every=t.entropy_every, **extra),
             timeout_s=self.timeout)
         addr, port = self.trainer.rendezvous()
         self.trainer.call("init_distributed", addr, port)
+        self.colocation = Colocation(self.rollout, self.trainer, active=shared_pg is not None, offload=t.offload,
+                                     timeout_s=self.timeout)
         self.transport = self._make_transport(cfg)
         self.sampling = dict(max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p)
         self.dispatcher = Dispatcher(self.rollout.actors, r.n, self.sampling, r.max_inflight_groups)
 
     def generate(self, tasks: list[dict], n: int | None = None, sampling: dict | None = None,
-                 progress: str | None = None) -> pa.RecordBatch:
+                 progress: str | None = None, seed: int | None = None) -> pa.RecordBatch:
         """All samples of a task go to one engine (shared prefix); each task goes to the least-loaded
-        engine as groups finish (rl/rollout_queue.py). Rows ordered (group, sample). `progress`: the name
-        of a progress bar over finished groups (evaluations; run.progress=false turns it off)."""
+        engine as groups finish (rl/rollout_queue.py). Rows ordered (group, sample). `sampling`: instead of
+        the run's; `seed`: the sampling seed of this rollout. `progress`: the name of a progress bar over
+        finished groups (evaluations; run.progress=false turns it off)."""
         if not self.cfg.run.progress:
             progress = None
         n = n or self.cfg.rollout.n
-        if sampling is not None:
+        if sampling is not None or seed is not None:
+            sampling = dict(sampling if sampling is not None else self.sampling)
+            if seed is not None:
+                sampling["seed"] = seed
             tasks = [dict(t, sampling=sampling) for t in tasks]
         parts = self.dispatcher.run([dict(t, n=n) for t in tasks], self.timeout,
                                     f"rollout of {len(tasks)} tasks x {n} samples", progress)
@@ -128,9 +152,12 @@ class RLGroups:
         return with_columns(batch, {name: pa.concat_arrays([p.column(name) for p in parts])
                                     for name in parts[0].schema.names})
 
-    def train(self, batch: pa.RecordBatch) -> dict:
+    def train(self, batch: pa.RecordBatch, version: int) -> dict:
         """Whole groups per rank, balanced by tokens (SEEDS 13 item 6: never split a group).
-        A DUPO copy's `dup_of` becomes an index into its rank's shard (-1 if the source is elsewhere)."""
+        A DUPO copy's `dup_of` becomes an index into its rank's shard (-1 if the source is elsewhere).
+        `version`: the policy version the trainer holds; rows all generated by it make an on-policy update
+        (the trainer then skips the old-logprob pass). Colocated on GPU, the engines sleep meanwhile."""
+        on_policy = bool((scalar_numpy(batch, "policy_version") == version).all())
         lengths = batch.column("response_ids").value_lengths().to_numpy(zero_copy_only=False) \
             + batch.column("prompt_ids").value_lengths().to_numpy(zero_copy_only=False)
         per_rank = algos.balance_groups(lengths, scalar_numpy(batch, "group"), self.trainer.num)
@@ -142,7 +169,8 @@ class RLGroups:
             local = {int(g): i for i, g in enumerate(rows)}
             shard_dup = np.array([local.get(int(d), -1) if d >= 0 else -1 for d in dup_of[rows]], np.int32)
             shards.append(ray.put(with_columns(view.take(pa.array(rows, pa.int64())), {"dup_of": shard_dup})))
-        return self.trainer.call_split("train_step", shards)[0]
+        with self.colocation.trainer_phase():
+            return self.trainer.call_split("train_step", shards, on_policy=on_policy)[0]
 
     def _make_transport(self, cfg: Config):
         from rl.weights import make_transport

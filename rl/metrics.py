@@ -1,6 +1,7 @@
 """Per-step metrics: one JSON object per step in `<run dir>/metrics.jsonl`, and a progress bar.
 
-Owns: the metrics file (appended and flushed every step, so a crash loses nothing logged), the optional
+Owns: the metrics file (appended and flushed every step, so a crash loses nothing logged; a line cut
+by a crash mid-write is skipped with a warning by `read_metrics` and closed off before appending), the optional
 sinks that mirror it (`run.loggers`: TensorBoard, Weights & Biases, MLflow), batch statistics (reward,
 lengths, finish reasons), and the live progress bar.
 
@@ -18,6 +19,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable
@@ -58,6 +60,8 @@ class MetricsLogger:
             self._close_sinks()
             raise
         self._f = self.path.open("a")
+        if self._f.tell() and not _ends_with_newline(self.path):  # a row cut by a crash: keep it on its own line
+            self._f.write("\n")
         self.bar = None
         if progress:
             from tqdm import tqdm
@@ -96,6 +100,37 @@ class MetricsLogger:
         for sink in self.sinks:
             _quietly(sink.close)
         self.sinks = []
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The rows of a metrics.jsonl file. A line that is not a JSON object (the last row cut by a crash
+    mid-write, or bytes mangled since) is skipped with a warning naming the file and line; the rows
+    after it are kept. A missing file has no rows."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows, bad = [], []
+    for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+        else:
+            bad.append(i)
+    if bad:
+        warnings.warn(f"{path}: skipped line(s) {bad}, not a metrics row (a row cut by a crash mid-write?)",
+                      stacklevel=2)
+    return rows
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as fh:
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) == b"\n"
 
 
 def _check_loggers(loggers: Iterable[str]) -> list[str]:

@@ -7,10 +7,15 @@ Owns:
   in flight, as groups finish, so a long tail on one engine does not idle the others; at most
   `max_inflight` groups per engine. An aborted group (empty batch) is re-queued.
 - `AsyncRollout`: rollout of step t+1 overlapping training of step t under a bounded staleness.
-  Admission (AReaL): whole batches of tasks are admitted while
-  admitted <= max_staleness + version + 1 (in batches), i.e. capacity = (max_staleness + version + 1)
-  * B - produced; a finished group whose oldest turn is more than `max_staleness` versions behind
-  the trainer is dropped and counted (completion order can reorder groups), so the bound holds.
+  Admission is AReaL's rule, capacity = (max_staleness + version + 1) * B - (accepted + running),
+  with one batch of B accepted per version: (max_staleness + 1) * B - running - accepted at this
+  version. Computed from what is in flight now, every group that leaves untrained gives its slot
+  back (AReaL's `on_rollout_rejected`: dropped as stale, a DAPO round that asks again at the same
+  version, a skipped step), and a start at version > 0 or a resume opens one window, not one per
+  version since 0. Tasks are admitted one at a time, so when `take` needs more and nothing is in
+  flight the capacity is at least 1: admission never stalls. A finished group whose oldest turn is
+  more than `max_staleness` versions behind the trainer is dropped and counted (completion order
+  can reorder groups), so the bound holds.
 
 Never: score or train; wait without a timeout that names what it waited for.
 """
@@ -35,6 +40,7 @@ class Dispatcher:
         self.load = [0] * len(actors)
         self.groups_per_engine = [0] * len(actors)
         self.requeued = 0
+        self.foreign = 0  # finished groups `run` did not ask for (dropped)
 
     def submit(self, tasks: list[dict]) -> None:
         self.pending.extend(tasks)
@@ -78,9 +84,14 @@ class Dispatcher:
         return done
 
     def run(self, tasks: list[dict], timeout_s: float, what: str, progress: str | None = None) -> list[pa.RecordBatch]:
-        """Every task's group, in the order of `tasks` (sync mode); `progress`: a bar of finished groups."""
+        """Every task's group, in the order of `tasks` (sync mode); `progress`: a bar of finished groups.
+        Groups of tasks submitted before (what an async producer admitted and never took) are
+        dropped as they finish and counted in `foreign`."""
+        tasks = [dict(t) for t in tasks]  # own objects: a finished group finds its task by identity
+        slot = {id(t): k for k, t in enumerate(tasks)}
         self.submit(tasks)
-        by_key = {}
+        out: list[pa.RecordBatch | None] = [None] * len(tasks)
+        done = 0
         deadline = time.monotonic() + timeout_s
         bar = None
         if progress:
@@ -90,19 +101,24 @@ class Dispatcher:
 
             bar = tqdm(total=len(tasks), desc=progress, unit="group", file=sys.stderr)
         try:
-            while len(by_key) < len(tasks):
+            while done < len(tasks):
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TimeoutError(f"waited {timeout_s:.0f}s for {what}: {len(tasks) - len(by_key)} of "
+                    raise TimeoutError(f"waited {timeout_s:.0f}s for {what}: {len(tasks) - done} of "
                                        f"{len(tasks)} task groups unfinished ({len(self.inflight)} in flight)")
                 for task, batch in self.poll(min(left, 5.0)):
-                    by_key[(task["uid"], task["group"])] = batch
+                    k = slot.get(id(task))
+                    if k is None:
+                        self.foreign += 1
+                        continue
+                    out[k] = batch
+                    done += 1
                     if bar is not None:
                         bar.update(1)
         finally:
             if bar is not None:
                 bar.close()
-        return [by_key[(t["uid"], t["group"])] for t in tasks]
+        return out
 
 
 class AsyncRollout:
@@ -111,40 +127,53 @@ class AsyncRollout:
     def __init__(self, dispatcher: Dispatcher, sampler, batch_size: int, max_staleness: int):
         self.dispatcher, self.sampler = dispatcher, sampler
         self.batch_size, self.max_staleness = batch_size, max_staleness
-        self.produced = 0          # groups admitted so far
+        self.produced = 0          # groups admitted so far (a statistic; admission reads `running`)
+        self.waiting: deque[dict] = deque()  # tasks sampled, not admitted yet (the rest of a batch)
         self.ready: deque[tuple[dict, pa.RecordBatch]] = deque()
+        self.accepted = (None, 0)  # (version, groups the latest take handed out at that version)
         self.stale_dropped = 0
         self.staleness_seen: list[int] = []
 
+    @property
+    def running(self) -> int:
+        """Groups admitted and not handed out yet: finished, rolling out, or queued for an engine."""
+        return len(self.ready) + self.dispatcher.outstanding
+
     def capacity(self, version: int) -> int:
-        return (self.max_staleness + version + 1) * self.batch_size - self.produced
+        accepted = self.accepted[1] if self.accepted[0] == version else 0
+        return (self.max_staleness + 1) * self.batch_size - self.running - accepted
 
     def admit(self, version: int) -> int:
-        """Admit whole batches of new tasks while the staleness budget allows. Returns how many."""
-        admitted = 0
-        while self.capacity(version) >= self.batch_size:
-            tasks = self.sampler.next_batch()
+        """Admit tasks while the staleness budget allows. Returns how many."""
+        tasks = []
+        for _ in range(max(self.capacity(version), 0)):
+            if not self.waiting:
+                self.waiting.extend(self.sampler.next_batch())
+            tasks.append(self.waiting.popleft())
+        if tasks:
             self.dispatcher.submit(tasks)
             self.produced += len(tasks)
-            admitted += len(tasks)
-        return admitted
+        return len(tasks)
 
     def take(self, num_groups: int, version: int, timeout_s: float) -> tuple[pa.RecordBatch, dict]:
         """`num_groups` finished groups no more than `max_staleness` versions old, renumbered
-        0..num_groups-1 (`group`), with the staleness metrics."""
+        0..num_groups-1 (`group`), with the staleness metrics. What an earlier take handed out at the
+        same version (a DAPO round that asked for more, a skipped step) gives its slots back."""
         deadline = time.monotonic() + timeout_s
         taken: list[pa.RecordBatch] = []
         staleness = []
+        self.accepted = (version, 0)
         while len(taken) < num_groups:
             self.admit(version)
             while self.ready and len(taken) < num_groups:
                 task, batch = self.ready.popleft()
                 age = version - int(scalar_numpy(batch, "policy_version").min())
-                if age > self.max_staleness:
+                if age > self.max_staleness:  # leaves `running`: its slot is free again
                     self.stale_dropped += 1
                     continue
                 staleness.append(age)
                 taken.append(with_columns(batch, {"group": np.full(batch.num_rows, len(taken), np.int32)}))
+                self.accepted = (version, len(taken))
             if len(taken) >= num_groups:
                 break
             left = deadline - time.monotonic()
@@ -164,11 +193,14 @@ class AsyncRollout:
         return [t for t, _ in self.ready] + [t for t, _ in d.inflight.values()] + list(d.pending)
 
     def state_dict(self) -> dict:
-        """What a checkpoint keeps: the admission count and the admitted tasks not trained on yet
-        (their groups are rolled out again after a resume, so no task is skipped)."""
-        tasks = [{k: v for k, v in t.items() if k != "n"} for t in self.outstanding_tasks()]
-        return {"produced": self.produced, "stale_dropped": self.stale_dropped, "tasks": tasks}
+        """What a checkpoint keeps: the counters, the admitted tasks not trained on yet (their groups
+        are rolled out again after a resume) and the sampled tasks not admitted yet, so no task is
+        skipped or repeated."""
+        strip = lambda tasks: [{k: v for k, v in t.items() if k != "n"} for t in tasks]  # noqa: E731
+        return {"produced": self.produced, "stale_dropped": self.stale_dropped,
+                "tasks": strip(self.outstanding_tasks()), "waiting": strip(self.waiting)}
 
     def load_state_dict(self, state: dict) -> None:
         self.produced, self.stale_dropped = state["produced"], state["stale_dropped"]
+        self.waiting = deque(state.get("waiting", []))  # absent in checkpoints written before it existed
         self.dispatcher.submit(state["tasks"])

@@ -15,6 +15,11 @@ request (the engine needs the pixels of every image its prompt shows) and stored
 (`images`) for the trainer. A format names the role its observations take (`observation_role`: "tool"
 for ReAct, "user" for VRAG-RL) and may word the first user message (`format_prompt`).
 
+Failures: model output and tool failures are observations (the grammar never raises; the env client
+answers errors as observations); anything that still raises inside an episode (a hook, templating, the
+env client, the engine) ends that episode alone with finish "error", its tokens so far kept and the
+exception's class in `Episode.metrics["error"]`. Only cancellation (an abort) leaves `run_episode`.
+
 Never: re-tokenize history (ids only grow; the template pieces come from `rollout/chat.py`), raise
 on model output or tool failures (they become observations), or import Ray.
 """
@@ -22,14 +27,17 @@ on model output or tool failures (they become observations), or import Ray.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 from envs.base import EnvClient, Observation, error_observation
-from rollout.chat import ChatTemplate
+from rollout.chat import ChatTemplate, tokenizable
 from rollout.engines.base import SamplingParams
 from rollout.formats.react import ReActFormat
 from rollout.trajectory import TrajectoryRecord
+
+log = logging.getLogger("windward.rollout.agent")
 
 # SEEDS 3.6: what the harness says when the context budget is reached
 FORCED_ANSWER = ("You have now reached the maximum context length you can handle. You should stop making tool "
@@ -57,21 +65,30 @@ class EpisodeHooks:
     accept: Callable[[TrajectoryRecord], bool] | None = None
 
 
+def hooks_factory(spec: str) -> Callable[[], EpisodeHooks]:
+    """The function "package.module:function" names, imported and checked callable but not called (the
+    configuration's dry run of `load_hooks`); ValueError naming the spec otherwise."""
+    import importlib
+
+    module, _, name = spec.partition(":") if isinstance(spec, str) else ("", "", "")
+    if not module or not name:
+        raise ValueError(f"agent.hooks must be 'module:function', got {spec!r}")
+    try:
+        factory = getattr(importlib.import_module(module), name)
+    except Exception as err:  # ImportError, AttributeError, or whatever the module raises on import
+        raise ValueError(f"agent.hooks {spec!r}: cannot import it ({type(err).__name__}: {err})") from None
+    if not callable(factory):
+        raise ValueError(f"agent.hooks {spec!r} is a {type(factory).__name__}, not a function returning "
+                         "rollout.agent.EpisodeHooks")
+    return factory
+
+
 def load_hooks(spec: str | None) -> EpisodeHooks:
     """EpisodeHooks from "package.module:function" (the function takes no arguments and returns them);
     None gives no hooks. How a recipe's hooks reach remote rollout workers: by name, imported there."""
     if not spec:
         return EpisodeHooks()
-    import importlib
-
-    module, _, name = spec.partition(":")
-    if not module or not name:
-        raise ValueError(f"agent.hooks must be 'module:function', got {spec!r}")
-    try:
-        factory = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"agent.hooks {spec!r}: cannot import it ({err})") from None
-    hooks = factory()
+    hooks = hooks_factory(spec)()
     if not isinstance(hooks, EpisodeHooks):
         raise ValueError(f"agent.hooks {spec!r} returned {type(hooks).__name__}, not rollout.agent.EpisodeHooks")
     return hooks
@@ -89,94 +106,131 @@ async def run_episode(engine, env: EnvClient, template: ChatTemplate, task: dict
                       config: AgentConfig = AgentConfig(), fmt: ReActFormat = ReActFormat(),
                       hooks: EpisodeHooks = EpisodeHooks(), sample: int = 0,
                       on_turn: Callable[[], Awaitable[None]] | None = None) -> Episode:
-    """Run one episode of `task` ({"uid", "group", "question"}); returns its trajectory row."""
+    """Run one episode of `task` ({"uid", "group", "question"}); returns its trajectory row.
+
+    Raises only on cancellation (an abort at a weight sync). Any other exception in the episode (the
+    grammar, templating, the env client, a hook, the engine) ends it with finish "error": the tokens so
+    far are kept (loss mask as usual), `metrics["error"]` names the exception's class and the other
+    episodes of the group go on."""
     episode_key = f"{task['uid']}/{sample}"  # keeps an episode's calls on one env server, scopes its state
-    if hasattr(fmt, "for_episode"):  # e.g. VRAG-RL: per-episode de-duplication of shown images
-        fmt = fmt.for_episode(episode_key)
-    system = hooks.system_prompt(task) if hooks.system_prompt else None
-    question = fmt.format_prompt(task["question"]) if hasattr(fmt, "format_prompt") else task["question"]
-    messages = template.initial_messages(question, system)
-    obs_role_of_tools = getattr(fmt, "observation_role", "tool")
-    prompt = template.prompt_ids(messages)
-    stop_ids = tuple(template.tok.convert_tokens_to_ids(t) for t in fmt.stop_tokens)
+    messages: list[dict] = []  # the conversation as text
+    prompt: list[int] = []
     response: list[int] = []
     mask: list[int] = []
     logprobs: list[float] = []
     versions: list[int] = []
     tool_calls, turns, forced, finish, answer = 0, 0, False, None, None
     errors = 0
+    error: Exception | None = None
     retrieved: list[str] = []  # page / image ids the tools showed, in order (VRAG-RL NDCG)
     images: list = []  # images shown to the model, in order (encoded bytes)
 
-    def append(ids, is_model, lps=None):
+    def append(ids, is_model, lps=None):  # all three or none: the row stays consistent whatever fails
+        lps = [0.0] * len(ids) if lps is None else list(lps)
+        if len(lps) != len(ids):
+            raise ValueError(f"the engine returned {len(ids)} token ids but {len(lps)} logprobs")
         response.extend(ids)
         mask.extend([1 if is_model else 0] * len(ids))
-        logprobs.extend(lps if lps is not None else [0.0] * len(ids))
+        logprobs.extend(lps)
 
-    while finish is None:
-        if on_turn is not None:  # e.g. wait while weights are being synced
-            await on_turn()
-        budget = config.max_context_tokens - len(prompt) - len(response)
-        if budget <= 0:
-            finish = "max_tokens"
-            break
-        sp = dataclasses.replace(sampling, max_tokens=min(config.max_tokens_per_turn, budget),
-                                 stop=tuple(sampling.stop) + tuple(getattr(fmt, "stop_strings", ())),
-                                 stop_token_ids=tuple(sampling.stop_token_ids) + stop_ids,
-                                 include_stop_str=getattr(fmt, "include_stop_strings", sampling.include_stop_str))
-        gen = await (engine.generate(prompt + response, sp, images=list(images)) if images
-                     else engine.generate(prompt + response, sp))
-        turns += 1
-        versions.append(gen.policy_version)
-        append(gen.token_ids, True, gen.logprobs)
-        text = template.decode(gen.token_ids)
-        ended = bool(gen.token_ids) and gen.token_ids[-1] == template.eos_id
-        messages.append({"role": "assistant", "content": text[: -len(template.eos_text)] if ended else text})
-        action = fmt.parse(text)
-        if action.kind == "answer":
-            finish, answer = "answer", action.answer
-            break
-        if forced:  # the one forced last turn did not answer either
-            finish = "max_tokens"
-            break
-        if config.max_turns is not None and turns >= config.max_turns:
-            finish = "max_turns"
-            break
-        if gen.finish_reason == "length" and len(prompt) + len(response) >= config.max_context_tokens:
-            obs_role, obs = "user", None  # out of room: force the answer below
-        elif action.kind == "tool_call":
-            if tool_calls >= config.max_tool_calls:
-                finish = "max_turns"
-                break
-            tool_calls += 1
-            obs_role, obs = obs_role_of_tools, await env.call(action.name, action.arguments, key=episode_key)
-            retrieved.extend(str(r) for r in obs.metadata.get("retrieved") or ())
-        else:  # invalid call or no action: the fixed error observation, the episode goes on
-            errors += 1
-            obs_role, obs = obs_role_of_tools, error_observation(action.error)
-        if obs is not None and hooks.observation:
-            obs = hooks.observation(task, obs)
-        shown = list(obs.images or ()) if obs is not None and template.vision is not None else []
-        ids = template.message_ids(obs_role, obs.text, gen.token_ids, shown) if obs is not None else []
-        if obs is None or len(prompt) + len(response) + len(ids) + 1 >= config.max_context_tokens:
-            # SEEDS 3.6: at the budget, inject the forced-final-answer message once
-            ids = template.message_ids("user", config.forced_answer_message, gen.token_ids)
-            forced, obs_role = True, "user"
-            messages.append({"role": "user", "content": config.forced_answer_message})
-            if len(prompt) + len(response) + len(ids) >= config.max_context_tokens:
+    try:
+        if hasattr(fmt, "for_episode"):  # e.g. VRAG-RL: per-episode de-duplication of shown images
+            fmt = fmt.for_episode(episode_key)
+        system = hooks.system_prompt(task) if hooks.system_prompt else None
+        question = fmt.format_prompt(task["question"]) if hasattr(fmt, "format_prompt") else task["question"]
+        messages = template.initial_messages(question, system)
+        obs_role_of_tools = getattr(fmt, "observation_role", "tool")
+        prompt = template.prompt_ids(messages)
+        stop_ids = tuple(template.tok.convert_tokens_to_ids(t) for t in fmt.stop_tokens)
+
+        while finish is None:
+            if on_turn is not None:  # e.g. wait while weights are being synced
+                await on_turn()
+            budget = config.max_context_tokens - len(prompt) - len(response)
+            if budget <= 0:
                 finish = "max_tokens"
                 break
-        else:
-            messages.append(template.message(obs_role, obs.text, shown))
-            images.extend(shown)
-        append(ids, False)
+            sp = dataclasses.replace(sampling, max_tokens=min(config.max_tokens_per_turn, budget),
+                                     stop=tuple(sampling.stop) + tuple(getattr(fmt, "stop_strings", ())),
+                                     stop_token_ids=tuple(sampling.stop_token_ids) + stop_ids,
+                                     include_stop_str=getattr(fmt, "include_stop_strings", sampling.include_stop_str))
+            gen = await (engine.generate(prompt + response, sp, images=list(images)) if images
+                         else engine.generate(prompt + response, sp))
+            turns += 1
+            versions.append(gen.policy_version)
+            append(gen.token_ids, True, gen.logprobs)
+            text = template.decode(gen.token_ids)
+            ended = bool(gen.token_ids) and gen.token_ids[-1] == template.eos_id
+            messages.append({"role": "assistant", "content": text[: -len(template.eos_text)] if ended else text})
+            action = fmt.parse(text)
+            if action.kind == "answer":
+                finish, answer = "answer", action.answer
+                break
+            if forced:  # the one forced last turn did not answer either
+                finish = "max_tokens"
+                break
+            if config.max_turns is not None and turns >= config.max_turns:
+                finish = "max_turns"
+                break
+            if gen.finish_reason == "length" and len(prompt) + len(response) >= config.max_context_tokens:
+                obs_role, obs = "user", None  # out of room: force the answer below
+            elif action.kind == "tool_call":
+                if tool_calls >= config.max_tool_calls:
+                    finish = "max_turns"
+                    break
+                tool_calls += 1
+                obs_role, obs = obs_role_of_tools, await env.call(action.name, action.arguments, key=episode_key)
+                retrieved.extend(str(r) for r in obs.metadata.get("retrieved") or ())
+            else:  # invalid call or no action: the fixed error observation, the episode goes on
+                errors += 1
+                obs_role, obs = obs_role_of_tools, error_observation(action.error)
+            if obs is not None and hooks.observation:
+                obs = hooks.observation(task, obs)
+            shown = list(obs.images or ()) if obs is not None and template.vision is not None else []
+            obs_text = tokenizable(obs.text) if obs is not None else ""  # a tool may echo a lone surrogate
+            ids = template.message_ids(obs_role, obs_text, gen.token_ids, shown) if obs is not None else []
+            if obs is None or len(prompt) + len(response) + len(ids) + 1 >= config.max_context_tokens:
+                # SEEDS 3.6: at the budget, inject the forced-final-answer message once
+                ids = template.message_ids("user", config.forced_answer_message, gen.token_ids)
+                forced, obs_role = True, "user"
+                messages.append({"role": "user", "content": config.forced_answer_message})
+                if len(prompt) + len(response) + len(ids) >= config.max_context_tokens:
+                    finish = "max_tokens"
+                    break
+            else:
+                messages.append(template.message(obs_role, obs_text, shown))
+                images.extend(shown)
+            append(ids, False)
+    except Exception as err:  # CancelledError is a BaseException: an abort still cancels the episode
+        finish, answer, error = "error", None, err
+        log.warning("episode %s ended with an error after %d turn(s): %s: %s", episode_key, turns,
+                    type(err).__name__, str(err)[:500])
+        if not prompt:  # it failed before its prompt existed; a row needs one (the trainer refuses none)
+            prompt = _bare_prompt(template, task)
 
     record = TrajectoryRecord(
         uid=task["uid"], group=task.get("group", 0), sample=sample, prompt_ids=prompt, response_ids=response,
         loss_mask=mask, rollout_logprobs=logprobs, policy_version=min(versions) if versions else 0,
         num_turns=turns, finish=finish, answer_text=answer, num_tool_calls=tool_calls, retrieved=retrieved,
         images=images)
-    accepted = hooks.accept(record) if hooks.accept else True
-    return Episode(record, messages, accepted,
-                   {"invalid_actions": errors, "forced_answer": int(forced),
-                    "policy_versions": sorted(set(versions))})
+    accepted = True
+    if hooks.accept:
+        try:
+            accepted = bool(hooks.accept(record))
+        except Exception as err:  # the filter hook failed: the row stays, as an error
+            record.finish, record.answer_text, error = "error", None, err
+            log.warning("episode %s: the accept hook failed: %s: %s", episode_key, type(err).__name__, str(err)[:500])
+    metrics = {"invalid_actions": errors, "forced_answer": int(forced), "policy_versions": sorted(set(versions))}
+    if error is not None:
+        metrics["error"] = type(error).__name__
+        metrics["error_message"] = str(error)[:500]
+    return Episode(record, messages, accepted, metrics)
+
+
+def _bare_prompt(template: ChatTemplate, task: dict) -> list[int]:
+    """The prompt of the question alone (no hook, no format wording): the row of an episode that failed
+    before its own prompt existed (a hook raised) has no tokens of its own, but still needs a prompt."""
+    try:
+        return template.prompt_ids(template.initial_messages(str(task.get("question", ""))))
+    except Exception:
+        return []

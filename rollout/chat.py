@@ -10,7 +10,10 @@ The invariant: for a conversation whose assistant turns are what the model gener
 ids plus every appended id equal the tokenizer's tokenization of the template rendered over the
 whole conversation (ending at the model's last end-of-turn token). The loop never re-tokenizes
 history. Observation text is tokenized with special-token parsing off: a page containing
-"<|im_end|>" or "</tool_response>" stays text and never becomes a control token.
+"<|im_end|>" or "</tool_response>" stays text and never becomes a control token. Text no tokenizer
+takes (a lone surrogate, which a JSON escape such as "\\ud800" in a tool argument decodes to) is made
+tokenizable first (`tokenizable`: U+FFFD in its place), so templating never raises on what a model or a
+tool wrote.
 
 Known template quirk (Qwen3): an assistant turn with no reasoning is rendered with an empty
 <think></think> block only while it is the last message; the ReAct grammar always thinks, so the
@@ -26,6 +29,9 @@ Never: decide what to append (the agent loop does) or call the engine.
 
 from __future__ import annotations
 
+import re
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _MARK_ASSISTANT = "WWMARKASSISTANT"
 _MARK_TEXT = "WWMARKTEXT"
 _IMAGE_TEXT = "<|vision_start|><|image_pad|><|vision_end|>"
@@ -86,12 +92,12 @@ class ChatTemplate:
                                             **kwargs)
 
     def _encode(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=False)
+        return self.tok.encode(tokenizable(text), add_special_tokens=False)
 
     def encode_text(self, text: str) -> list[int]:
         """Plain text (observations): no added token (<|im_end|>, </tool_response>, ...) is matched,
         so such strings inside a page stay text."""
-        return self._plain.encode(text, add_special_tokens=False).ids
+        return self._plain.encode(tokenizable(text), add_special_tokens=False).ids
 
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=False)
@@ -124,6 +130,12 @@ class ChatTemplate:
         if not images:
             return {"role": role, "content": text}
         return {"role": role, "content": [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]}
+
+
+def tokenizable(text: str) -> str:
+    """`text` with every surrogate code point (a JSON escape like "\\ud800" decodes to one; UTF-8 and the
+    tokenizers refuse them) replaced by U+FFFD, the replacement character."""
+    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
 
 
 def _without_added_tokens(tokenizer):

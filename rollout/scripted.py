@@ -6,7 +6,9 @@ framing), asks `policy(observation_text | None) -> str` for the next assistant t
 token ids the way a model emits them (a turn that ends in a tool call stops at the stop token; any
 other turn ends with the end-of-turn token). Logprobs are 0: these trajectories are SFT data, not
 RL samples. The loop, templates, tools and loss mask are exactly the policy's, so expert data and
-policy rollouts have one format (SEEDS 3.3: expert trajectories for RFT).
+policy rollouts have one format (SEEDS 3.3: expert trajectories for RFT). A policy's text is made
+tokenizable first (`rollout.chat.tokenizable`: a lone surrogate a policy copied from JSON becomes U+FFFD);
+a policy that raises ends its episode with finish "error" (`run_episode`), never the expert stage.
 
 Never: be used where logprobs matter (RL), or re-tokenize the conversation.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from rollout.chat import tokenizable
 from rollout.engines.base import Generation, SamplingParams
 
 
@@ -28,7 +31,7 @@ class TextPolicyEngine:
                        images=None) -> Generation:
         observation = None if self.seen is None else self.tok.decode(prompt_ids[self.seen:], skip_special_tokens=False)
         text = self.policy(observation)
-        ids = self.tok.encode(text, add_special_tokens=False)
+        ids = self.tok.encode(tokenizable(text), add_special_tokens=False)
         stop = next((i for i, t in enumerate(ids) if t in sampling.stop_token_ids), None)
         if stop is not None:
             ids = ids[:stop + 1]

@@ -76,7 +76,8 @@ class RolloutWorker:
         self._tokenizer = None
         self._vision = None
         self._running: set[asyncio.Task] = set()
-        self.stats = {"groups": 0, "aborted_groups": 0, "episodes": 0}
+        # episode_errors: episodes that ended with finish "error"; episode_errors/<class>: per exception class
+        self.stats = {"groups": 0, "aborted_groups": 0, "episodes": 0, "episode_errors": 0}
 
     # --- single-turn (the spine's task) ------------------------------------------------------
 
@@ -137,6 +138,11 @@ class RolloutWorker:
         eps = await asyncio.gather(*(run_episode(self.gated, self.env, template, task, sampling, self.agent,
                                                  fmt, self.hooks, sample=s) for s in range(n)))
         self.stats["episodes"] += n
+        for e in eps:  # an episode that raised ended alone (finish "error"); the group goes on
+            if "error" in e.metrics:
+                self.stats["episode_errors"] += 1
+                key = f"episode_errors/{e.metrics['error']}"
+                self.stats[key] = self.stats.get(key, 0) + 1
         kept = [e.record for e in eps if e.accepted]  # the filter hook rejects episodes (the group shrinks)
         self.stats["rejected_episodes"] = self.stats.get("rejected_episodes", 0) + n - len(kept)
         return build_batch(kept, with_images=self._vision is not None)
@@ -176,6 +182,13 @@ class RolloutWorker:
 
     async def policy_version(self) -> int:
         return self.engine.policy_version
+
+    async def sleep(self) -> None:
+        """Colocated placement: give the devices to the trainer (the engine's `sleep`)."""
+        await self.engine.sleep()
+
+    async def wake(self) -> None:
+        await self.engine.wake()
 
     async def metrics(self) -> dict:
         out = dict(self.stats, in_flight_requests=self.gated.in_flight, running_groups=len(self._running))

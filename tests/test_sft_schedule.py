@@ -31,4 +31,4 @@ def test_config_names_a_bad_schedule():
         load_config(None, ["sft.lr_schedule=linear"])
     with pytest.raises(ConfigError, match="sft.min_lr_ratio"):
         load_config(None, ["sft.min_lr_ratio=1.5"])
-    assert load_config(None, ["sft.lr_schedule=cosine"]).sft.lr_schedule == "cosine"
+    assert load_config(None, ["data.task=world_qa", "sft.lr_schedule=cosine"]).sft.lr_schedule == "cosine"

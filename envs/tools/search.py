@@ -28,7 +28,7 @@ import asyncio
 from typing import Any, Protocol
 
 from envs.base import Observation, error_observation
-from envs.search_backends import make_backend
+from envs.search_backends import check_backend, make_backend
 
 SEPARATOR = "\n=======\n"  # between the results of several queries
 
@@ -108,3 +108,16 @@ def make_search_tool(context: dict, backend: str | SearchBackend = "world", top_
     elif backend_kwargs:
         raise ValueError(f"search: settings {sorted(backend_kwargs)} given with a backend object")
     return SearchTool(backend, top_k=top_k, max_queries=max_queries)
+
+
+def check_search_arguments(arguments: dict) -> None:
+    """The backend's name and keys, checked without building it (`envs.registry.validate_tools`)."""
+    backend = arguments.get("backend", "world")
+    if isinstance(backend, str):
+        try:
+            check_backend(backend, {k: v for k, v in arguments.items() if k not in ("backend", "top_k", "max_queries")})
+        except ValueError as err:
+            raise ValueError(f"{err} (and the search tool's own: backend, top_k, max_queries)") from None
+
+
+make_search_tool.check = check_search_arguments

@@ -16,8 +16,9 @@ How one page is summarised (WebSailor `tool_visit.py`, SEEDS 3.6):
    characters:
        lengths = [n, 0.7 n, 0.49 n, 0.343 n, min(0.343 n, 25,000)]         (n = min(len(text), max_chars))
    (the last try is made even when 25,000 is not shorter: the model samples, and may answer this time).
-   A transient failure (timeout, 5xx, 429) is first retried by the client itself (`envs/llm.py`); if the
-   endpoint still fails, or refuses for another reason (401, 404: a bad key or model name), the summary stops
+   A transient failure (timeout, 5xx, 429) is first retried by the client itself (`envs/llm.py`, the one
+   OpenAI-compatible client, which also caps a reply at `max_reply_bytes`); if the endpoint still fails, or
+   refuses for another reason (401, 404: a bad key or model name; a reply over the cap), the summary stops
    there: shortening would not help.
 4. When every try fails, the tool response says so in the same two sections (`render_fallback`) and the
    page counts as an error in the observation's metadata.
@@ -185,14 +186,15 @@ def make_summarizer(config: dict[str, Any] | None) -> PageSummarizer | None:
     """The visit tool's `summary` setting -> a summarizer (None: no summary, the tool returns page text).
 
     Keys: base_url and model (required); api_key_env (the name of an environment variable holding the key;
-    null for a local vLLM server); timeout_s (per request, 60); max_retries (3); temperature (0.7); max_tokens;
-    extra_body; max_chars (150,000); shrink (0.7); shrink_tries (3); final_chars (25,000)."""
+    null for a local vLLM server); timeout_s (per request, 60); max_retries (3); backoff_s, backoff_max_s;
+    temperature (0.7); max_tokens; extra_body; max_reply_bytes (4 MiB); rate_limit (requests/s, none), burst;
+    cache_size (replies kept, 0); max_chars (150,000); shrink (0.7); shrink_tries (3); final_chars (25,000)."""
     if config is None:
         return None
     if not isinstance(config, dict):
         raise ValueError(f"visit summary: expected a mapping with base_url and model, or null; got {config!r}")
     client_keys = {"base_url", "model", "timeout_s", "max_retries", "backoff_s", "backoff_max_s", "temperature",
-                   "max_tokens", "extra_body"}
+                   "max_tokens", "extra_body", "max_reply_bytes", "rate_limit", "burst", "cache_size"}
     summary_keys = {"max_chars", "shrink", "shrink_tries", "final_chars"}
     unknown = sorted(set(config) - client_keys - summary_keys - {"api_key_env"})
     if unknown:
@@ -203,5 +205,5 @@ def make_summarizer(config: dict[str, Any] | None) -> PageSummarizer | None:
         raise ValueError(f"visit summary: missing {missing} (e.g. base_url: http://127.0.0.1:8000/v1, the "
                          f"served model name as model)")
     client = ChatClient(**{k: v for k, v in config.items() if k in client_keys},
-                        api_key=api_key_from_env(config.get("api_key_env"), "visit summary"))
+                        api_key=api_key_from_env(config.get("api_key_env"), "visit summary"), service="visit summary")
     return PageSummarizer(client, **{k: v for k, v in config.items() if k in summary_keys})

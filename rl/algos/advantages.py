@@ -7,14 +7,16 @@ is a scatter over the group index, so a 10k-row batch costs the same as one grou
 
 Inputs of every estimator: `rewards` float [N] (R_i) and `group` int64 [N] (the group of row i: rows with equal
 `group` are the G rollouts of one task). Group ids need not be contiguous or sorted. Output: float [N], detached.
-Register a new estimator with `@ADVANTAGES.register("name")` and the signature `fn(rewards, group, **kwargs)`.
+Register a new estimator with `@ADVANTAGES.register("name", params={...})` and the signature
+`fn(rewards, group, **kwargs)`; `params` declares the keyword arguments the configuration may set
+(`algo.adv_estimator_args`, `rl.algos.params.piece_kwargs`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from rl.algos.registry import Registry
+from rl.algos.registry import Param, Registry
 
 ADVANTAGES = Registry("advantage estimator")
 
@@ -44,7 +46,13 @@ def _out_dtype(rewards: torch.Tensor) -> torch.dtype:
     return rewards.dtype if rewards.dtype.is_floating_point else torch.float32
 
 
-@ADVANTAGES.register("grpo")
+_EPS = Param(1e-6, gt=0, help="added to the std before dividing")
+
+
+@ADVANTAGES.register("grpo", params={
+    "eps": _EPS,
+    "norm_by_std": Param(True, key="norm_adv_by_std", help="divide by the group std (False: Dr. GRPO)"),
+})
 def grpo(rewards: torch.Tensor, group: torch.Tensor, eps: float = 1e-6, norm_by_std: bool = True) -> torch.Tensor:
     """GRPO outcome advantage (SEEDS 1.2): Â_i = (R_i - mean_g) / (std_g + eps).
 
@@ -81,7 +89,7 @@ def rloo(rewards: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
     return torch.where(n > 1, values - others_mean, torch.zeros_like(values)).to(_out_dtype(rewards))
 
 
-@ADVANTAGES.register("reinforce_pp_baseline")
+@ADVANTAGES.register("reinforce_pp_baseline", params={"eps": _EPS})
 def reinforce_pp_baseline(rewards: torch.Tensor, group: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """REINFORCE++-baseline (arXiv 2501.03262; verl "reinforce_plus_plus_baseline").
 

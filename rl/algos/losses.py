@@ -1,6 +1,7 @@
 """Policy-gradient surrogate losses, per token.
 
-Owns: the `POLICY_LOSSES` registry ("ppo_clip", "gspo") and `policy_loss`.
+Owns: the `POLICY_LOSSES` registry ("ppo_clip", "gspo"), each loss's declared parameters (its clip range: GSPO's
+is not PPO's) and aggregation, and `policy_loss`.
 Never: imports Ray, torch.distributed or any other part of the project; aggregates (that is
 `rl.algos.aggregation.aggregate`, chosen separately by `loss_agg_mode`); adds the KL or entropy terms.
 
@@ -14,6 +15,11 @@ tokens the policy generated. The returned per-token loss is the quantity to *min
 objective) and is exactly 0 at masked positions; values at masked positions of any input change neither the loss,
 nor the metrics, nor the gradient (they are replaced by 0 with `torch.where` before any arithmetic). Metrics are
 Python floats, masked means over loss tokens of this micro-batch.
+
+Parameters: a loss declares the keyword arguments the configuration may set (`params=`, see `rl.algos.registry.Param`);
+the trainer passes it exactly those, resolved by `rl.algos.params.piece_kwargs` from `algo.policy_loss_args` and the
+flat keys it reads. A loss whose objective fixes its aggregation declares it (`aggregation=`): GSPO's is
+"seq-mean-token-mean" whatever `algo.loss_agg_mode` says (verl `compute_policy_loss_gspo` forces it too).
 """
 
 from __future__ import annotations
@@ -21,9 +27,9 @@ from __future__ import annotations
 import torch
 
 from rl.algos.aggregation import masked_mean, masked_sum
-from rl.algos.registry import Registry
+from rl.algos.registry import Param, Registry
 
-POLICY_LOSSES = Registry("policy loss")
+POLICY_LOSSES = Registry("policy loss", info={"aggregation": None})
 
 # log-ratios are clamped before exp() so that one wild token cannot overflow the loss (verl does the same).
 _MAX_LOG_RATIO = 20.0
@@ -66,7 +72,11 @@ def _metrics(mask: torch.Tensor, **fractions: torch.Tensor) -> dict[str, float]:
     return dict(zip(fractions, values.tolist(), strict=True))
 
 
-@POLICY_LOSSES.register("ppo_clip")
+@POLICY_LOSSES.register("ppo_clip", params={
+    "clip_low": Param(0.2, ge=0, lt=1, key="clip_low", help="ε_low"),
+    "clip_high": Param(0.2, ge=0, key="clip_high", help="ε_high (DAPO clip-higher 0.28)"),
+    "dual_clip": Param(None, gt=1, value_type=float, key="dual_clip", help="dual-clip c for Â < 0; null = off"),
+})
 def ppo_clip(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
@@ -113,7 +123,10 @@ def ppo_clip(
     return loss, _metrics(mask, **fractions)
 
 
-@POLICY_LOSSES.register("gspo")
+@POLICY_LOSSES.register("gspo", params={
+    "clip_low": Param(3e-4, ge=0, lt=1, help="ε_low on the sequence ratio (paper Sec. 5.1: 3e-4)"),
+    "clip_high": Param(4e-4, ge=0, help="ε_high on the sequence ratio (paper Sec. 5.1: 4e-4)"),
+}, aggregation="seq-mean-token-mean")
 def gspo(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
@@ -129,9 +142,11 @@ def gspo(
         s_{i,t} = sg[s_i] · π_θ(o_{i,t}) / sg[π_θ(o_{i,t})]             (value s_i, gradient s_i ∇log π_θ)
         l_{i,t} = -min(s_{i,t} Â_{i,t}, clip(s_{i,t}, 1 - ε_low, 1 + ε_high) Â_{i,t})
 
-    Defaults ε = 3e-4 / 4e-4 are the paper's (Sec. 5.1). log s_{i,t} is clamped at 10 as in verl. The paper (and
-    verl, which forces it) aggregates with "seq-mean-token-mean"; with that mode the gradient equals GSPO's
-    sequence-level one. Metrics as `ppo_clip`, with the clip fractions counted on s_i (token-weighted).
+    Defaults ε = 3e-4 / 4e-4 are the paper's (Sec. 5.1); they are declared as GSPO's own parameters, so the PPO
+    range of a preset (algo.clip_low / clip_high) never reaches it (set algo.policy_loss_args.clip_low/high).
+    log s_{i,t} is clamped at 10 as in verl. GSPO is registered with aggregation "seq-mean-token-mean" (the paper's
+    1/G Σ_i 1/|o_i| Σ_t; verl forces it): with that mode the gradient equals GSPO's sequence-level one. Metrics as
+    `ppo_clip`, with the clip fractions counted on s_i (token-weighted).
     """
     _check_clip(clip_low, clip_high, "gspo")
     mask, logprobs, old_logprobs, advantages = _prepare(logprobs, old_logprobs, advantages, loss_mask, "gspo")
@@ -167,3 +182,9 @@ def policy_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """(per_token_loss [B, T], metrics) of the loss `name` registered in `POLICY_LOSSES`; kwargs go to it."""
     return POLICY_LOSSES.get(name)(logprobs, old_logprobs, advantages, loss_mask, **kwargs)
+
+
+def policy_loss_aggregation(name: str, loss_agg_mode: str) -> str:
+    """The aggregation mode of the loss `name`: its own when it declares one (gspo: "seq-mean-token-mean"), else
+    `loss_agg_mode` (algo.loss_agg_mode, which also aggregates the KL and entropy terms, as in verl)."""
+    return POLICY_LOSSES.info(name, "aggregation") or loss_agg_mode

@@ -1,8 +1,8 @@
 """Group samplers: which rows of a rolled-out batch go into the update, and how rows are spread over ranks.
 
-Owns: the `GROUP_SAMPLERS` registry ("keep", "dapo", "dupo"), group statistics, DAPO selection, DUPO in-batch
-duplication and offline pre-filter, and group-aware balancing over data-parallel ranks. Everything works on numpy
-index arrays; the controller applies them to the Arrow batch with `batch.take(row_indices)`.
+Owns: the `GROUP_SAMPLERS` registry ("keep", "dapo", "dupo") and `sampler_regenerates`, group statistics, DAPO
+selection, DUPO in-batch duplication and offline pre-filter, and group-aware balancing over data-parallel ranks.
+Everything works on numpy index arrays; the controller applies them to the Arrow batch with `batch.take(row_indices)`.
 Never: imports Ray, torch.distributed or any other part of the project; touches the batch itself; generates.
 
 Sampler protocol (what `GROUP_SAMPLERS.get(name)` returns; register a new one with the same signature):
@@ -17,6 +17,10 @@ the position j in the *update* batch (an index into `row_indices`) of the origin
 step". The controller then does::
 
     batch = batch.take(row_indices); set columns group = new_group, dup_of = dup_of
+
+A sampler may declare parameters the configuration sets (`params=`, from `algo.sampler_args`; the controller passes
+`piece_kwargs("sampler", name, settings)`) and says whether it regenerates (`regenerates=True`, DAPO): the controller
+then runs the loop below for it, rather than sampling the one batch it got. It asks `sampler_regenerates(name)`.
 
 DAPO dynamic sampling loop (SEEDS 2.4, 14 item 7), run by the controller, not here:
 
@@ -39,7 +43,7 @@ import numpy as np
 
 from rl.algos.registry import Registry
 
-GROUP_SAMPLERS = Registry("group sampler")
+GROUP_SAMPLERS = Registry("group sampler", info={"regenerates": False})
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -209,6 +213,12 @@ def balance_groups(seq_lens: np.ndarray, group: np.ndarray, num_ranks: int) -> l
     return [np.sort(np.concatenate(parts)).astype(np.int64) if parts else _EMPTY.copy() for parts in assigned]
 
 
+def sampler_regenerates(name: str) -> bool:
+    """Whether the group sampler `name` filters and regenerates (DAPO: the controller rolls out more tasks until
+    it has the target number of valid groups or `max_gen_rounds`), rather than working on the one batch it gets."""
+    return bool(GROUP_SAMPLERS.info(name, "regenerates"))
+
+
 def sampler_metrics(rewards: np.ndarray, group: np.ndarray, dup_of: np.ndarray | None = None) -> dict[str, float]:
     """Per-step metrics (SEEDS 14 item 46) of the rolled-out batch (`rewards`, `group`) and, for DUPO, of the update
     batch (`dup_of`): `zero_variance_group_frac`, `num_groups`, and `duplication_ratio` = copied rows / update rows.
@@ -240,7 +250,7 @@ def keep_sampler(
     return rows, np.full(rows.size, -1, dtype=np.int64), np.asarray(group, dtype=np.int64)[rows]
 
 
-@GROUP_SAMPLERS.register("dapo")
+@GROUP_SAMPLERS.register("dapo", regenerates=True)
 def dapo_sampler(
     rewards: np.ndarray,
     group: np.ndarray,

@@ -40,50 +40,60 @@ import torch.distributed as dist
 
 from rl import algos
 from rl.trainer.collate import packed_microbatch, padded_microbatch, row_lengths
+from rl.trainer.logprobs import DEFAULT_CHUNK_BYTES, grid_logprobs, install_logprob_head, reference_token_logprobs
 from rl.trainer.packing import plan_micro_batches
 from rl.weights import iter_buckets
 
 
-def token_logprobs(model, input_ids, attention_mask, temperature: float = 1.0, with_entropy: bool = False,
-                   entropy_grad: bool = False, position_ids=None, **image_inputs):
-    """log pi(x_{t+1} | x_{<=t}) on the next-token grid [B, L-1] (and the entropy there, detached
-    unless `entropy_grad`). `position_ids` with `attention_mask=None`: a packed row. `image_inputs`:
-    pixel_values / image_grid_thw of a vision-language model."""
-    if position_ids is not None:
-        image_inputs["position_ids"] = position_ids
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **image_inputs).logits[:, :-1]
-    logits = logits.float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    logp = logits.log_softmax(-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-    ent = None
-    if with_entropy:
-        with torch.enable_grad() if entropy_grad else torch.no_grad():
-            ent = algos.entropy_from_logits(logits)
-    return logp, ent
-
-
 def microbatch_logprobs(model, mb: dict, temperature: float = 1.0, with_entropy: bool = False,
-                        entropy_grad: bool = False):
+                        entropy_grad: bool = False, positions: str = "loss", chunk_bytes: int = DEFAULT_CHUNK_BYTES):
     """Grid logprobs [B, L-1] (and entropy) of a padded or a packed micro-batch (`collate.py`).
 
-    Packed: one forward over the concatenated row, then each row's values are picked from the flat
-    next-token axis (`grid_index`); positions past a row's end are 0 (its mask is 0 there too)."""
-    if "position_ids" not in mb:
-        images = {k: mb[k] for k in ("pixel_values", "image_grid_thw") if k in mb}
-        lp, ent = token_logprobs(model, mb["input_ids"], mb["attention_mask"], temperature, with_entropy, entropy_grad,
-                                 **images)
-        if "grid_shape" in mb:  # a vision micro-batch with the dummy image row (see TrainerBackend._mb)
+    `positions`: "loss" computes them where the loss mask is 1 (the policy's own tokens: all a loss, an
+    old or a reference logprob needs), "response" at every response token (observations too); 0 elsewhere.
+    Through the chunked kernel (`rl/trainer/logprobs.py`) when the model's output layer took it
+    (`install_logprob_head`); else the full log-softmax over the whole grid."""
+    images = {k: mb[k] for k in ("pixel_values", "image_grid_thw") if k in mb}
+    packed = "position_ids" in mb
+    if not getattr(model, "_windward_selective", False):
+        lp, ent = reference_token_logprobs(model, mb["input_ids"], None if packed else mb["attention_mask"],
+                                           temperature, with_entropy, entropy_grad,
+                                           position_ids=mb.get("position_ids"), **images)
+        if packed:
+            idx, valid = mb["grid_index"], mb["grid_valid"]
+            lp = torch.where(valid, lp[0][idx], lp.new_zeros(()))
+            ent = torch.where(valid, ent[0][idx], ent.new_zeros(())) if ent is not None else None
+        elif "grid_shape" in mb:  # a vision micro-batch with the dummy image row (see TrainerBackend._mb)
             b, n = mb["grid_shape"]
             lp, ent = lp[:b, :n], (ent[:b, :n] if ent is not None else None)
         return lp, ent
-    lp, ent = token_logprobs(model, mb["input_ids"], None, temperature, with_entropy, entropy_grad,
-                             position_ids=mb["position_ids"])
-    idx, valid = mb["grid_index"], mb["grid_valid"]
-    lp = torch.where(valid, lp[0][idx], lp.new_zeros(()))
-    if ent is not None:
-        ent = torch.where(valid, ent[0][idx], ent.new_zeros(()))
-    return lp, ent
+    want = _wanted(mb, positions)
+    if packed:
+        return grid_logprobs(model, mb["input_ids"], want & mb["grid_valid"], position_ids=mb["position_ids"],
+                             flat_index=mb["grid_index"], temperature=temperature, with_entropy=with_entropy,
+                             entropy_grad=entropy_grad, chunk_bytes=chunk_bytes)
+    ids = mb["input_ids"]
+    if "grid_shape" in mb:  # the extra dummy-image row and width: nothing wanted there
+        b, n = mb["grid_shape"]
+        full = torch.zeros(ids.shape[0], ids.shape[1] - 1, dtype=torch.bool, device=want.device)
+        full[:b, :n] = want
+        lp, ent = grid_logprobs(model, ids, full, attention_mask=mb["attention_mask"], temperature=temperature,
+                                with_entropy=with_entropy, entropy_grad=entropy_grad, chunk_bytes=chunk_bytes,
+                                **images)
+        return lp[:b, :n], (ent[:b, :n] if ent is not None else None)
+    return grid_logprobs(model, ids, want, attention_mask=mb["attention_mask"], temperature=temperature,
+                         with_entropy=with_entropy, entropy_grad=entropy_grad, chunk_bytes=chunk_bytes, **images)
+
+
+def _wanted(mb: dict, positions: str) -> torch.Tensor:
+    """[B, L-1] bool: the grid positions whose logprob is asked for."""
+    if positions == "loss":
+        return mb["loss_mask"] > 0
+    if positions == "response":
+        t = torch.arange(mb["loss_mask"].shape[1], device=mb["loss_mask"].device)[None, :]
+        start, length = mb["response_start"][:, None], mb["response_len"][:, None]
+        return (t >= start) & (t < start + length)
+    raise ValueError(f"positions must be 'loss' or 'response', got {positions!r}")
 
 
 def attention_implementation(requested: str, device: torch.device, dtype: str) -> str:
@@ -160,7 +170,8 @@ class TrainerBackend:
                  dtype: str = "float32", seed: int = 0, temperature: float = 1.0,
                  algo: dict | None = None, timeout_s: float = 1800.0, registries: dict | None = None,
                  token_budget: int = 0, packing: bool = False, grad_checkpointing: bool = False,
-                 attn_implementation: str = "auto", lora: dict | None = None):
+                 attn_implementation: str = "auto", lora: dict | None = None,
+                 logprob_chunk_mb: int = DEFAULT_CHUNK_BYTES >> 20, entropy_every: int = 1, threads: int = 0):
         if packing and not token_budget:
             raise ValueError("packing needs a token_budget > 0 (the most tokens in one packed row)")
         if lora and lora.get("rank", 0) < 1:
@@ -173,6 +184,9 @@ class TrainerBackend:
         self.token_budget, self.packing = int(token_budget), bool(packing)
         self.grad_checkpointing, self.attn_implementation = grad_checkpointing, attn_implementation
         self.lora = dict(lora) if lora else None
+        self.logprob_chunk_bytes = int(logprob_chunk_mb) << 20
+        self.entropy_every = int(entropy_every)
+        self.threads = int(threads)
         self.dtype, self.seed, self.temperature = dtype, seed, temperature
         self.algo = dict(algo or {})
         self.timeout_s = timeout_s
@@ -198,6 +212,8 @@ class TrainerBackend:
             dist.init_process_group("nccl" if gpu else "gloo", rank=self.rank, world_size=self.world_size,
                                     timeout=timedelta(seconds=self.timeout_s))
         self.device = torch.device("cuda", torch.cuda.current_device()) if gpu else torch.device("cpu")
+        if self.threads:  # colocated on CPU: this rank trains on its share of every core (rl/placement.py)
+            torch.set_num_threads(self.threads)
         if self.dtype == "bfloat16" and gpu and not torch.cuda.is_bf16_supported():
             warnings.warn("this GPU has no bf16: training in float32")
             self.dtype = "float32"
@@ -208,11 +224,13 @@ class TrainerBackend:
         self.pad_id = text_config.pad_token_id or getattr(self.model.config, "pad_token_id", None) or 0
 
     def _load_model(self, trainable: bool = True):
-        """The HF causal LM in fp32 on this rank's device (backends cast for mixed precision)."""
+        """The HF causal LM in fp32 on this rank's device (backends cast for mixed precision); fp64 when
+        dtype is "float64" (exactness tests)."""
         from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
         auto = AutoModelForImageTextToText if self.vision is not None else AutoModelForCausalLM
-        model = auto.from_pretrained(self.model_path, dtype=torch.float32, attn_implementation=self.attn)
+        model = auto.from_pretrained(self.model_path, attn_implementation=self.attn,
+                                     dtype=torch.float64 if self.dtype == "float64" else torch.float32)
         if trainable and self.grad_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if not trainable:
@@ -224,6 +242,7 @@ class TrainerBackend:
             model = get_peft_model(model, LoraConfig(
                 r=lo["rank"], lora_alpha=lo.get("alpha", 2 * lo["rank"]), lora_dropout=lo.get("dropout", 0.0),
                 target_modules=lo.get("target_modules", "all-linear"), bias="none"))
+        model._windward_selective = install_logprob_head(model)  # else the full log-softmax (logprobs.py)
         return model.to(self.device)
 
     def _make_scheduler(self, optimizer: torch.optim.Optimizer):
@@ -284,7 +303,8 @@ class TrainerBackend:
     def _dummy(self) -> dict:
         ids = torch.full((1, 2), self.pad_id, dtype=torch.long)
         mb = {"input_ids": ids, "loss_mask": torch.zeros(1, 1), "rollout_logprobs": torch.zeros(1, 1),
-              "advantage": torch.zeros(1), "num_tokens": 0.0}
+              "advantage": torch.zeros(1), "num_tokens": 0.0, "response_start": torch.zeros(1, dtype=torch.long),
+              "response_len": torch.zeros(1, dtype=torch.long)}
         if self.packing:
             return mb | {"position_ids": torch.arange(2)[None], "grid_index": torch.zeros(1, 1, dtype=torch.long),
                          "grid_valid": torch.ones(1, 1, dtype=torch.bool)}
@@ -329,8 +349,14 @@ class TrainerBackend:
 
     # --- the work ------------------------------------------------------------------------
 
-    def train_step(self, batch: pa.RecordBatch) -> dict:
+    def train_step(self, batch: pa.RecordBatch, on_policy: bool = False) -> dict:
         """Old (and reference) logprobs, then `mini_batches` optimizer steps over this rank's rows.
+
+        `on_policy`: every row was generated by the weights this trainer holds now (the controller checks
+        the rows' policy_version). With one optimizer step per batch and no TIS, pi_old is then the current
+        policy, so the old logprobs are the detached logprobs of the update's own forward (verl and OpenRLHF
+        skip this pass alike) instead of a second pass over the batch; off-policy and async batches keep it.
+        Reference logprobs only when kl_coef > 0.
 
         Optional columns: `dup_of` (shard-local index of the row a DUPO copy was taken from, -1
         otherwise: a copy reuses its source's old/ref logprobs instead of recomputing them) and
@@ -345,9 +371,13 @@ class TrainerBackend:
         truncated = None
         if a.get("overlong_filter") and "finish" in batch.schema.names:
             truncated = np.asarray(batch.column("finish").to_pylist()) == "max_tokens"
-        old = self._logprobs_of(batch, lengths, dup_of, self.policy) if a.get("recompute_old_logprobs", True) else {}
+        recompute = a.get("recompute_old_logprobs", True)
+        one_pass = recompute and on_policy and self.mini_batches == 1 and a.get("tis_cap") is None
+        old = self._logprobs_of(batch, lengths, dup_of, self.policy) if recompute and not one_pass else {}
         ref = self._logprobs_of(batch, lengths, dup_of, self.ref) if self.ref is not None else {}
         t1 = time.perf_counter()
+        entropy_grad = bool(a.get("entropy_coef"))
+        with_entropy = entropy_grad or bool(self.entropy_every and self.step % self.entropy_every == 0)
 
         self.policy.train()
         sums: dict[str, float] = {}
@@ -365,9 +395,9 @@ class TrainerBackend:
                      float(sum(int((mb["loss_mask"].sum(-1) > 0).sum()) for mb, r in zip(mbs, micro) if len(r)))]
             g_tokens, g_seqs = (max(v, 1.0) for v in self._all_reduce(local))
             for rows, mb in zip(micro, mbs):
-                lp, ent = microbatch_logprobs(self.policy, mb, self.temperature, with_entropy=True,
-                                              entropy_grad=bool(a.get("entropy_coef")))
-                old_lp = _stack(old, rows, lp) if old else mb["rollout_logprobs"]
+                lp, ent = microbatch_logprobs(self.policy, mb, self.temperature, with_entropy=with_entropy,
+                                              entropy_grad=entropy_grad, chunk_bytes=self.logprob_chunk_bytes)
+                old_lp = lp.detach() if one_pass else _stack(old, rows, lp) if old else mb["rollout_logprobs"]
                 ref_lp = _stack(ref, rows, lp) if ref else None
                 loss, m = self._loss(mb, lp, ent, old_lp, ref_lp, g_tokens, g_seqs)
                 self._backward(loss * self.world_size)  # the backends average gradients over ranks
@@ -394,6 +424,7 @@ class TrainerBackend:
         metrics["train/tokens"] = red[-1]
         metrics["time/logprobs"] = t1 - t0
         metrics["time/update"] = t2 - t1
+        metrics["train/old_logprob_pass"] = float(bool(old))
         return metrics
 
     def sft_step(self, batch: pa.RecordBatch) -> dict:
@@ -412,7 +443,7 @@ class TrainerBackend:
         self.policy.train()
         nll = 0.0
         for mb in mbs:
-            lp, _ = microbatch_logprobs(self.policy, mb)
+            lp, _ = microbatch_logprobs(self.policy, mb, chunk_bytes=self.logprob_chunk_bytes)
             loss = -algos.masked_sum(lp, mb["loss_mask"]) / g_tokens
             self._backward(loss * self.world_size)
             nll += loss.item()
@@ -431,20 +462,20 @@ class TrainerBackend:
         if model is None:
             raise ValueError("no reference model is loaded (algo.kl_coef = 0)")
         lengths = row_lengths(batch)
-        per_row = self._logprobs_of(batch, lengths, np.full(batch.num_rows, -1), model)
+        per_row = self._logprobs_of(batch, lengths, np.full(batch.num_rows, -1), model, positions="response")
         p_len = batch.column("prompt_ids").value_lengths().to_numpy(zero_copy_only=False)
         r_len = batch.column("response_ids").value_lengths().to_numpy(zero_copy_only=False)
         return [per_row[i][p_len[i] - 1:p_len[i] - 1 + r_len[i]].cpu().numpy() for i in range(batch.num_rows)]
 
     def _loss(self, mb, lp, ent, old_lp, ref_lp, g_tokens, g_seqs):
         """Policy loss (+ beta * KL, - entropy bonus) aggregated with the global counts. The
-        pieces come from the registries, so a user-registered loss runs here unchanged."""
+        pieces come from the registries and get only the parameters they declare
+        (`algos.piece_kwargs`), so a user-registered loss runs here unchanged. A loss with its own
+        aggregation (gspo) uses it; algo.loss_agg_mode aggregates the KL and entropy terms."""
         a, mask = self.algo, mb["loss_mask"]
-        kwargs = {"clip_low": a.get("clip_low", 0.2), "clip_high": a.get("clip_high", 0.2)}
-        if a.get("dual_clip") is not None:
-            kwargs["dual_clip"] = a["dual_clip"]
-        per_tok, metrics = algos.policy_loss(a.get("policy_loss", "ppo_clip"), lp, old_lp, mb["advantage"], mask,
-                                             **kwargs)
+        name = a.get("policy_loss", "ppo_clip")
+        per_tok, metrics = algos.policy_loss(name, lp, old_lp, mb["advantage"], mask,
+                                             **algos.piece_kwargs("policy_loss", name, a))
         metrics = dict(metrics)
         if a.get("tis_cap") is not None:  # rollout-vs-trainer mismatch: weight by min(pi_old / pi_rollout, C)
             w, tis_m = algos.tis_weights(old_lp, mb["rollout_logprobs"], mask, cap=a["tis_cap"])
@@ -452,26 +483,30 @@ class TrainerBackend:
             metrics |= tis_m
         agg = dict(mode=a.get("loss_agg_mode", "token-mean"), num_tokens=g_tokens, num_seqs=g_seqs,
                    norm_len=a.get("norm_len"))
-        loss = algos.aggregate(per_tok, mask, **agg)
+        loss = algos.aggregate(per_tok, mask, **(agg | {"mode": algos.policy_loss_aggregation(name, agg["mode"])}))
         if ref_lp is not None:  # SEEDS 1.1: beta * D_KL[pi_theta || pi_ref] in the loss
-            kl = algos.kl_penalty(lp, ref_lp, a.get("kl_estimator", "low_var_kl"))
+            kind = a.get("kl_estimator", "low_var_kl")
+            kl = algos.kl_penalty(lp, ref_lp, kind, **algos.piece_kwargs("kl_estimator", kind, a))
             loss = loss + a["kl_coef"] * algos.aggregate(kl, mask, **agg)
             metrics["kl_ref"] = float(algos.masked_mean(kl.detach(), mask))
-        metrics["entropy"] = float(algos.masked_mean(ent.detach(), mask))
+        if ent is not None:
+            metrics["entropy"] = float(algos.masked_mean(ent.detach(), mask))
         if a.get("entropy_coef", 0.0):  # entropy bonus (ent carries its graph in this case)
             loss = loss - a["entropy_coef"] * algos.aggregate(ent, mask, **agg)
         metrics["logprob_diff"] = float(algos.masked_mean((lp.detach() - mb["rollout_logprobs"]).abs(), mask))
         return loss, metrics
 
-    def _logprobs_of(self, batch, lengths, dup_of, model) -> dict[int, torch.Tensor]:
-        """Grid logprobs per row under `model` (no grad); DUPO copies reuse their source's."""
+    def _logprobs_of(self, batch, lengths, dup_of, model, positions: str = "loss") -> dict[int, torch.Tensor]:
+        """Grid logprobs per row under `model` (no grad) at `positions` (see `microbatch_logprobs`);
+        DUPO copies reuse their source's."""
         model.eval()
         rows_all = np.arange(batch.num_rows)
         out: dict[int, torch.Tensor] = {}
         with torch.no_grad():
             for rows in self._plan(lengths, rows_all[dup_of < 0]):
                 mb = self._mb(batch, rows)
-                lp, _ = microbatch_logprobs(model, mb, self.temperature)
+                lp, _ = microbatch_logprobs(model, mb, self.temperature, positions=positions,
+                                            chunk_bytes=self.logprob_chunk_bytes)
                 for i, r in enumerate(rows):
                     out[int(r)] = lp[i]
         for r in rows_all[dup_of >= 0]:
@@ -487,6 +522,25 @@ class TrainerBackend:
             group["initial_lr"] = lr
             group["lr"] = lr * fn(self.scheduler.last_epoch)
         self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+
+    # --- colocated on GPU: the trainer's state leaves the device while the engines generate ----
+
+    def offload(self) -> None:
+        """Parameters, gradients and optimizer state to host memory (`trainer.offload`)."""
+        self._move_state(torch.device("cpu"))
+
+    def onload(self) -> None:
+        self._move_state(self.device)
+
+    def _move_state(self, device: torch.device) -> None:
+        self.model.to(device)
+        for state in self.optimizer.state.values():
+            for k, v in state.items():
+                if torch.is_tensor(v) and k != "step":
+                    state[k] = v.to(device, non_blocking=True)
+        if device.type == "cpu" and torch.cuda.is_available():
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
 
     # --- weights for the engines ----------------------------------------------------------
 

@@ -21,10 +21,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from rl.checkpoint import agree_on_write, disk_full, load_state, plain_rng_state, rng_state_from_plain, save_state
 from rl.trainer.base import TrainerBackend
 
 CHECKPOINT_TAG = "deepspeed"
@@ -123,19 +125,51 @@ class DeepSpeedTrainer(TrainerBackend):
 
     def save_checkpoint(self, folder: str) -> None:
         """DeepSpeed's checkpoint (module, every rank's optimizer partition) under tag `deepspeed`,
-        with the LR schedule and step as client state; every rank's RNG (collective)."""
-        torch.save(self._rng_state(), f"{folder}/trainer-rng-rank{self.rank}.pt")
-        self.engine.save_checkpoint(folder, tag=CHECKPOINT_TAG, save_latest=False,
-                                    client_state={"step": self.step, "scheduler": self.scheduler.state_dict()})
+        with the LR schedule and step as client state; every rank's RNG (collective). A full disk is
+        a CheckpointWriteError naming the folder and its free space."""
+        error = None
+        try:
+            save_state(plain_rng_state(self._rng_state()), f"{folder}/trainer-rng-rank{self.rank}.pt")
+        except OSError as err:
+            error = err
+        agree_on_write(error, folder, self._all_reduce)  # no rank enters DeepSpeed's collectives alone
+        self._checkpoint_files_through_rl()
+        try:
+            self.engine.save_checkpoint(folder, tag=CHECKPOINT_TAG, save_latest=False,
+                                        client_state={"step": self.step, "scheduler": self.scheduler.state_dict()})
+        except OSError as err:
+            raise disk_full(Path(folder) / CHECKPOINT_TAG, err) from err
         dist.barrier()
 
     def load_checkpoint(self, folder: str) -> int:
-        """Restore what `save_checkpoint` wrote (same world size and ZeRO stage). Returns the step."""
+        """Restore what `save_checkpoint` wrote (same world size and ZeRO stage), every file with
+        weights_only=True. Returns the step."""
+        self._checkpoint_files_through_rl()
         path, client = self.engine.load_checkpoint(folder, tag=CHECKPOINT_TAG, load_lr_scheduler_states=False)
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint (tag {CHECKPOINT_TAG!r}) in {folder}")
         self.scheduler.load_state_dict(client["scheduler"])
         self.step = client["step"]
-        self._set_rng_state(torch.load(f"{folder}/trainer-rng-rank{self.rank}.pt", weights_only=False))
+        self._set_rng_state(rng_state_from_plain(load_state(f"{folder}/trainer-rng-rank{self.rank}.pt")))
         dist.barrier()
         return self.step
+
+    def _checkpoint_files_through_rl(self) -> None:
+        """DeepSpeed's own checkpoint engine loads with weights_only=False and writes with torch's
+        path writer (a full disk: "unexpected pos"); its files go through rl/checkpoint.py instead.
+        Its ZeRO optimizer state pickles a loss scaler, the stage enum and fragment addresses: allowed
+        by name, nothing else."""
+        from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+        from deepspeed.utils.tensor_fragment import fragment_address
+
+        allow = (LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address)
+        files = self.engine.checkpoint_engine
+
+        def save(state_dict, path):
+            save_state(state_dict, path)
+
+        def load(path, map_location=None):
+            return load_state(path, map_location=map_location, allow=allow)
+
+        files.save, files.load = save, load

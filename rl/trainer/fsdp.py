@@ -17,7 +17,8 @@ from collections.abc import Iterator
 import torch
 import torch.distributed as dist
 
-from rl.trainer.base import TrainerBackend, _fit, _stack, decoder_layers, microbatch_logprobs, token_logprobs  # noqa: F401
+from rl.checkpoint import agree_on_write, load_state, plain_rng_state, rng_state_from_plain, save_state
+from rl.trainer.base import TrainerBackend, decoder_layers
 
 
 class FSDPTrainer(TrainerBackend):
@@ -68,22 +69,26 @@ class FSDPTrainer(TrainerBackend):
 
         msd, osd = get_state_dict(self.model, self.optimizer,
                                   options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        torch.save(self._rng_state(), f"{folder}/trainer-rng-rank{self.rank}.pt")
-        if self.rank == 0:
-            torch.save({"model": msd, "optimizer": osd, "scheduler": self.scheduler.state_dict(), "step": self.step},
-                       f"{folder}/trainer.pt")
-        dist.barrier()
+        error = None
+        try:  # a full disk is a CheckpointWriteError naming the folder and its free space
+            save_state(plain_rng_state(self._rng_state()), f"{folder}/trainer-rng-rank{self.rank}.pt")
+            if self.rank == 0:
+                save_state({"model": msd, "optimizer": osd, "scheduler": self.scheduler.state_dict(),
+                            "step": self.step}, f"{folder}/trainer.pt")
+        except OSError as err:
+            error = err
+        agree_on_write(error, folder, self._all_reduce)  # the barrier: every rank raises if one failed
 
     def load_checkpoint(self, folder: str) -> int:
         """Restore what `save_checkpoint` wrote. Every rank reads the full state and keeps its shard
         (the run folder must be on storage all trainer nodes see). Returns the step."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-        state = torch.load(f"{folder}/trainer.pt", map_location="cpu", weights_only=False)
+        state = load_state(f"{folder}/trainer.pt")
         set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
                        optim_state_dict=state["optimizer"], options=StateDictOptions(full_state_dict=True))
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]
-        self._set_rng_state(torch.load(f"{folder}/trainer-rng-rank{self.rank}.pt", weights_only=False))
+        self._set_rng_state(rng_state_from_plain(load_state(f"{folder}/trainer-rng-rank{self.rank}.pt")))
         dist.barrier()
         return self.step

@@ -19,11 +19,16 @@ from .base import Generation, SamplingParams, aiter_buckets, decode_bucket
 
 class HFEngine:
     def __init__(self, model_path: str, *, dtype: str = "float32", device: str = "cpu",
-                 seed: int = 0, request_timeout_s: float = 600.0):
+                 seed: int = 0, request_timeout_s: float = 600.0, cpu_threads: int = 0, sleep_mode: bool = False):
+        """cpu_threads: torch threads of this process (colocated on CPU: all its cores); sleep_mode: `sleep`
+        moves the model to host memory and `wake` back to `device` (a colocated trainer gets the GPU)."""
         from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
         from rollout.vision import VisionSpec
 
+        if cpu_threads:
+            torch.set_num_threads(cpu_threads)
+        self.sleep_mode = bool(sleep_mode and device != "cpu")
         self.vision = VisionSpec.from_model(model_path)
         auto = AutoModelForImageTextToText if self.vision is not None else AutoModelForCausalLM
         self.model = auto.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(device).eval()
@@ -105,10 +110,15 @@ class HFEngine:
             self.policy_version = version
 
     async def sleep(self) -> None:
-        pass
+        if self.sleep_mode:
+            async with self._lock:
+                self.model.to("cpu")
+                torch.cuda.empty_cache()
 
     async def wake(self) -> None:
-        pass
+        if self.sleep_mode:
+            async with self._lock:
+                self.model.to(self.device)
 
     async def shutdown(self) -> None:
         pass

@@ -55,10 +55,19 @@ class VLLMEngine:
         seed: int = 0,
         tensor_parallel_size: int = 1,
         request_timeout_s: float = 600.0,
+        sleep_mode: bool = False,
+        cpu_threads: int = 0,
     ):
+        """sleep_mode (GPU): the engine can release its GPU memory between rollouts (`sleep`/`wake`), for a
+        trainer colocated on the same devices. cpu_threads (CPU): bind the engine's OpenMP threads to that
+        many of this process's cores (colocated: all of them, since the trainer is idle while it generates);
+        0 keeps vLLM's own choice (one core per worker, one reserved for its scheduler)."""
         self.gpu = gpu = _on_gpu()
         if not gpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(max(1, kv_cache_gib))))
+            if cpu_threads:
+                cores = sorted(os.sched_getaffinity(0))[:cpu_threads]
+                os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, cores))
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -75,6 +84,7 @@ class VLLMEngine:
             seed=seed,
             tensor_parallel_size=tensor_parallel_size,
             worker_extension_cls=EXTENSION,
+            enable_sleep_mode=bool(sleep_mode and gpu),
             logprobs_mode="processed_logprobs",
             disable_log_stats=True,
         )
@@ -86,6 +96,7 @@ class VLLMEngine:
         self._ids = itertools.count()
         self._paused = asyncio.Event()
         self._paused.set()  # set = running
+        self.sleep_mode = bool(sleep_mode and gpu)
 
     def vllm_params(self, sampling: SamplingParams):
         """Our SamplingParams as vLLM's (one completion, the sampled token's logprob).
@@ -169,11 +180,14 @@ class VLLMEngine:
             self._paused.set()
 
     async def sleep(self) -> None:
-        if _on_gpu():
+        """Release the GPU for a colocated trainer: level 1 moves the weights to host memory and drops the
+        KV cache (verl's hybrid engine). A no-op where sleep mode is off (CPU: nothing to release)."""
+        if self.sleep_mode:
+            await self.llm.reset_prefix_cache()
             await self.llm.sleep(level=1)
 
     async def wake(self) -> None:
-        if _on_gpu():
+        if self.sleep_mode:
             await self.llm.wake_up()
 
     async def shutdown(self) -> None:

@@ -8,11 +8,13 @@
     <think> ... </think>
     <answer> ... </answer>
 
-Owns: turning one assistant turn's text into an `Action` (answer, tool call, invalid, none), and
-the fixed observation texts for invalid turns. An invalid call yields the fixed error observation;
-nothing here raises on model output.
+Owns: turning one assistant turn's text into an `Action` (answer, tool call, invalid, none), the
+fixed observation texts for invalid turns, and `first_block` (the first complete <tag>...</tag>, found
+in linear time; the VRAG-RL grammar uses it too). An invalid call yields the fixed error observation.
 
-Never: call tools or touch tokens.
+Never: call tools or touch tokens; raise on model output, whatever it is (JSON nested past the
+recursion limit, numbers past float range, text that is not text): `parse` returns an action or an
+invalid one, always.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ INVALID_TOOL_CALL = 'Error: Tool call is not a valid JSON. Tool call must contai
 NO_ACTION = ("Error: no action found. Think inside <think></think>, then either call a tool inside "
              "<tool_call></tool_call> or give the final answer inside <answer></answer>.")
 
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
 _TOOL_CALL = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.S)
 
 
@@ -64,17 +65,41 @@ class ReActFormat:
     stop_strings = ("<tool_response>",)
 
     def parse(self, text: str) -> Action:
+        if not isinstance(text, str):
+            return Action("none", error=NO_ACTION)
+        try:
+            return self._parse(text)
+        except Exception:  # a grammar bug must not end the episode: the turn is invalid, the episode goes on
+            return Action("invalid", error=INVALID_TOOL_CALL)
+
+    def _parse(self, text: str) -> Action:
         text = text.split("<tool_response>")[0]  # anything after a hallucinated observation is cut
-        answer, call = _ANSWER.search(text), _TOOL_CALL.search(text)
-        if answer and (not call or answer.start() < call.start()):
-            return Action("answer", answer=answer.group(1).strip())
+        answer, call = first_block(text, ("answer",)), _TOOL_CALL.search(text)
+        if answer and (not call or answer[1] < call.start()):
+            return Action("answer", answer=answer[2].strip())
         if call:
             try:
                 obj = json.loads(call.group(1).strip())
-            except (json.JSONDecodeError, ValueError):
+            except (ValueError, RecursionError):  # JSONDecodeError; ints past 4300 digits; nesting past the limit
                 return Action("invalid", error=INVALID_TOOL_CALL)
             if not (isinstance(obj, dict) and isinstance(obj.get("name"), str)
                     and isinstance(obj.get("arguments", {}), dict)):
                 return Action("invalid", error=INVALID_TOOL_CALL)
             return Action("tool_call", name=obj["name"], arguments=obj.get("arguments", {}))
         return Action("none", error=NO_ACTION)
+
+
+def first_block(text: str, tags: tuple[str, ...]) -> tuple[str, int, str] | None:
+    """(tag, start, content) of the first complete `<tag>content</tag>` of `tags`, or None: what the
+    regex `<(tag|...)>(.*?)</\\1>` finds, in linear time (the regex is quadratic in unclosed opening tags:
+    a turn of 20,000 "<answer>" takes seconds). An opening tag starts a complete block exactly when its
+    closing tag follows it, so per tag only its first opening can start the first block."""
+    best = None
+    for tag in tags:
+        start = text.find(f"<{tag}>")
+        if start < 0 or (best is not None and start >= best[1]):
+            continue
+        end = text.find(f"</{tag}>", start + len(tag) + 2)
+        if end >= 0:
+            best = (tag, start, text[start + len(tag) + 2:end])
+    return best

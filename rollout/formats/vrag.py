@@ -12,8 +12,9 @@ Owns: turning one assistant turn's text into a `VRAGAction`, the mapping of an a
 (`to_tool_call`), the fixed observation for an invalid turn, the stop strings, and the prompt.
 
 Parsing follows VRAG-RL's `generation.py`: the first complete `<search|answer|bbox>...</...>` block decides
-the action (regex `<(search|answer|bbox)>(.*?)</\\1>`); a `<bbox>` must JSON-parse to 4 non-negative
-numbers (booleans and NaN refused too); anything else (no action, an empty query, a bad box) is invalid and
+the action (what its regex `<(search|answer|bbox)>(.*?)</\\1>` finds, in linear time: `first_block`); a
+`<bbox>` must JSON-parse to 4 finite non-negative numbers (booleans, NaN and integers past float range
+refused too); anything else (no action, an empty query, a bad box) is invalid and
 yields `INVALID_ACTION`, VRAG-RL's fixed user message, and the episode goes on. Generation stops at
 `</search>` or `</bbox>` (stop strings, not special tokens: Qwen2.5-VL has no such tokens); the format
 asks the engine to keep the stop string (`include_stop_strings`: the closing tag is part of the model's
@@ -25,7 +26,8 @@ tool call carries `episode_id` (see `envs/visual/tools.py`). `VRAGFormat(episode
 every call it parses (one format object per episode: `fmt.for_episode(key)`), and `to_tool_call(action,
 episode_id)` adds it to a parsed call.
 
-Never: call tools, touch tokens or images, or raise on model output.
+Never: call tools, touch tokens or images, or raise on model output (`parse` turns any exception into
+an invalid action).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from rollout.formats.react import Action
+from rollout.formats.react import Action, first_block
 
 # VRAG-RL generation.py: the user message after an invalid action (a bad bbox included), between the
 # "<|im_start|>user\n" and "\n<|im_end|>" the chat template adds (SEEDS 4.2)
@@ -60,7 +62,7 @@ PROMPT = (
     "illustrations. For example, <answer> Beijing </answer>. Question: {question}"
 )
 
-_BLOCK = re.compile(r"<(search|answer|bbox)>(.*?)</\1>", re.S)
+_TAGS = ("search", "answer", "bbox")
 _OPEN_AT_END = re.compile(r"<(search|bbox)>((?:(?!<(?:search|answer|bbox)>).)*)\Z", re.S)
 
 
@@ -76,15 +78,22 @@ def parse_bbox(content: str) -> tuple[list[float] | None, str | None]:
     """VRAG-RL's check: JSON, a list of exactly 4 non-negative numbers. (box, None) or (None, why)."""
     try:
         value = json.loads(content)
-    except (ValueError, RecursionError):
+    except (ValueError, RecursionError):  # JSONDecodeError; ints past 4300 digits; nesting past the limit
         return None, f"bbox is not JSON: {content.strip()!r:.80}"
     if not isinstance(value, list) or len(value) != 4:
         return None, f"bbox must be a JSON list of 4 numbers, got {content.strip()!r:.80}"
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
         return None, f"bbox values must be numbers, got {content.strip()!r:.80}"
-    if not all(math.isfinite(v) and v >= 0 for v in value):
+    if not all(_finite(v) and v >= 0 for v in value):
         return None, f"bbox values must be finite and non-negative, got {content.strip()!r:.80}"
     return value, None
+
+
+def _finite(v: int | float) -> bool:
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int past float range
+        return False
 
 
 class VRAGFormat:
@@ -107,12 +116,20 @@ class VRAGFormat:
     def parse(self, text: str) -> VRAGAction:
         if not isinstance(text, str):
             return self._invalid(f"model output is {type(text).__name__}, not text")
-        match = _BLOCK.search(text)
-        if match is None:
+        try:
+            return self._parse(text)
+        except Exception as err:  # a grammar bug must not end the episode: the turn is invalid, the episode goes on
+            return self._invalid(f"unparsable turn ({type(err).__name__})")
+
+    def _parse(self, text: str) -> VRAGAction:
+        block = first_block(text, _TAGS)
+        if block is not None:
+            op, content = block[0], block[2]
+        else:
             match = _OPEN_AT_END.search(text)
-        if match is None:
-            return self._invalid("no <search>, <bbox> or <answer> block")
-        op, content = match.group(1), match.group(2)
+            if match is None:
+                return self._invalid("no <search>, <bbox> or <answer> block")
+            op, content = match.group(1), match.group(2)
         if op == "answer":
             return VRAGAction("answer", answer=content.strip(), op="answer")
         if op == "search":

@@ -4,7 +4,9 @@
 one handler thread per connection, so one slow reply never delays another. `script(body, seen)` decides each
 reply: `body` is the request JSON, `seen` how many earlier requests carried the same last message (0 on the
 first), which scripts "HTTP 500, then success" without shared state. Every request is recorded (body, headers,
-start and end times) and the highest number of requests in flight at once is kept.
+start and end times) and the highest number of requests in flight at once is kept, as are the body bytes written
+(`sent_bytes`). A reply can also be a fault: a body of any size streamed in 64 KiB pieces (never built whole),
+with or without a Content-Length, a stall after the headers, or a body cut short.
 
     with OpenAIStub(lambda body, seen: Reply("Correct")) as stub:
         client = JudgeClient(stub.base_url, "judge")
@@ -16,7 +18,7 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -31,6 +33,10 @@ class Reply:
     delay_s: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
     raw: bytes | None = None
+    size: int | None = None  # a chat completion whose content is padding, `size` bytes in all
+    chunked: bool = False  # Transfer-Encoding: chunked, no Content-Length
+    body_delay_s: float = 0.0  # a stall between the headers and the body
+    cut_short: bool = False  # announce the whole length, send half, hang up
 
 
 @dataclass
@@ -43,6 +49,20 @@ class Recorded:
 
 
 Script = Callable[[dict, int], Reply]
+
+_PAD = b"x" * 65536
+
+
+def _padded_completion(size: int) -> Iterator[bytes]:
+    """A chat completion of exactly `size` bytes (content: x...x), in pieces of at most 64 KiB."""
+    head = b'{"choices": [{"index": 0, "message": {"role": "assistant", "content": "'
+    tail = b'"}}]}'
+    yield head
+    left = size - len(head) - len(tail)
+    while left > 0:
+        yield _PAD[:left]
+        left -= len(_PAD)
+    yield tail
 
 
 class _Server(ThreadingHTTPServer):
@@ -60,6 +80,7 @@ class OpenAIStub:
         self.script = script
         self.requests: list[Recorded] = []
         self.max_in_flight = 0
+        self.sent_bytes = 0
         self._in_flight = 0
         self._seen: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -116,18 +137,50 @@ class OpenAIStub:
                     if reply.delay_s:
                         stub._stop.wait(reply.delay_s)
                     if reply.raw is not None:
-                        payload = reply.raw
+                        pieces, total = [reply.raw], len(reply.raw)
+                    elif reply.size is not None:
+                        pieces, total = _padded_completion(reply.size), reply.size
                     else:
                         payload = json.dumps({
                             "id": "stub", "object": "chat.completion", "model": body.get("model"),
                             "choices": [{"index": 0, "finish_reason": "stop",
                                          "message": {"role": "assistant", "content": reply.content}}],
                         }).encode()
-                    self._send(reply.status, payload, reply.headers)
+                        pieces, total = [payload], len(payload)
+                    self._stream(reply, pieces, total)
                     record.end = time.monotonic()
                 finally:
                     with stub._lock:
                         stub._in_flight -= 1
+
+            def _stream(self, reply: Reply, pieces, total: int) -> None:
+                try:
+                    self.send_response(reply.status)
+                    self.send_header("Content-Type", "application/json")
+                    if reply.chunked:
+                        self.send_header("Transfer-Encoding", "chunked")
+                    else:
+                        self.send_header("Content-Length", str(total))
+                    for name, value in reply.headers.items():
+                        self.send_header(name, value)
+                    self.end_headers()
+                    if reply.body_delay_s:
+                        stub._stop.wait(reply.body_delay_s)
+                    budget = total // 2 if reply.cut_short else total
+                    for piece in pieces:
+                        piece = piece[:budget]
+                        budget -= len(piece)
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if reply.chunked else piece)
+                        with stub._lock:
+                            stub.sent_bytes += len(piece)
+                        if budget <= 0 or stub._stop.is_set():
+                            break
+                    if reply.chunked and not reply.cut_short:
+                        self.wfile.write(b"0\r\n\r\n")
+                    if reply.cut_short:
+                        self.close_connection = True
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True
 
             def _send(self, status: int, payload: bytes, headers: dict[str, str]) -> None:
                 try:

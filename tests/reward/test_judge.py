@@ -271,7 +271,8 @@ def test_slow_item_times_out_without_stalling_the_others():
         others = [r for r in stub.requests if "SLOW" not in r.prompt]
     assert elapsed < 2 * timeout + 0.8, elapsed  # two cut-off attempts, not 2 x 5 s
     assert (results[0].score, results[0].ok, results[0].attempts) == (0.0, False, 2)
-    assert "timeout after 0.5 s" in results[0].error
+    assert results[0].error == (f"gave up after 2 attempts; last error: judge {stub.base_url}/chat/completions "
+                                "model=judge: no answer within 0.5 s waiting for the response headers")
     assert [r.score for r in results[1:]] == [0.0, 1.0] * 3 and all(r.ok for r in results[1:])
     assert len(others) == 6 and all(r.end is not None and r.end < slow_start + timeout for r in others)
 

@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM
 from rl import algos
 from tests.rl.dist_ranks import leave_rank, start_rank
 from rl.trainer.collate import padded_microbatch, row_lengths
-from rl.trainer.base import token_logprobs
+from rl.trainer.logprobs import reference_token_logprobs as token_logprobs
 from rollout.engines import Generation
 from rollout.engines.base import decode_bucket
 from rollout.trajectory import build_batch, record_from_generation, with_columns

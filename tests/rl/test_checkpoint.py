@@ -5,6 +5,7 @@ a step never loses it; only the last k are kept."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -137,6 +138,7 @@ def test_a_folder_whose_files_do_not_match_its_marker_is_not_complete(tmp_path):
         ckpt.commit(folder, s, {"step": s})
     marker = json.loads((tmp_path / "checkpoints/step-2/COMPLETE").read_text())
     assert marker["files"] == {"meta.json": len(json.dumps({"step": 2}, indent=1)), "trainer.pt": 100}
+    assert marker["sha256"]["trainer.pt"] == hashlib.sha256(b"x" * 100).hexdigest()
     with open(tmp_path / "checkpoints/step-2/trainer.pt", "r+b") as f:
         f.truncate(50)  # e.g. a partial copy of the run folder
     assert ckpt.latest()[0] == 1

@@ -1,6 +1,7 @@
 """Routing and async admission through real RolloutWorker actors (HF engine, tiny model):
 a task whose tool hangs does not hold the other engine up (least-loaded routing as groups finish);
-async admission keeps staleness within max_staleness and every row carries its policy_version."""
+async admission keeps staleness within max_staleness and every row carries its policy_version; a
+sync rollout after an async stage gets its own groups, not what the async producer left in flight."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 import time
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import ray
 
@@ -117,3 +119,24 @@ def test_async_admission_bounds_staleness(tiny_model, ray_session):
         assert max(seen) == 1  # rollouts did overlap training (some rows are one version behind)
     finally:
         group.shutdown()
+
+
+@ray.remote(num_cpus=0)
+class Echo:
+    """A stand-in engine: one row per sample naming the task it rolled out."""
+
+    def run_group(self, task, n, sampling):
+        time.sleep(task.get("sleep", 0.0))
+        return pa.RecordBatch.from_pydict({"uid": [task["uid"]] * n, "question": [task["question"]] * n})
+
+
+def test_a_sync_rollout_ignores_groups_an_async_producer_left(ray_session):
+    d = Dispatcher([Echo.remote()], n=1, sampling={}, max_inflight=4)
+    # admitted by the RL stage's async producer and never taken; one has the uid and group of an
+    # evaluation task
+    d.submit([{"uid": "e0", "group": 0, "question": "rl", "sleep": 0.3}, {"uid": "r7", "group": 1, "question": "rl"}])
+    tasks = [{"uid": f"e{i}", "group": i, "question": "eval"} for i in range(3)]
+    batches = d.run(tasks, timeout_s=60, what="test evaluation")
+    assert [(b.column("uid")[0].as_py(), b.column("question")[0].as_py()) for b in batches] == \
+        [("e0", "eval"), ("e1", "eval"), ("e2", "eval")]
+    assert d.foreign == 2 and d.outstanding == 0

@@ -13,7 +13,8 @@ from transformers import AutoModelForCausalLM
 
 from rl import algos
 from rl.trainer.collate import padded_microbatch
-from rl.trainer.fsdp import FSDPTrainer, token_logprobs
+from rl.trainer.fsdp import FSDPTrainer
+from rl.trainer.logprobs import reference_token_logprobs as token_logprobs
 from rollout.engines import Generation
 from rollout.trajectory import build_batch, record_from_generation, with_columns
 
@@ -103,3 +104,42 @@ def test_overlong_filter_masks_truncated_samples(tiny_model):
         finally:
             trainer.shutdown()
     assert out[False]["train/tokens"] == 19 and out[True]["train/tokens"] == kept_tokens == 7
+
+
+def _step_with_grads(tiny_model, batch, on_policy: bool, **kw):
+    """One train_step in fp64; returns its metrics and the gradients the optimizer saw."""
+    trainer = FSDPTrainer(tiny_model, rank=0, world_size=1, lr=1e-3, micro_batch_size=2, grad_clip=0.0,
+                          dtype="float64", algo={"loss_agg_mode": "token-mean", "clip_low": 0.2, "clip_high": 0.28,
+                                                 "kl_coef": 0.0}, **kw)
+    trainer.init_distributed("127.0.0.1", free_port())
+    grads, step = {}, trainer._optimizer_step
+
+    def capture():
+        for name, p in trainer.model.named_parameters():
+            if p.grad is not None:
+                grads[name] = (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).clone()
+        return step()
+
+    trainer._optimizer_step = capture
+    try:
+        metrics = trainer.train_step(batch, on_policy=on_policy)
+    finally:
+        trainer.shutdown()
+    return metrics, grads
+
+
+def test_on_policy_shortcut_equals_the_two_pass_step(tiny_model):
+    """One optimizer step per batch on rows of the current policy: pi_old = the detached current logprobs, so
+    skipping the old-logprob pass changes neither the loss nor any gradient (fp64, 1e-6)."""
+    batch = make_batch()
+    one, g_one = _step_with_grads(tiny_model, batch, on_policy=True)
+    two, g_two = _step_with_grads(tiny_model, batch, on_policy=False)
+    assert one["train/old_logprob_pass"] == 0.0 and two["train/old_logprob_pass"] == 1.0
+    assert one["train/loss"] == pytest.approx(two["train/loss"], abs=1e-6)
+    assert one["train/grad_norm"] == pytest.approx(two["train/grad_norm"], abs=1e-6)
+    assert g_one.keys() == g_two.keys() and g_one
+    for name in g_one:
+        torch.testing.assert_close(g_one[name], g_two[name], atol=1e-6, rtol=0, msg=lambda m, n=name: f"{n}: {m}")
+    # more than one optimizer step per batch is off-policy after the first: the pass stays
+    off, _ = _step_with_grads(tiny_model, batch, on_policy=True, mini_batches=2)
+    assert off["train/old_logprob_pass"] == 1.0

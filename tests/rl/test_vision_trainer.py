@@ -18,7 +18,7 @@ from PIL import Image
 
 from rl import algos
 from tests.rl.dist_ranks import leave_rank, start_rank
-from rl.trainer.base import token_logprobs
+from rl.trainer.logprobs import reference_token_logprobs as token_logprobs
 from rl.trainer.collate import padded_microbatch, row_lengths
 from rollout.engines.base import decode_bucket
 from rollout.trajectory import TrajectoryRecord, build_batch, with_columns

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from rl.trainer.fsdp import token_logprobs
+from rl.trainer.logprobs import reference_token_logprobs as token_logprobs
 from rollout.engines import Generation, SamplingParams, encode_bucket
 from rollout.engines.hf_engine import HFEngine
 
