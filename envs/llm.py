@@ -4,9 +4,10 @@ Owns: `post_once` / `post_json` (a JSON POST, its reply streamed and capped), `C
 {base_url}/chat/completions` of any OpenAI-compatible server: vLLM's `vllm serve`, SGLang, DashScope, OpenAI),
 and the pieces of policy its users share instead of copying: `with_retries` and `backoff_delay` (retries with
 backoff and Retry-After), `TokenBucket` (rate limit), `LRU` (bounded cache), `CallError` / `HTTPCallError`
-(what a failed call says). Users: the visit summary (`envs/tools/summary.py`), the HTTP search backends
-(`envs/search_backends.py`), the tool server's retries (`envs/server.py`) and the LLM judge of `reward/`
-(`reward/judge_batch.py`, `reward/judge_http.py`; DESIGN section 1 lets `reward/` import this module).
+(what a failed call says), `shared_ssl_context` (the process's one TLS context). Users: the visit summary
+(`envs/tools/summary.py`), the HTTP search backends (`envs/search_backends.py`), the tool server's retries
+(`envs/server.py`) and the LLM judge of `reward/` (`reward/judge_batch.py`, `reward/judge_http.py`; DESIGN
+section 1 lets `reward/` import this module).
 
 Retries: a `CallError` with `retryable` set (a timeout, a connection error, HTTP 408, 429 or 5xx, a body that is
 not JSON or not a chat completion) is retried up to `max_retries` times after

@@ -118,7 +118,8 @@ def check_arguments(fn, arguments: dict, what: str, skip: tuple[str, ...] = ()) 
 
 
 def _type_problem(value: Any, hint: Any) -> str | None:
-    """None when `value` fits `hint` (or msgspec cannot check `hint`, e.g. a Protocol), else what is wrong."""
+    """None when `value` fits `hint`, else what is wrong. A type msgspec does not know is accepted, except a
+    Protocol (an object interface, e.g. a search backend object), which plain configuration data never is."""
     members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     problems = []
     for member in members:
@@ -127,6 +128,9 @@ def _type_problem(value: Any, hint: Any) -> str | None:
             return None
         except msgspec.ValidationError as err:
             problems.append(str(err))
-        except TypeError:  # a type msgspec does not know: cannot tell, so accept
-            return None
+        except TypeError:
+            if not (getattr(member, "_is_protocol", False) and isinstance(value, (str, int, float, bool, list, dict,
+                                                                                     type(None)))):
+                return None
+            problems.append(f"Expected a {member.__name__} object, got `{type(value).__name__}`")
     return "; ".join(dict.fromkeys(problems))

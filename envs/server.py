@@ -1,8 +1,8 @@
 """EnvServer: the tools of one environment process, with limits, a cache, retries and metrics.
 
 Owns: `EnvServer` (hosts the tools of a spec, `envs.registry.build_tools`, and answers `async call(name,
-arguments) -> Observation`), `ToolLimits` (the per-tool policy; `check_limits`, its dry run), `TokenBucket`, and `WorldHost` (one
-synthetic world's web server with a configurable latency per page). Both are plain classes:
+arguments) -> Observation`), `ToolLimits` (the per-tool policy; `check_limits`, its dry run), `TokenBucket`,
+and `WorldHost` (one synthetic world's web server with a configurable latency per page). Both are plain classes:
 `rl/env_group.py` makes N EnvServers and one WorldHost into Ray actors; a test or a notebook uses them
 in process. The world's HTTP server is one per EnvGroup, so a URL means the same page on every server;
 each EnvServer rebuilds the world from its seed for the search index (deterministic) and is given the

@@ -49,7 +49,7 @@ def write_report(run_dir: Path, recipe: str, summary: dict, seconds: float) -> P
     hist = summary["history"]
     rewards = [h["reward/mean"] for h in hist]
     k = min(3, len(rewards))
-    stages = ("generate", "reward", "logprobs", "update", "sync")
+    stages = ("step", "generate", "reward", "logprobs", "update", "sync")
     lines = [
         f"# {recipe} run report", "",
         f"- run folder: `{run_dir}`",
@@ -63,7 +63,11 @@ def write_report(run_dir: Path, recipe: str, summary: dict, seconds: float) -> P
     for i, h in enumerate(hist, 1):
         lines.append(f"| {i} | {h['reward/mean']:.4f} | {h['reward/std']:.4f} | {h['response_length/mean']:.1f} | "
                      + " | ".join(f"{h.get('time/' + s, 0.0):.2f}" for s in stages) + " |")
-    lines += ["", "Per-step metrics: `metrics.jsonl` (one JSON object per step)."]
+    from launch.stages import plots
+
+    plots(run_dir, hist, [])
+    lines += ["", "Per-step metrics: `metrics.jsonl` (one JSON object per step); where each step's time goes: "
+                  "`plots/step_time.png`."]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -281,6 +281,8 @@ def plots(run_dir: Path, rl_history: list[dict], sft_history: list[dict]) -> lis
         line("length", {"response tokens": get("response_length/mean")}, "tokens")
         if "num_tool_calls/mean" in rl_history[-1]:
             line("tool_calls", {"tool calls": get("num_tool_calls/mean")}, "tool calls per episode")
+        # where a step goes: the trainer's own phases (logprobs, update) make up most of time/train; what
+        # time/step holds beyond the phases (train overhead, probe, logging) is "other"
         stages = ("generate", "reward", "logprobs", "update", "sync")
         fig, ax = plt.subplots(figsize=(5, 3.2))
         bottom = np.zeros(len(rl_history))
@@ -288,6 +290,9 @@ def plots(run_dir: Path, rl_history: list[dict], sft_history: list[dict]) -> lis
             ys = np.nan_to_num(np.array(get(f"time/{s}"), dtype=float))
             ax.bar(range(1, len(ys) + 1), ys, bottom=bottom, label=s)
             bottom += ys
+        if "time/step" in rl_history[-1]:
+            other = np.clip(np.nan_to_num(np.array(get("time/step"), dtype=float)) - bottom, 0, None)
+            ax.bar(range(1, len(other) + 1), other, bottom=bottom, label="other")
         ax.set_xlabel("step")
         ax.set_ylabel("seconds")
         ax.legend(fontsize=7)

@@ -19,6 +19,7 @@ Never: start anything. A bad configuration must fail here, before any actor star
 from __future__ import annotations
 
 import inspect
+import math
 import re
 import types
 import typing
@@ -202,8 +203,8 @@ class RewardConfig(_Base):
     num_workers: PosInt = 1
     cpus_per_worker: NonNegFloat = 0.5
     fns: Annotated[dict[str, dict] | None, Meta(description="reward name -> kwargs (reward/base.py REWARD_FNS); None: the task's default")] = None
-    composition: Annotated[dict | str | None, Meta(description="a preset (websailor, vrag, evolvesearch, masksearch) or weights and gates (reward/compose.py); None: every part with weight 1")] = None
-    judge: Annotated[dict | None, Meta(description="judge of the judge rewards: {backend: rule | openai | engine, ...} (reward/judge.py make_judge)")] = None
+    composition: Annotated[dict | str | None, Meta(description="with reward.fns: a preset (websailor, vrag, evolvesearch, masksearch) or weights and gates (reward/compose.py); None: every part with weight 1")] = None
+    judge: Annotated[dict | None, Meta(description="judge of the judge rewards: {backend: rule | openai | engine, ...} (reward/judge.py make_judge); without reward.fns it replaces the task default's rule judge")] = None
     correct_part: Annotated[str, Meta(description="the reward part that says a trajectory is correct (evaluation, RFT filter, pre-filter)")] = "answer"
 
 
@@ -537,6 +538,7 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = (), *
         cfg = msgspec.convert(tree, Config, strict=False)
     except msgspec.ValidationError as err:
         raise ConfigError(_explain(err, tree, where)) from None
+    _check_finite(cfg, where)
     _check_algo(cfg.algo)
     _check_trainer(cfg.trainer)
     if cfg.data.task == "file" and not cfg.data.path:
@@ -556,6 +558,17 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = (), *
     _unconsumed(cfg, ignored, where)
     _dry_run(cfg, where, check_inputs, ignored)
     return cfg
+
+
+def _check_finite(struct: msgspec.Struct, where, prefix: str = "") -> None:
+    """Every number of the typed tree is finite (msgspec's bounds let inf through: lr=inf, a timeout of inf)."""
+    for name in struct.__struct_fields__:
+        value, key = getattr(struct, name), f"{prefix}{name}"
+        if isinstance(value, msgspec.Struct):
+            _check_finite(value, where, key + ".")
+        elif any(isinstance(v, float) and not math.isfinite(v)
+                 for v in (value if isinstance(value, tuple) else (value,))):
+            raise ConfigError(f"bad value for '{key}' (from the {where(key)}): {value!r} is not a finite number")
 
 
 def _overlaps(a: str, b: str) -> bool:
@@ -645,6 +658,8 @@ def _unread(keys: list[str], where, why: str) -> str:
 
 def _dry_run(cfg: Config, where, check_inputs: bool, ignored) -> None:
     """Every builder that reads a dict-typed or external setting, run dry (module docstring)."""
+    from rl.tasks import check_judge, check_scoring, check_task_file
+
     multi = cfg.data.task != "target_token"
 
     def checked(key: str, fn, *args):
@@ -661,7 +676,7 @@ def _dry_run(cfg: Config, where, check_inputs: bool, ignored) -> None:
     elif check_inputs:
         checked("model.path", _check_model_path, cfg.model.path)
     if check_inputs and cfg.data.task == "file":
-        checked("data.path", _check_data_path, cfg.data.path)
+        checked("data.path", check_task_file, cfg.data.path)
     if multi:
         from envs.registry import validate_tools
 
@@ -675,8 +690,6 @@ def _dry_run(cfg: Config, where, check_inputs: bool, ignored) -> None:
             from rollout.agent import hooks_factory
 
             checked("agent.hooks", hooks_factory, cfg.agent.hooks)
-    from rl.tasks import check_judge, check_scoring
-
     if cfg.reward.judge is not None:
         checked("reward.judge", check_judge, cfg.reward.judge)
     if cfg.reward.fns is not None and cfg.reward.composition is not None:
@@ -725,12 +738,6 @@ def _check_model_path(path: str) -> None:
             or "--" in path:
         raise ValueError(f"{path!r} is not 'tiny' or 'tiny_vl', not a folder here, and not a hub name (org/name, "
                          "e.g. Qwen/Qwen2.5-7B-Instruct)")
-
-
-def _check_data_path(path: str) -> None:
-    from rl.tasks import check_task_file
-
-    check_task_file(path)
 
 
 def _check_composition(composition) -> None:

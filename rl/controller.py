@@ -24,7 +24,7 @@ from rl.checkpoint import CheckpointManager
 from rl.config import AlgoConfig, Config, to_dict
 from rl.data import TaskSampler
 from rl.groups import RLGroups
-from rl.metrics import MetricsLogger, StageTimer, batch_metrics
+from rl.metrics import MetricsLogger, StageTimer, batch_metrics, read_metrics
 from rl.rollout_queue import AsyncRollout
 from rl.sft_data import write_trajectories
 from rollout.trajectory import concat, reward_part_column, scalar_numpy, with_columns
@@ -138,9 +138,9 @@ def resume(folder: Path, groups: RLGroups, sampler: TaskSampler, rng: np.random.
     rng.bit_generator.state = meta["rng"]
     version = groups.sync_weights(meta["policy_version"])
     metrics = run_dir / "metrics.jsonl"
-    if metrics.exists():
-        rows = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= meta["step"]]
-        metrics.write_text("".join(r + "\n" for r in rows))
+    if metrics.exists():  # rows written after the checkpoint go; a torn last line is skipped with a warning
+        rows = [r for r in read_metrics(metrics) if r["step"] <= meta["step"]]
+        metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
     print(f"resumed from {folder} (step {meta['step']}, policy_version {meta['policy_version']})")
     return meta["step"], version
 

@@ -84,7 +84,8 @@ class RolloutWorker:
     async def generate(self, tasks: list[dict], n: int, sampling: dict) -> pa.RecordBatch:
         """tasks: dicts with uid, group, prompt_ids. Returns n rows per task, ordered (group, sample).
 
-        With `sampling["seed"]` set, sample s of group g uses seed + g * n + s (reproducible).
+        With `sampling["seed"]` set, sample s of task (uid, group) uses the seed derived from it, the uid,
+        the group and s (`SamplingParams.derive`): distinct and reproducible.
         """
         t0 = time.perf_counter()
         parts = await asyncio.gather(*(self._single_turn(t, n, SamplingParams(**sampling)) for t in tasks))
@@ -93,7 +94,7 @@ class RolloutWorker:
 
     async def _single_turn(self, task: dict, n: int, base: SamplingParams) -> pa.RecordBatch:
         async def one(s):
-            sp = base if base.seed is None else dataclasses.replace(base, seed=base.seed + task["group"] * n + s)
+            sp = base.derive(task["uid"], task["group"], s)
             gen = await self.gated.generate(task["prompt_ids"], sp,
                                             request_id=f"{task['uid']}-{s}-{time.monotonic_ns()}")
             return record_from_generation(task["uid"], task["group"], s, task["prompt_ids"], gen)

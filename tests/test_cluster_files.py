@@ -154,9 +154,10 @@ def test_7b_config_fits_one_node_of_8_gpus_and_is_the_websailor_job():
     from launch.websailor import check_stages
 
     cfg = load_config(GPU_7B)
-    assert cfg.rollout.num_engines == 4 and cfg.trainer.num_ranks == 4
-    gpus = cfg.rollout.num_engines * cfg.rollout.gpus_per_engine + cfg.trainer.num_ranks * cfg.trainer.gpus_per_rank
-    assert gpus == 8
+    # colocated (rl/placement.py): an engine and a trainer rank on each GPU, one bundle per GPU
+    assert cfg.ray.placement == "colocated"
+    assert cfg.rollout.num_engines == 8 and cfg.trainer.num_ranks == 8
+    assert max(cfg.rollout.num_engines * cfg.rollout.gpus_per_engine, cfg.trainer.num_ranks * cfg.trainer.gpus_per_rank) == 8
     assert check_stages(cfg) is None  # launch/websailor.py accepts it
 
 

@@ -212,7 +212,8 @@ def test_cli_exits_2_on_a_bad_file_without_a_traceback(tmp_path):
     (WEBSAILOR, ["trainer.lora_alpha=32"], ["'trainer.lora_alpha'", "lora_rank=0"]),
     (SPINE, ["reward.judge={backend: openai, base_url: 'http://j/v1', model: j}"], ["'reward.judge", "asks a judge"]),
     (WEBSAILOR, ["reward.fns={format: {style: websailor}, f1: {}}", "reward.composition=websailor",
-                 "reward.judge={backend: openai, base_url: 'http://j/v1', model: j}"], ["'reward.judge", "asks a judge"]),
+                 "reward.judge={backend: openai, base_url: 'http://j/v1', model: j}"],
+     ["'reward.judge", "asks a judge"]),
 ])
 def test_a_setting_nothing_reads_is_an_error(config, overrides, expect):
     with pytest.raises(ConfigError) as err:

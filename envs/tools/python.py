@@ -252,9 +252,10 @@ except BaseException as err:
 # The launcher runs as `python -I -S -c LAUNCHER <config>` in a new session. In "namespaces" mode it
 # unshares, builds the read-only root, forks an init (pid 1 of the new pid namespace) that chroots,
 # forks the code's process, reaps, and kills what is left; the code's process drops privileges, sets
-# the limits and execs the bootstrap. In "rlimits" mode it sets the limits and execs the bootstrap.
+# the limits, installs the seccomp filter and execs the bootstrap. In "rlimits" mode it does the last part
+# (as root: the fresh uid, the limits, the filter) and execs the bootstrap.
 LAUNCHER = r'''
-import ctypes, json, os, resource, signal, sys
+import ctypes, json, os, resource, select, signal, sys
 cfg = json.loads(sys.argv[1])
 NEWNS, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET = 0x20000, 0x4000000, 0x8000000, 0x10000000, 0x20000000, 0x40000000
 RDONLY, NOSUID, NODEV, NOEXEC, REMOUNT, BIND, REC, PRIVATE = 1, 2, 4, 8, 32, 4096, 16384, 1 << 18
@@ -315,9 +316,13 @@ def drop_and_exec():
                 break
         check(libc.prctl(PR_SET_SECUREBITS, SECBITS, 0, 0, 0), "securebits")
     if uid is not None:  # root: a fresh unprivileged uid (all capabilities go with uid 0)
+        parent = os.getppid()
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # a change of uid cleared it
+        if os.getppid() != parent:
+            fail("the server exited before the sandbox started")
     limits()
     check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
     seccomp()
@@ -373,10 +378,15 @@ try:
         mount(work, root + "/tmp", None, BIND)
     # else: a bound system path lives under /tmp (e.g. a virtual env in /tmp): keep it visible
     mount(None, root, None, REMOUNT | BIND | RDONLY | NOSUID | NODEV)
+    alive_r, alive_w = os.pipe()  # EOF on alive_r: the launcher is gone (getppid() says 0 to a pid-ns init)
     init = os.fork()
     if init:  # outside the namespaces: wait for the init and pass its status on
         os._exit(status_code(os.waitpid(init, 0)[1]))
+    os.close(alive_w)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if select.select([alive_r], [], [], 0)[0]:  # it died before the line above: nobody would kill this init
+        fail("the server exited before the sandbox started")
+    os.close(alive_r)
     os.chroot(root)
     os.chdir(cfg["work"])
     child = os.fork()
@@ -616,7 +626,7 @@ async def run_sandboxed(code: str, limits: SandboxLimits = SandboxLimits(), mode
         os.chmod(base, 0o711)
         os.chown(work_host, cfg["uid"], cfg["uid"])
     exe = cfg["python"]
-    swept = 0
+    swept, cleaned = 0, False
     t0 = time.monotonic()
     proc = None
     chunks, size, killed_for = [], 0, None
@@ -650,9 +660,10 @@ async def run_sandboxed(code: str, limits: SandboxLimits = SandboxLimits(), mode
                     return
 
         async def cleanup():  # whatever the code left running (it may hold the pipe open) goes now
-            nonlocal swept
+            nonlocal swept, cleaned
             _killpg(proc.pid)
             swept += await asyncio.to_thread(_sweep, cfg["uid"], sandbox_id if mode != "namespaces" else None)
+            cleaned = True
 
         async def exited():  # not proc.wait(): before 3.12 it also waits for the pipes, which a daemon holds
             while proc.returncode is None:
@@ -674,8 +685,9 @@ async def run_sandboxed(code: str, limits: SandboxLimits = SandboxLimits(), mode
     except OSError as err:
         return SandboxResult("", None, "setup", f"could not start the sandbox: {err}", time.monotonic() - t0, mode)
     finally:
-        if proc is not None:
+        if proc is not None and not cleaned:
             await cleanup()  # the process group, then what left it
+        if proc is not None:
             try:
                 await asyncio.wait_for(proc.wait(), 5)
             except asyncio.TimeoutError:

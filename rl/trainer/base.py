@@ -425,6 +425,7 @@ class TrainerBackend:
         metrics["time/logprobs"] = t1 - t0
         metrics["time/update"] = t2 - t1
         metrics["train/old_logprob_pass"] = float(bool(old))
+        metrics["train/threads"] = torch.get_num_threads()
         return metrics
 
     def sft_step(self, batch: pa.RecordBatch) -> dict:

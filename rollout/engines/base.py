@@ -10,7 +10,8 @@ Ray, or the trainer's sharding.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Protocol, runtime_checkable
 
 import torch
@@ -37,6 +38,21 @@ class SamplingParams:
             raise ValueError(f"SamplingParams.temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p}")
+
+    def derive(self, *keys: int | str) -> "SamplingParams":
+        """These params with the seed of one sample (and turn) under this seed: `derive(group, sample)`,
+        then `derive(turn)` inside an episode. Distinct keys give distinct, reproducible seeds; no seed
+        stays no seed (the engine's own random stream)."""
+        if self.seed is None:
+            return self
+        return replace(self, seed=derive_seed(self.seed, *keys))
+
+
+def derive_seed(seed: int, *keys: int | str) -> int:
+    """A 63-bit seed from `seed` and `keys` (a hash: nearby seeds and keys do not collide the way seed + g * n + s
+    does across steps and groups)."""
+    digest = hashlib.blake2b(repr((int(seed),) + keys).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 @dataclass

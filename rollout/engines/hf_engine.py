@@ -14,7 +14,7 @@ from typing import Iterable
 
 import torch
 
-from .base import Generation, SamplingParams, aiter_buckets, decode_bucket
+from .base import Generation, SamplingParams, aiter_buckets, decode_bucket, derive_seed
 
 
 class HFEngine:
@@ -37,6 +37,7 @@ class HFEngine:
         self.pad_id = self.model.generation_config.pad_token_id
         self.policy_version = 0
         self.seed = seed
+        self._requests = 0
         self.request_timeout_s = request_timeout_s
         self._lock = asyncio.Lock()
         self._tokenizer = None
@@ -53,7 +54,12 @@ class HFEngine:
 
     @torch.no_grad()
     def _generate_sync(self, prompt_ids: list[int], sampling: SamplingParams, images=None) -> Generation:
-        torch.manual_seed(self.seed if sampling.seed is None else sampling.seed)
+        # `generate` samples from torch's global generator: seeded per request (requests run one at a time),
+        # from the request's seed or, without one, from the next seed of this engine's own stream, so that
+        # two requests never replay the same random numbers (n samples of one prompt must differ)
+        if sampling.seed is None:
+            self._requests += 1
+        torch.manual_seed(derive_seed(self.seed, "request", self._requests) if sampling.seed is None else sampling.seed)
         greedy = sampling.temperature == 0
         input_ids = torch.tensor([prompt_ids], device=self.device)
         extra = {}

@@ -27,6 +27,18 @@ from .base import Generation, SamplingParams, aiter_buckets
 EXTENSION = "rollout.engines.vllm_ext.WindwardWorkerExtension"
 
 
+#: the share of the device an engine takes when none is given (rollout.gpu_memory_utilization unset): most of a
+#: GPU of its own; half of a GPU it shares with a trainer rank (colocated: the rank's shard and optimizer state
+#: stay there while the engine runs, and the rank loads its model while the engine is awake; verl's hybrid-engine
+#: default); about 0.3 on the CPU build (shared/ASSETS.md)
+GPU_MEMORY_UTILIZATION = {"gpu": 0.85, "colocated": 0.5, "cpu": 0.3}
+
+
+def default_gpu_memory_utilization(gpu: bool, colocated: bool) -> float:
+    """`gpu_memory_utilization` when the configuration leaves it unset."""
+    return GPU_MEMORY_UTILIZATION["cpu" if not gpu else "colocated" if colocated else "gpu"]
+
+
 def _on_gpu() -> bool:
     try:
         import torch
@@ -78,7 +90,8 @@ class VLLMEngine:
             model=str(model_path),
             dtype=dtype,
             max_model_len=max_model_len,
-            gpu_memory_utilization=gpu_memory_utilization or (0.85 if gpu else 0.3),
+            gpu_memory_utilization=gpu_memory_utilization if gpu_memory_utilization is not None
+            else default_gpu_memory_utilization(gpu, colocated=sleep_mode),  # sleep mode: colocated (rl/groups.py)
             enforce_eager=enforce_eager,
             enable_prefix_caching=enable_prefix_caching,
             seed=seed,

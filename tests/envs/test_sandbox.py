@@ -237,9 +237,11 @@ def test_installed_packages_on_request():
     assert "installed packages" in tool.schema["description"]
 
 
-def test_the_sandbox_dies_with_its_server(tmp_path):
-    """A server killed without a chance to clean up (SIGKILL) takes its running sandboxes with it, and the
-    next tool sweeps the folders it left."""
+@pytest.mark.parametrize("mode", MODES)
+def test_the_sandbox_dies_with_its_server(tmp_path, mode):
+    """A server killed without a chance to clean up (SIGKILL) takes its running sandboxes with it (also in the
+    weak mode, where the code's change of uid clears the parent-death signal: it is set again), and the next
+    tool sweeps the folders it left."""
     import signal
     import subprocess
     import sys
@@ -247,7 +249,7 @@ def test_the_sandbox_dies_with_its_server(tmp_path):
     server = subprocess.Popen(
         [sys.executable, "-c", "import asyncio, sys\n"
          "from envs.tools.python import PythonTool\n"
-         f"tool = PythonTool(tmp_dir={str(tmp_path)!r}, allow_weak_sandbox=True)\n"
+         f"tool = PythonTool(tmp_dir={str(tmp_path)!r}, mode={mode!r}, allow_weak_sandbox=True)\n"
          "print('ready', flush=True)\n"
          "asyncio.run(tool.call({'code': 'import time; time.sleep(3600)'}))"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True)

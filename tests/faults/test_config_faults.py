@@ -99,6 +99,9 @@ BAD_OVERRIDES = [
     ("algo=3", "'algo'"),
     ("algo.preset=[1]", "'algo.preset'"),
     ("trainer.lr=abc", "'trainer.lr'"),
+    ("trainer.lr=.inf", "not a finite number"),
+    ("trainer.betas=[0.9, .inf]", "not a finite number"),
+    ("run.stage_timeout_s=.inf", "not a finite number"),
     ("nosection.x=1", "unknown key 'nosection'"),
 ]
 
@@ -127,6 +130,7 @@ BAD_SECTIONS = [
     (["env.tools.search.top_k=many"], "env.tools", "'top_k'"),
     (["env.tools.search.top_k=true"], "env.tools", "'top_k'"),
     (["env.tools.search.backend=bm26"], "env.tools", "bm26"),
+    (["env.tools.search.backend=true"], "env.tools", "SearchBackend object"),
     (["env.tools={search: {backend: bm25}}"], "env.tools", "corpus"),
     (["env.tools={search: {backend: bm25, corpus: c.jsonl, k1: 2}}"], "env.tools", "'k1'"),
     (["env.tools={search: {backend: serper, api_key: x}}"], "env.tools", "'api_key'"),
@@ -197,7 +201,7 @@ BAD_SECTIONS = [
     (["data.task=file", "data.path={folder}/no_answer.jsonl"], "data.path", "answer"),
     (["data.task=file", "data.path={folder}/repeat_uid.jsonl"], "data.path", "uid"),
     (["data.task=file", "data.path={folder}/empty.jsonl"], "data.path", "no tasks"),
-    (["data.task=file", "data.path={folder}/latin1.jsonl"], "data.path", "utf-8"),
+    (["data.task=file", "data.path={folder}/latin1.jsonl"], "data.path", "UTF-8"),
     (["data.task=file", "data.path={folder}/bad_corpus.jsonl"], "data.path", "title"),
     (["data.task=file", "data.path={folder}"], "data.path", "data.path"),
     # a reward part named elsewhere must be one the rewards produce
@@ -213,7 +217,8 @@ def inputs(tmp_path, monkeypatch):
     _hooks_module(tmp_path, monkeypatch)
     rows = {"bad_json": '{"uid": "a", "question": "q", "answer": "x"}\n{"uid": "b", "question": \n',
             "no_answer": '{"uid": "a", "question": "q", "answer": "x"}\n{"uid": "b", "question": "q2"}\n',
-            "repeat_uid": '{"uid": "a", "question": "q", "answer": "x"}\n{"uid": "a", "question": "q", "answer": "y"}\n',
+            "repeat_uid": '{"uid": "a", "question": "q", "answer": "x"}\n'
+                          '{"uid": "a", "question": "q", "answer": "y"}\n',
             "empty": "\n", "bad_corpus": '{"title": "T", "text": "some text"}\n{"title": "", "text": "x"}\n'}
     for name, text in rows.items():
         (tmp_path / f"{name}.jsonl").write_text(text)

@@ -47,7 +47,10 @@ def test_a_wrong_type_names_file_line_and_field(tmp_path, field, value, expect):
         file_tasks(str(path))
 
 
-@pytest.mark.parametrize("field,value,expect", WRONG[:4] + WRONG[8:10], ids=[f"{f}={v!r}" for f, v, _ in WRONG[:4] + WRONG[8:10]])
+PARQUET = WRONG[:4] + WRONG[8:10]  # the values a parquet column can hold
+
+
+@pytest.mark.parametrize("field,value,expect", PARQUET, ids=[f"{f}={v!r}" for f, v, _ in PARQUET])
 def test_a_wrong_type_in_parquet_names_the_row(tmp_path, field, value, expect):
     path = tmp_path / "tasks.parquet"
     pq.write_table(pa.Table.from_pylist([{**GOOD, field: value}]), path)
@@ -87,6 +90,7 @@ def test_good_rows_load_as_they_are(tmp_path):
 
 def test_a_file_that_is_not_utf8_names_its_line(tmp_path):
     path = tmp_path / "tasks.jsonl"
-    path.write_bytes((json.dumps(GOOD) + "\n" + '{"uid": "q2", "question": "caf\u00e9?", "answer": "x"}\n').encode("latin-1"))
+    text = json.dumps(GOOD) + "\n" + '{"uid": "q2", "question": "caf\u00e9?", "answer": "x"}\n'
+    path.write_bytes(text.encode("latin-1"))
     with pytest.raises(ValueError, match=rf"{path}: line 2 is not UTF-8 text"):
         file_tasks(str(path))

@@ -287,8 +287,9 @@ def test_tls_is_verified_against_the_name_while_connecting_to_the_pinned_address
 # ----------------------------------------------------------------------------------------------- HTML to text
 
 def test_html_to_text_does_not_stall_the_event_loop():
-    """A 1.5 MB page of tags took the loop ~1.5 s (seconds for 5 MB): every other tool on the server waited."""
-    page = b"<html><body>" + b"<b>" * 500_000 + b"</body></html>"
+    """A 0.9 MB page of tags took the loop ~0.7 s of CPU (8 s for 5 MB of '<'): every other tool on the server
+    waited. Now the parse runs in a thread and the loop keeps ticking."""
+    page = b"<html><body>" + b"<b>" * 300_000 + b"</body></html>"
     with Pages({"/big": (200, {"Content-Type": "text/html"}, page)}) as site:
         tool = make_visit_tool({}, allow_hosts=(site.host,), timeout_s=20)
 
@@ -311,7 +312,7 @@ def test_html_to_text_does_not_stall_the_event_loop():
 
         obs, worst = run(main())
     assert not obs.error, obs.text
-    assert worst < 0.5, f"the event loop stalled {worst:.2f} s"
+    assert worst < 0.3, f"the event loop stalled {worst:.2f} s"
 
 
 def test_html_to_text_has_a_cpu_budget_and_says_where_it_stopped():

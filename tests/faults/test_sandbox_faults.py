@@ -13,12 +13,10 @@ container's default profile does.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import errno
 import json
 import os
 import platform
-import signal
 import socket
 import subprocess
 import sys
@@ -27,12 +25,14 @@ from pathlib import Path
 
 import pytest
 
+from envs.registry import build_tools
 from envs.tools import python as python_module
 from envs.tools.python import SYSCALLS, PythonTool, SandboxLimits, make_python_tool, sandbox_mode, seccomp_program
 
 ROOT = Path(__file__).resolve().parents[2]
 MODES = ["namespaces", "rlimits"] if sandbox_mode() == "namespaces" else ["rlimits"]
-LIMITS = SandboxLimits(timeout_s=3.0, cpu_s=2.0, memory_mb=512, max_processes=8)
+LIMITS = SandboxLimits(timeout_s=8.0, cpu_s=4.0, memory_mb=512, max_processes=8)  # roomy: a loaded machine
+SHORT = SandboxLimits(timeout_s=2.0, memory_mb=512, max_processes=8)  # where the timeout is the point
 IS_ROOT = os.geteuid() == 0
 SECRET = "s3cr3t-from-the-server-env"
 
@@ -41,8 +41,8 @@ def run(tool: PythonTool, code: str):
     return asyncio.run(tool.call({"code": code}))
 
 
-def make(mode: str, audit: bool = False) -> PythonTool:
-    return PythonTool(LIMITS, mode=mode, audit=audit, allow_weak_sandbox=mode == "rlimits")
+def make(mode: str, audit: bool = False, limits: SandboxLimits = LIMITS) -> PythonTool:
+    return PythonTool(limits, mode=mode, audit=audit, allow_weak_sandbox=mode == "rlimits")
 
 
 @pytest.fixture(params=MODES)
@@ -82,13 +82,18 @@ def test_the_weak_mode_is_refused_unless_the_config_opts_in(monkeypatch):
     assert "unshare: Operation not permitted" in str(err.value)
     with pytest.raises(ValueError, match="allow_weak_sandbox"):
         PythonTool(LIMITS, mode="rlimits")
-    tool = make_python_tool({}, timeout_s=3, allow_weak_sandbox=True)
+    tool = make_python_tool({}, timeout_s=8, allow_weak_sandbox=True)
     obs = run(tool, "print(6 * 7)")
     assert not obs.error and obs.text.startswith("42\n"), obs.text
     assert obs.metadata["sandbox"] == "rlimits" and "not a security boundary" in obs.metadata["weak_sandbox"]
     assert "weak sandbox" in obs.text  # the observation says so too
     failed = run(tool, "1 / 0")
     assert failed.error and "weak sandbox" in failed.text and failed.metadata["weak_sandbox"]
+    # the opt-in is a key of the tool's config
+    with pytest.raises(ValueError, match="allow_weak_sandbox"):
+        build_tools({"code": {"kind": "python"}})
+    (built,) = build_tools({"code": {"kind": "python", "allow_weak_sandbox": True}})
+    assert built.mode == "rlimits" and built.weak_note
 
 
 def _seccomp_install_source() -> str:
@@ -190,7 +195,8 @@ def test_no_network_socket_even_without_the_audit_hook(mode):
     code = ("import socket\n"
             "for fam in ('AF_INET', 'AF_INET6', 'AF_NETLINK', 'AF_PACKET'):\n"
             "    try:\n"
-            "        s = socket.socket(getattr(socket, fam), socket.SOCK_DGRAM if fam != 'AF_INET' else socket.SOCK_STREAM)\n"
+            "        kind = socket.SOCK_STREAM if fam == 'AF_INET' else socket.SOCK_DGRAM\n"
+            "        s = socket.socket(getattr(socket, fam), kind)\n"
             "        print(fam, 'opened')\n"
             "        if fam == 'AF_INET':\n"
             f"            s.settimeout(2); s.connect(('127.0.0.1', {port})); print('connected')\n"
@@ -259,9 +265,10 @@ print("daemon", os.read(r, 32).decode(), flush=True)
 @pytest.mark.parametrize("ending", ["exit", "timeout"])
 def test_a_double_forked_daemon_does_not_outlive_the_call(mode, ending):
     code = DAEMON + ("time.sleep(60)\n" if ending == "timeout" else "")
+    limits = SHORT if ending == "timeout" else LIMITS
     t0 = time.monotonic()
-    obs = run(make(mode), code)
-    assert time.monotonic() - t0 < LIMITS.timeout_s + 3
+    obs = run(make(mode, limits=limits), code)
+    assert time.monotonic() - t0 < limits.timeout_s + 3
     assert "daemon " in obs.text, obs.text
     assert obs.metadata["limit"] == ("timeout" if ending == "timeout" else None), obs.text
     marker = obs.metadata["sandbox_id"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import random
-import string
+from collections import Counter
 from collections.abc import Iterator
 
 from envs.base import Observation, error_observation
@@ -47,6 +47,7 @@ _POOLS = [
     (0x10FFF0, 0x10FFFF),  # the last plane
     (0x20, 0x7E),         # ASCII
 ]
+_LETTERS = bytes((b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ " * 5)[:256])  # a byte -> a letter
 _SPECIALS = ["<|im_end|>", "<|im_start|>", "<|endoftext|>", "<tool_response>", "</tool_response>", "<think>",
              "</think>", "<|vision_start|>", "<|image_pad|>", "\\n", "\\u0000", "\x00", "```json"]
 
@@ -112,9 +113,9 @@ def _unicode(rng: random.Random, n: int) -> str:
 
 
 def _deep(rng: random.Random, depth: int) -> str:
-    """JSON nested `depth` levels (objects, arrays or both), closed or not."""
-    opens = [rng.choice(('{"a": ', "[")) for _ in range(depth)] if rng.random() < 0.5 else \
-        [rng.choice(('{"a": ', "["))] * depth
+    """JSON nested `depth` levels (objects, arrays or a random mix of 64 levels repeated), closed or not."""
+    unit = [rng.choice(('{"a": ', "[")) for _ in range(64)] if rng.random() < 0.5 else [rng.choice(('{"a": ', "["))]
+    opens = (unit * (depth // len(unit) + 1))[:depth]
     closes = "".join("}" if o.startswith("{") else "]" for o in reversed(opens))
     return "".join(opens) + "1" + (closes if rng.random() < 0.7 else closes[: rng.randint(0, len(closes))])
 
@@ -258,7 +259,7 @@ def _surrogate_escapes(rng, g):
 
 
 def _huge_strings(rng, g):
-    text = "".join(rng.choice(string.ascii_letters + " ") for _ in range(rng.randint(60_000, 150_000)))
+    text = rng.randbytes(rng.randint(60_000, 150_000)).translate(_LETTERS).decode()
     if isinstance(g, ReActGrammar):
         return rng.choice([g.call(json.dumps({"name": "search", "arguments": {"query": [text]}})),
                            g.call(json.dumps({"name": "python", "arguments": {"code": text}})), g.answer(text)])
@@ -301,3 +302,93 @@ async def drive(fmt, env, template, text: str, turn_ids: list[int], key: str = "
     ids = template.message_ids(role, obs.text, turn_ids)
     assert ids and all(isinstance(i, int) and 0 <= i < len(template.tok) for i in ids)
     return action.kind, obs
+
+
+class Echo:
+    """An in-process tool with a real tool's schema that answers with the arguments it got (so whatever
+    passes the argument check reaches the chat template)."""
+
+    def __init__(self, schema: dict):
+        self.name, self.schema = schema["name"], schema
+
+    async def call(self, arguments: dict) -> Observation:
+        return Observation(json.dumps(arguments, ensure_ascii=False))
+
+
+async def fuzz_turns(fmt, env, template, grammar: Grammar, seed: int = 0) -> tuple[dict, list]:
+    """Every input through `drive`: ({class: Counter of outcomes, observation error types, crashes}, crashes)."""
+    counts = {cls: Counter() for cls in COUNTS}
+    crashes = []
+    turn = template.tok.encode("x", add_special_tokens=False)
+    for cls, text in inputs(grammar, seed):
+        c = counts[cls]
+        c["inputs"] += 1
+        try:
+            kind, obs = await drive(fmt, env, template, text, turn)
+        except Exception as err:  # an escape: counted and shown, the run goes on
+            c["crashes"] += 1
+            crashes.append((cls, text[:200], f"{type(err).__name__}: {str(err)[:300]}"))
+            continue
+        c[kind] += 1
+        if obs is not None and obs.metadata.get("error_type"):
+            c[obs.metadata["error_type"]] += 1
+    return counts, crashes
+
+
+async def fuzz_episodes(fmt, env, template, grammar: Grammar, seed: int = 0, max_turns: int = 25,
+                        max_chars: int = 32_768) -> tuple[dict, list]:
+    """Every input that fits a model turn (`max_chars`: 8,192 tokens' worth; the longer ones, 100,000-level
+    JSON and huge strings, take seconds each to tokenize and go through `fuzz_turns` only), made tokenizable
+    (a model's turn is token ids), as one model turn of real agent-loop episodes (`run_episode`, the
+    scripted-text engine); an episode takes turns until it answers or reaches `max_turns`. Returns
+    ({inputs, skipped_long, episodes, turns, finish_<reason>, observations: Counter}, crashes)."""
+    from rollout.agent import AgentConfig, run_episode
+    from rollout.chat import tokenizable
+    from rollout.engines import SamplingParams
+    from rollout.scripted import TextPolicyEngine
+
+    texts = [tokenizable(text) for _, text in inputs(grammar, seed)]
+    fits = [t for t in texts if len(t) <= max_chars]
+    counts: dict = {"inputs": len(fits), "skipped_long": len(texts) - len(fits), "episodes": 0, "turns": 0,
+                    "finish_error": 0, "observations": Counter()}
+    config = AgentConfig(max_tool_calls=10**6, max_turns=max_turns, max_tokens_per_turn=10**8,
+                         max_context_tokens=10**8)
+    texts = iter(fits)
+    crashes = []
+    first = len(template.initial_messages(""))  # the messages after the question
+    more = True
+    while more:
+        def policy(observation):
+            nonlocal more
+            text = next(texts, None)
+            more = text is not None
+            return text if more else grammar.answer("done")
+
+        engine = TextPolicyEngine(policy, template.tok)
+        task = {"uid": f"fuzz{counts['episodes']}", "question": "How many people live in Zatrea?"}
+        try:
+            ep = await run_episode(engine, env, template, task, SamplingParams(max_tokens=10**8), config, fmt)
+        except Exception as err:  # an escape: counted and shown, the run goes on
+            crashes.append(("episode", task["uid"], f"{type(err).__name__}: {str(err)[:300]}"))
+            continue
+        r = ep.record
+        counts["episodes"] += 1
+        counts["turns"] += r.num_turns
+        counts[f"finish_{r.finish}"] = counts.get(f"finish_{r.finish}", 0) + 1
+        if r.finish == "error" or "error" in ep.metrics:
+            crashes.append(("episode", task["uid"], ep.metrics.get("error_message")))
+        if not len(r.response_ids) == len(r.loss_mask) == len(r.rollout_logprobs):
+            crashes.append(("episode", task["uid"], "ragged row"))
+        counts["observations"].update(m["content"] if len(m["content"]) < 300 else "(long)"
+                                      for m in ep.messages[first:] if m["role"] != "assistant")
+    return counts, crashes
+
+
+def report(title: str, counts: dict, crashes: list) -> None:
+    """Print the counts (`pytest -s` shows them; the README's reliability section quotes them)."""
+    print(f"\n{title}: {len(crashes)} crash(es)")
+    for cls, c in counts.items():
+        if isinstance(c, Counter) and "inputs" in c:
+            print(f"  {cls:18s} " + " ".join(f"{k}={v}" for k, v in sorted(c.items())))
+        elif not isinstance(c, Counter):
+            print(f"  {cls}: {c}")

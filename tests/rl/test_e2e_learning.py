@@ -4,6 +4,7 @@ a reward worker) on the built-in learnable task: the reward must rise clearly.""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -34,9 +35,13 @@ def test_reward_rises_and_weights_flow(tmp_path):
     assert all(a != b for a, b in zip(probes, probes[1:])), probes
     # engine and trainer agree on the logprobs of the sampled tokens (same weights)
     assert max(h["train/logprob_diff"] for h in hist) < 2e-2
+    # one update per batch on the rollout policy: no old-logprob pass; colocated on this node (ray.placement
+    # auto): each trainer rank trains on its share of every core, not on the one thread Ray gives an actor
+    assert all(h["train/old_logprob_pass"] == 0.0 for h in hist)
+    assert hist[-1]["train/threads"] == max(1, len(os.sched_getaffinity(0)) // 2)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 16))
     for key in ("reward/mean", "reward/std", "response_length/mean", "time/generate", "time/reward",
-                "time/logprobs", "time/update", "time/sync", "throughput/generated_tokens_per_s",
+                "time/logprobs", "time/update", "time/sync", "time/step", "throughput/generated_tokens_per_s",
                 "policy_version"):
         assert key in rows[-1], key

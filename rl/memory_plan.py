@@ -1,0 +1,512 @@
+"""The per-device memory plan of a configuration: what `--dry-run` prints, and the check that refuses a run
+that cannot fit, naming the key to change.
+
+Owns:
+- the architecture of `model.path` without loading it (`resolve_arch`): a folder's config.json, the tiny
+  builders' sizes (rl/models.py), or, for a hub name that is not on disk, a built-in table of the Qwen2.5 and
+  Qwen3 dense sizes (`HUB_ARCHS`, from their published config.json files);
+- pure functions for the bytes: `param_count`, `trainer_memory` (one rank: sharded fp32 parameters, gradients
+  and AdamW moments, the unsharded working copies, activations with or without gradient checkpointing, the
+  logprob head via `rl.trainer.logprobs.logprob_memory_bytes`), `engine_memory` (one vLLM engine: weights in
+  the serving dtype, KV cache from `gpu_memory_utilization` or `kv_cache_gib`);
+- the plan of a `Config` (`plan_config`): which roles share a device (`ray.placement`, ARCHITECTURE.md
+  section 3), the bytes of each phase on it, the peak, and what to change when it does not fit.
+
+The formulas follow the code as it runs (the numbers are per device, in bytes):
+- FSDP2 (rl/trainer/fsdp.py): fp32 parameters sharded over the ranks, fp32 gradients and AdamW's two fp32
+  moments likewise (16 bytes per parameter / ranks during a step, 12 between steps: gradients are set to
+  None); bf16 compute casts each FSDP unit while it runs: the root unit (embeddings, final norm, output
+  layer) stays unsharded for the whole forward and backward, the decoder layers two at a time (the one
+  running and the one prefetched), and a layer's unsharded gradient waits for its reduce-scatter.
+- Activations (HF Qwen2/Qwen3/Llama decoder layers, per token, b bytes the compute dtype): the two RMSNorms
+  keep an fp32 copy of their input and the normalised value (4+b each per hidden unit), the linear layers
+  their inputs, attention q, k, v (k, v repeated to every head under SDPA: transformers' `repeat_kv`) and
+  its output twice (SDPA's and o_proj's input), the SwiGLU MLP four intermediate-sized tensors. With
+  gradient checkpointing only each layer's input is kept, and one layer is recomputed at a time. Eager
+  attention adds the L x L scores of each head.
+- Backward working memory: the output layer's weight gradient accumulated in fp32 by the chunked logprob
+  kernel, the gradients of one layer's MLP intermediates.
+- Loading (rl/trainer/base.py `_load_model`): every rank holds the full fp32 model on its device before
+  `fully_shard` shards it.
+- vLLM on GPU takes `gpu_memory_utilization` of the device (weights, activation reserve, KV cache); asleep
+  (colocated, sleep level 1) it keeps only its CUDA context and graphs. The vLLM CPU build: weights in fp32
+  plus `kv_cache_gib`.
+- A GPU process also holds its CUDA context and NCCL buffers (`GPU_RUNTIME`); a CPU process its interpreter
+  and libraries (`CPU_PROCESS`). These and the engine's reserve are estimates, not measurements.
+
+tests/rl/test_memory_plan.py pins the trainer formula against the measured peak memory of an FSDP2 step of a
+small model on CPU (fp32); the bf16/GPU terms are the same formulas with b = 2.
+
+Never: load weights, allocate, start anything or download (a hub name not on disk is looked up in
+`HUB_ARCHS` only); decide anything about a run but whether its plan fits.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rl.trainer.logprobs import DEFAULT_CHUNK_BYTES, logprob_memory_bytes
+
+GiB = 1 << 30
+#: the device of a GPU run, unless --device-gib says otherwise (an 80 GB A100 / H100)
+DEFAULT_DEVICE_GIB = 80.0
+#: CUDA context, NCCL buffers and allocator slack of one GPU process (an estimate)
+GPU_RUNTIME = 1 * GiB
+#: interpreter, torch, transformers (and vLLM's) code and buffers of one CPU process (an estimate)
+CPU_PROCESS = 1 * GiB
+#: what vLLM keeps outside weights and KV cache: the profile run's activations, CUDA graphs (an estimate)
+ENGINE_RESERVE = 2 * GiB
+#: a sleeping vLLM engine (level 1: weights in host memory, KV cache freed): context and CUDA graphs
+ENGINE_ASLEEP = 1 * GiB
+#: GPUs per node assumed for ray.placement=auto (colocated on one node, split across several)
+GPUS_PER_NODE = 8
+#: sequences vLLM samples at once in its profile run (their fp32 logits are part of its reserve)
+ENGINE_MAX_SEQS = 256
+
+
+@dataclass(frozen=True)
+class Arch:
+    """The sizes of a decoder-only transformer (HF config names in comments), and where they came from."""
+
+    hidden: int            # hidden_size
+    layers: int            # num_hidden_layers
+    heads: int             # num_attention_heads
+    kv_heads: int          # num_key_value_heads
+    head_dim: int          # head_dim (hidden / heads when absent)
+    intermediate: int      # intermediate_size (SwiGLU)
+    vocab: int             # vocab_size
+    tied: bool = False     # tie_word_embeddings
+    qkv_bias: bool = False  # q, k, v projections with bias (Qwen2 family)
+    o_bias: bool = False   # o_proj with bias (attention_bias of Llama / Qwen3)
+    qk_norm: bool = False  # RMSNorm on q and k per head (Qwen3)
+    vision: int = 0        # parameters of a vision tower (Qwen2.5-VL)
+    softcap: bool = False  # logits changed after the output layer: the full log-softmax path
+    source: str = ""
+
+
+# --- architectures ---------------------------------------------------------------------------
+
+_QWEN25 = dict(vocab=152064, qkv_bias=True)
+_QWEN3 = dict(vocab=151936, head_dim=128, qk_norm=True)
+#: dense Qwen2.5 / Qwen3 sizes (their hub config.json): used for a hub name that is not on disk (no download)
+HUB_ARCHS: dict[str, dict] = {
+    "qwen2.5-0.5b": dict(_QWEN25, hidden=896, layers=24, heads=14, kv_heads=2, intermediate=4864, vocab=151936, tied=True),
+    "qwen2.5-1.5b": dict(_QWEN25, hidden=1536, layers=28, heads=12, kv_heads=2, intermediate=8960, vocab=151936, tied=True),
+    "qwen2.5-3b": dict(_QWEN25, hidden=2048, layers=36, heads=16, kv_heads=2, intermediate=11008, vocab=151936, tied=True),
+    "qwen2.5-7b": dict(_QWEN25, hidden=3584, layers=28, heads=28, kv_heads=4, intermediate=18944),
+    "qwen2.5-14b": dict(_QWEN25, hidden=5120, layers=48, heads=40, kv_heads=8, intermediate=13824),
+    "qwen2.5-32b": dict(_QWEN25, hidden=5120, layers=64, heads=40, kv_heads=8, intermediate=27648),
+    "qwen2.5-72b": dict(_QWEN25, hidden=8192, layers=80, heads=64, kv_heads=8, intermediate=29568),
+    "qwen3-0.6b": dict(_QWEN3, hidden=1024, layers=28, heads=16, kv_heads=8, intermediate=3072, tied=True),
+    "qwen3-1.7b": dict(_QWEN3, hidden=2048, layers=28, heads=16, kv_heads=8, intermediate=6144, tied=True),
+    "qwen3-4b": dict(_QWEN3, hidden=2560, layers=36, heads=32, kv_heads=8, intermediate=9728, tied=True),
+    "qwen3-8b": dict(_QWEN3, hidden=4096, layers=36, heads=32, kv_heads=8, intermediate=12288),
+    "qwen3-14b": dict(_QWEN3, hidden=5120, layers=40, heads=40, kv_heads=8, intermediate=17408),
+    "qwen3-32b": dict(_QWEN3, hidden=5120, layers=64, heads=64, kv_heads=8, intermediate=25600),
+}
+_HUB_NAME = re.compile(r"qwen/(qwen2\.5|qwen3)-([0-9.]+b)(?:-(?:instruct|base))?", re.IGNORECASE)
+
+
+def hub_arch(name: str) -> Arch | None:
+    """The built-in sizes of a Qwen2.5 / Qwen3 hub name (Instruct and Base alike), or None."""
+    m = _HUB_NAME.fullmatch(name)
+    sizes = HUB_ARCHS.get(f"{m.group(1)}-{m.group(2)}".lower()) if m else None
+    if sizes is None:
+        return None
+    sizes = dict(sizes)
+    sizes.setdefault("head_dim", sizes["hidden"] // sizes["heads"])
+    return Arch(**sizes, source="the built-in table of Qwen2.5/Qwen3 sizes (not on disk; nothing downloaded)")
+
+
+def arch_from_hf_config(config: dict, source: str = "config.json") -> Arch:
+    """An HF config dict (a folder's config.json) -> Arch. Dense decoders of the Qwen2 / Qwen2.5(-VL) /
+    Qwen3 / Llama / Mistral kind; ValueError for a mixture of experts or missing sizes."""
+    text = config.get("text_config") or config
+    kind = str(text.get("model_type") or config.get("model_type") or "")
+    if any(text.get(k) for k in ("num_experts", "num_local_experts", "n_routed_experts")):
+        raise ValueError(f"{source}: a mixture-of-experts model ({kind}); the memory plan covers dense decoders")
+    try:
+        hidden, heads = int(text["hidden_size"]), int(text["num_attention_heads"])
+        sizes = dict(hidden=hidden, layers=int(text["num_hidden_layers"]), heads=heads,
+                     kv_heads=int(text.get("num_key_value_heads") or heads),
+                     head_dim=int(text.get("head_dim") or hidden // heads),
+                     intermediate=int(text["intermediate_size"]), vocab=int(text["vocab_size"]))
+    except KeyError as err:
+        raise ValueError(f"{source}: no {err.args[0]!r}; the memory plan needs the decoder's sizes") from None
+    qwen2 = kind.startswith("qwen2")
+    bias = bool(text.get("attention_bias", False))
+    vision = config.get("vision_config")
+    return Arch(**sizes, tied=bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", False))),
+                qkv_bias=qwen2 or bias, o_bias=bias and not qwen2, qk_norm=kind.startswith("qwen3"),
+                vision=vision_param_count(vision, source) if vision else 0,
+                softcap=any(text.get(k) not in (None, 1, 1.0) for k in
+                            ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")),
+                source=source)
+
+
+def vision_param_count(v: dict, source: str = "config.json") -> int:
+    """Parameters of a Qwen2.5-VL vision tower: patch embedding, `depth` blocks (two RMSNorms, qkv and proj
+    with bias, a SwiGLU MLP with bias) and the patch merger (RMSNorm, 4d -> 4d -> out)."""
+    try:
+        d, inter, depth = int(v["hidden_size"]), int(v["intermediate_size"]), int(v["depth"])
+        patch = int(v.get("patch_size", 14)) ** 2 * int(v.get("temporal_patch_size", 2)) * int(v.get("in_channels", 3))
+        out, merge = int(v["out_hidden_size"]), int(v.get("spatial_merge_size", 2)) ** 2
+    except KeyError as err:
+        raise ValueError(f"{source}: vision_config has no {err.args[0]!r} (the plan knows Qwen2.5-VL's tower)") from None
+    block = 2 * d + (3 * d * d + 3 * d) + (d * d + d) + 2 * (d * inter + inter) + (inter * d + d)
+    wide = merge * d
+    return patch * d + depth * block + d + (wide * wide + wide) + (wide * out + out)
+
+
+def _builder_sizes(build, tiny: dict) -> dict:
+    """A tiny builder's keyword defaults (rl/models.py) with model.tiny on top."""
+    params = inspect.signature(build).parameters
+    return {n: p.default for n, p in params.items() if p.kind is p.KEYWORD_ONLY} | dict(tiny)
+
+
+def resolve_arch(model_path: str, tiny: dict | None = None) -> Arch:
+    """`model.path` -> Arch: 'tiny' / 'tiny_vl' from the builder's sizes (model.tiny), a folder from its
+    config.json, a hub name that is not on disk from `HUB_ARCHS`. ValueError naming model.path otherwise."""
+    from rl.models import build_tiny_model, build_tiny_vl_model
+
+    tiny = tiny or {}
+    if model_path == "tiny":
+        s = _builder_sizes(build_tiny_model, tiny)
+        vocab = 151669 if s["tokenizer"] == "qwen3" else s["vocab_size"]  # local / world BPE: at most vocab_size
+        return Arch(hidden=s["hidden_size"], layers=s["num_layers"], heads=s["num_heads"], kv_heads=s["num_kv_heads"],
+                    head_dim=s["head_dim"], intermediate=s["intermediate_size"], vocab=vocab, tied=True,
+                    qk_norm=True, source="the tiny Qwen3's sizes (model.tiny; rl/models.py)")
+    if model_path == "tiny_vl":
+        s = _builder_sizes(build_tiny_vl_model, tiny)
+        vocab = (151669 if s["tokenizer"] == "qwen3" else s["vocab_size"]) + 5  # + the vision tokens
+        d = s["vision_hidden_size"]
+        return Arch(hidden=s["hidden_size"], layers=s["num_layers"], heads=s["num_heads"], kv_heads=s["num_kv_heads"],
+                    head_dim=s["hidden_size"] // s["num_heads"], intermediate=s["intermediate_size"], vocab=vocab,
+                    tied=True, qkv_bias=True,
+                    vision=vision_param_count(dict(hidden_size=d, intermediate_size=2 * d, depth=s["vision_depth"],
+                                                   out_hidden_size=s["hidden_size"])),
+                    source="the tiny Qwen2.5-VL's sizes (model.tiny; rl/models.py)")
+    folder = Path(model_path).expanduser()
+    if (folder / "config.json").is_file():
+        try:
+            config = json.loads((folder / "config.json").read_text())
+        except (OSError, ValueError) as err:
+            raise ValueError(f"model.path={model_path!r}: config.json cannot be read: {err}") from None
+        return arch_from_hf_config(config, source=f"{folder / 'config.json'}")
+    arch = hub_arch(model_path)
+    if arch is None:
+        known = ", ".join(f"Qwen/{k.replace('qwen', 'Qwen')}" for k in HUB_ARCHS)
+        raise ValueError(f"model.path={model_path!r}: no config.json here and not a hub name the plan knows "
+                         f"without downloading ({known}, with -Instruct or -Base); give a model folder")
+    return arch
+
+
+# --- pure arithmetic -------------------------------------------------------------------------
+
+def layer_param_count(a: Arch) -> int:
+    """Parameters of one decoder layer."""
+    q, kv = a.heads * a.head_dim, a.kv_heads * a.head_dim
+    attn = a.hidden * (q + 2 * kv) + q * a.hidden + (q + 2 * kv if a.qkv_bias else 0) + (a.hidden if a.o_bias else 0)
+    return attn + (2 * a.head_dim if a.qk_norm else 0) + 3 * a.hidden * a.intermediate + 2 * a.hidden
+
+
+def root_param_count(a: Arch) -> int:
+    """Parameters outside the decoder layers (FSDP2's root unit): embeddings, final norm, an untied output
+    layer, a vision tower."""
+    return a.vocab * a.hidden * (1 if a.tied else 2) + a.hidden + a.vision
+
+
+def param_count(a: Arch) -> int:
+    return a.layers * layer_param_count(a) + root_param_count(a)
+
+
+def kv_bytes_per_token(a: Arch, dtype_bytes: int) -> int:
+    """KV cache of one token: keys and values of every layer."""
+    return 2 * a.layers * a.kv_heads * a.head_dim * dtype_bytes
+
+
+def layer_activation_bytes(a: Arch, tokens: int, b: int, *, attn: str = "sdpa", row_len: int = 0) -> int:
+    """What one decoder layer keeps from its forward for its backward (module docstring), for `tokens`
+    positions in rows of `row_len` (eager attention's scores); b = bytes of the compute dtype."""
+    q, kv = a.heads * a.head_dim, a.kv_heads * a.head_dim
+    kv_kept = q if attn != "flash_attention_2" else kv  # SDPA / eager: k, v repeated to every head
+    per_token = (2 * (4 + b) * a.hidden                      # input_layernorm, post_attention_layernorm
+                 + 2 * b * a.hidden                          # the inputs of q/k/v and gate/up projections
+                 + ((4 + b) * (q + kv) if a.qk_norm else 0)  # q_norm, k_norm
+                 + b * (q + 2 * kv_kept)                     # attention's q, k, v
+                 + 2 * b * q + 4 * a.heads                   # attention output (kernel's and o_proj's), logsumexp
+                 + 4 * b * a.intermediate)                   # SwiGLU: gate, up, silu(gate), their product
+    scores = (a.heads * row_len * (4 + b)) if attn == "eager" else 0  # softmax in fp32, its cast
+    return tokens * (per_token + scores)
+
+
+def trainer_memory(a: Arch, *, ranks: int, tokens: int, row_len: int, compute_bytes: int,
+                   grad_checkpointing: bool, backend: str = "fsdp2", zero_stage: int = 2, lora_rank: int = 0,
+                   reference: bool = False, attn: str = "sdpa", chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                   gpu: bool = True) -> dict[str, dict[str, int]]:
+    """Bytes of one trainer rank: {"resident": {...}, "step": {...}, "load": {...}} (component -> bytes).
+
+    resident: what stays between steps (parameters, optimizer state, the reference model); step: what a
+    training micro-batch adds at its peak (the start of its backward); load: the full fp32 model on the device
+    before sharding. `tokens`: positions in one micro-batch (token budget, or rows x row_len)."""
+    b, p, n = compute_bytes, param_count(a), max(1, ranks)
+    layer, root = layer_param_count(a), root_param_count(a)
+    mixed = b != 4
+    trainable = p if not lora_rank else a.layers * lora_rank * (
+        2 * a.hidden + a.heads * a.head_dim + 2 * a.kv_heads * a.head_dim + 3 * (a.hidden + a.intermediate)
+        + (a.heads * a.head_dim + a.hidden))  # every linear of a layer: r x (in + out)
+    if backend == "deepspeed":  # ZeRO: stage 3 shards the parameters, 2 and 3 the gradients, all the optimizer
+        params = p * b // (n if zero_stage == 3 else 1) + (4 * trainable // n if mixed else 0)
+        grads = 4 * trainable // n if zero_stage >= 2 else b * trainable
+        ref = p * b // (n if zero_stage == 3 else 1) if reference else 0
+        gathered = 3 * layer * b if zero_stage == 3 else 0
+    else:  # FSDP2: fp32 shards; bf16 working copies of the root and two layers; a layer's unsharded gradient
+        params, grads = 4 * p // n, 4 * trainable // n
+        ref = 4 * p // n if reference else 0
+        gathered = root * b + 2 * layer * b + layer * (b + (4 if mixed else 0))
+    resident = {"parameters": params, "optimizer (AdamW moments)": 8 * trainable // n}
+    if ref:
+        resident["reference model"] = ref
+    per_layer = layer_activation_bytes(a, tokens, b, attn=attn, row_len=row_len)
+    norm_out = tokens * (4 + b) * a.hidden  # the final norm
+    if grad_checkpointing:
+        act = a.layers * tokens * b * a.hidden + per_layer + norm_out
+        act_name = "activations (checkpointed: layer inputs + one layer)"
+    else:
+        act = a.layers * per_layer + norm_out
+        act_name = "activations (every layer)"
+    head = a.vocab * a.hidden
+    step = {
+        "gradients": grads,
+        "unsharded working copies": gathered,
+        act_name: act,
+        "logprob head (chunked kernel)" if not a.softcap else "logprob head (full log-softmax)":
+            logprob_memory_bytes(vocab=a.vocab, tokens=tokens, hidden=a.hidden, chunked=not a.softcap,
+                                 chunk_bytes=chunk_bytes, param_bytes=b),
+        "backward: output-layer and MLP gradients": 4 * head + (b * head if mixed else 0)
+                                                     + 2 * tokens * b * a.intermediate,
+    }
+    opt_temp = 4 * (trainable // n if gpu else head // n)  # AdamW's sqrt(v) temporary (foreach on GPU)
+    if opt_temp > gathered + act:  # a model whose optimizer step, not its backward, is the peak
+        step = {"gradients": grads, "optimizer step temporary": opt_temp}
+    runtime = {"CUDA context, NCCL" if gpu else "process": GPU_RUNTIME if gpu else CPU_PROCESS}
+    load = {"full fp32 model before sharding": 4 * p} | ({"parameters": params} if ref else {})  # the policy's shard
+    return {"resident": resident | runtime, "step": step, "load": load | runtime}
+
+
+def engine_memory(a: Arch, *, gpu: bool, device_bytes: int, utilization: float, kv_cache_gib: float,
+                  max_model_len: int, tensor_parallel: int = 1) -> dict[str, int]:
+    """Bytes of one vLLM engine on its device (component -> bytes). GPU: `utilization` x device, of which the
+    weights (bf16), the reserve (activations, CUDA graphs, sampled logits) and the rest is KV cache. CPU build:
+    fp32 weights + `kv_cache_gib` (VLLM_CPU_KVCACHE_SPACE, whole GiB, at least 1)."""
+    p = param_count(a)
+    if not gpu:
+        return {"weights (fp32)": 4 * p // tensor_parallel, "KV cache (kv_cache_gib)": int(max(1, kv_cache_gib)) * GiB,
+                "process": CPU_PROCESS}
+    total = int(utilization * device_bytes)
+    weights = 2 * p // tensor_parallel
+    reserve = ENGINE_RESERVE + 2 * ENGINE_MAX_SEQS * a.vocab * 4
+    return {"weights (bf16)": weights, "reserve (activations, CUDA graphs)": reserve,
+            "KV cache": total - weights - reserve}
+
+
+# --- the plan of a configuration -------------------------------------------------------------
+
+@dataclass
+class DevicePlan:
+    """One kind of device of the run: what each phase holds on it."""
+
+    name: str
+    phases: dict[str, dict[str, int]]  # phase -> component -> bytes
+
+    def totals(self) -> dict[str, int]:
+        return {ph: sum(c.values()) for ph, c in self.phases.items()}
+
+    def peak(self) -> tuple[str, int]:
+        return max(self.totals().items(), key=lambda kv: kv[1])
+
+
+@dataclass
+class Plan:
+    model: str
+    arch: Arch
+    params: int
+    device_bytes: int
+    device_label: str
+    placement: str
+    devices: list[DevicePlan]
+    notes: list[str] = field(default_factory=list)
+    problem: str | None = None  # None: it fits
+    key: str | None = None       # the key to change when it does not
+
+    @property
+    def fits(self) -> bool:
+        return self.problem is None
+
+
+def _gib(n: int) -> str:
+    return f"{n / GiB:.1f}"
+
+
+def plan_config(cfg, device_gib: float | None = None) -> Plan:
+    """The memory plan of a loaded `Config` (rl/config.py): per device kind, per phase; `problem` and `key`
+    say what does not fit and which setting to change."""
+    from rl.placement import resolve_placement
+    from rollout.engines.vllm_engine import default_gpu_memory_utilization
+
+    r, t = cfg.rollout, cfg.trainer
+    arch = resolve_arch(cfg.model.path, cfg.model.tiny)
+    params = param_count(arch)
+    gpu = r.gpus_per_engine > 0 or t.gpus_per_rank > 0
+    notes = []
+    if device_gib is None:
+        if gpu:
+            device_gib = DEFAULT_DEVICE_GIB
+        else:
+            device_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB
+            notes.append("no GPU asked (rollout.gpus_per_engine = trainer.gpus_per_rank = 0): everything shares this "
+                         "host's memory (--device-gib to plan for another host)")
+    device = int(device_gib * GiB)
+    if gpu:
+        gpus = max(r.num_engines * r.gpus_per_engine, t.num_ranks * t.gpus_per_rank)
+        placement = resolve_placement(cfg.ray.placement, r.mode, max(1, math.ceil(gpus / GPUS_PER_NODE)))
+        if cfg.ray.placement == "auto":
+            notes.append(f"ray.placement=auto -> {placement} (assuming {GPUS_PER_NODE} GPUs per node)")
+    else:
+        placement = "host"
+    colocated = placement == "colocated"
+    # the trainer: bf16 compute on GPU when asked (rl/trainer/base.py), the dtype as given otherwise
+    b = 2 if cfg.model.dtype == "bfloat16" else 4
+    attn = t.attn_implementation
+    if attn == "auto":
+        attn = "flash_attention_2" if gpu and b == 2 else "sdpa"
+        notes.append(f"trainer.attn_implementation=auto planned as {attn}" + (
+            " (sdpa where flash-attn does not import: k, v repeated to every head)" if attn != "sdpa" else ""))
+    row_len = r.max_model_len  # the longest row a rollout can produce
+    tokens = max(t.token_budget, row_len) if t.token_budget else t.micro_batch_size * row_len
+    notes.append(f"a micro-batch of {tokens} tokens ("
+                 + (f"trainer.token_budget={t.token_budget}; a longer row goes alone" if t.token_budget else
+                    f"trainer.micro_batch_size={t.micro_batch_size} rows x rollout.max_model_len={row_len}") + ")")
+    trainer = trainer_memory(arch, ranks=t.num_ranks, tokens=tokens, row_len=row_len, compute_bytes=b,
+                             grad_checkpointing=t.grad_checkpointing, backend=t.backend, zero_stage=t.zero_stage,
+                             lora_rank=t.lora_rank, reference=cfg.algo.kl_coef > 0, attn=attn,
+                             chunk_bytes=t.logprob_chunk_mb << 20, gpu=gpu)
+    if t.backend == "deepspeed":
+        notes.append("DeepSpeed: parameters, gradients and optimizer by ZeRO stage; its communication buckets are "
+                     "not planned")
+    util = r.gpu_memory_utilization
+    if util is None:
+        util = default_gpu_memory_utilization(gpu, colocated=colocated)
+        if r.backend == "vllm":
+            notes.append(f"rollout.gpu_memory_utilization unset: {util} ({'colocated with a trainer rank' if colocated else 'the engine alone'})")
+    if r.backend == "vllm":
+        engine = engine_memory(arch, gpu=gpu, device_bytes=device, utilization=util, kv_cache_gib=r.kv_cache_gib,
+                               max_model_len=r.max_model_len)
+    else:  # the HF engine: weights in fp32, a KV cache that grows with the requests in flight
+        engine = {"weights (fp32)": 4 * params, "KV cache (requests in flight, max_model_len each)":
+                  r.max_inflight_groups * r.n * r.max_model_len * kv_bytes_per_token(arch, 4),
+                  "CUDA context" if gpu else "process": GPU_RUNTIME if gpu else CPU_PROCESS}
+    tr = lambda part: {f"trainer: {k}": v for k, v in trainer[part].items()}  # noqa: E731
+    en = lambda d: {f"engine: {k}": v for k, v in d.items()}  # noqa: E731
+    devices = []
+    if colocated:
+        resident = dict(tr("resident"))
+        if t.offload:
+            resident = {k: v for k, v in resident.items() if "parameters" not in k and "optimizer" not in k}
+        devices.append(DevicePlan("GPU (one engine + one trainer rank)", {
+            "load": en(engine) | tr("load"),
+            "generate": en(engine) | resident,
+            "train": {"engine: asleep (context, CUDA graphs)": ENGINE_ASLEEP} | tr("resident") | tr("step")}))
+    elif gpu:
+        per = lambda g: max(1, int(1 / g)) if 0 < g < 1 else 1  # noqa: E731  (fractional GPUs: several per device)
+        k = per(r.gpus_per_engine)
+        devices.append(DevicePlan(f"engine GPU ({k} engine{'s' if k > 1 else ''})",
+                                  {"generate": {key: v * k for key, v in en(engine).items()}}))
+        k = per(t.gpus_per_rank)
+        devices.append(DevicePlan(f"trainer GPU ({k} rank{'s' if k > 1 else ''} of {t.num_ranks})", {
+            "load": {key: v * k for key, v in tr("load").items()},
+            "train": {key: v * k for key, v in (tr("resident") | tr("step")).items()}}))
+    else:
+        e, n = r.num_engines, t.num_ranks
+        scale = lambda d, m: {key: v * m for key, v in d.items()}  # noqa: E731
+        devices.append(DevicePlan(f"host ({e} engine{'s' if e > 1 else ''}, {n} trainer rank{'s' if n > 1 else ''})", {
+            "load": scale(en(engine), e) | scale(tr("load"), n),
+            "train": scale(en(engine), e) | scale(tr("resident") | tr("step"), n)}))
+    plan = Plan(model=cfg.model.path, arch=arch, params=params, device_bytes=device,
+                device_label=f"{device_gib:.1f} GiB" + (" GPU" if gpu else " host memory"), placement=placement,
+                devices=devices, notes=notes)
+    plan.problem, plan.key = _verdict(plan, cfg, engine, arch, gpu)
+    return plan
+
+
+def _verdict(plan: Plan, cfg, engine: dict, arch: Arch, gpu: bool) -> tuple[str | None, str | None]:
+    """(what does not fit, the key to change), or (None, None)."""
+    r, t = cfg.rollout, cfg.trainer
+    kv = engine.get("KV cache")
+    if gpu and r.backend == "vllm" and kv is not None:
+        need = kv_bytes_per_token(arch, 2) * r.max_model_len
+        if kv < need:
+            return (f"the engine's KV cache ({_gib(max(kv, 0))} GiB) holds less than one sequence of "
+                    f"rollout.max_model_len={r.max_model_len} tokens ({_gib(need)} GiB)",
+                    "rollout.gpu_memory_utilization")
+    for dev in plan.devices:
+        phase, total = dev.peak()
+        if total <= plan.device_bytes:
+            continue
+        parts = dev.phases[phase]
+        what = f"{dev.name}, phase '{phase}': {_gib(total)} GiB > {plan.device_label}"
+        if phase == "load":
+            full = 4 * plan.params
+            if full > plan.device_bytes:
+                return f"{what}: the full fp32 model ({_gib(full)} GiB) alone is larger than the device", "model.path"
+            return what + ": the engine holds its share while the trainer loads", "rollout.gpu_memory_utilization"
+        if phase == "generate" and any(k.startswith("trainer:") for k in parts):
+            key = "trainer.offload" if not t.offload else "rollout.gpu_memory_utilization"
+            return what + ": the trainer's state stays on the GPU while the engine runs", key
+        if phase == "generate":
+            return what, "rollout.gpu_memory_utilization" if gpu else "rollout.kv_cache_gib"
+        act = sum(v for k, v in parts.items() if "activations" in k)
+        state = sum(v for k, v in parts.items() if any(s in k for s in ("parameters", "gradients", "optimizer")))
+        if act >= state:
+            if not t.grad_checkpointing:
+                return what + ": activations of every layer", "trainer.grad_checkpointing"
+            return what + ": activations", "trainer.token_budget" if t.token_budget else "trainer.micro_batch_size"
+        return what + ": parameters, gradients and optimizer state", "trainer.num_ranks"
+    return None, None
+
+
+def format_plan(plan: Plan) -> str:
+    """The plan as a readable table (GiB), one block per device kind."""
+    a = plan.arch
+    count = f"{plan.params / 1e9:.2f} B" if plan.params >= 1e9 else f"{plan.params / 1e6:.2f} M"
+    lines = [f"memory plan of model.path={plan.model}: {count} parameters "
+             f"(hidden {a.hidden}, {a.layers} layers, {a.heads} heads / {a.kv_heads} kv, intermediate {a.intermediate}, "
+             f"vocab {a.vocab}{', vision tower' if a.vision else ''}); sizes from {a.source}",
+             f"device: {plan.device_label}; placement: {plan.placement}"]
+    lines += [f"  - {n}" for n in plan.notes]
+    for dev in plan.devices:
+        phases = list(dev.phases)
+        rows = list(dict.fromkeys(k for ph in phases for k in dev.phases[ph]))
+        width = max(len(k) for k in rows + ["total"]) + 2
+        lines += ["", f"{dev.name}".ljust(width) + "".join(f"{ph:>10}" for ph in phases)]
+        for k in rows:
+            lines.append(f"  {k}".ljust(width) + "".join(
+                f"{_gib(dev.phases[ph][k]) if k in dev.phases[ph] else '-':>10}" for ph in phases))
+        totals = dev.totals()
+        lines.append("  total (GiB)".ljust(width) + "".join(f"{_gib(totals[ph]):>10}" for ph in phases))
+        phase, peak = dev.peak()
+        lines.append(f"  peak: {phase}, {_gib(peak)} GiB of {plan.device_label} ({100 * peak / plan.device_bytes:.0f}%)")
+    kv = next((dev.phases[ph].get("engine: KV cache") for dev in plan.devices for ph in dev.phases
+               if "engine: KV cache" in dev.phases[ph]), None)
+    if kv and kv > 0:
+        per = kv_bytes_per_token(a, 2)
+        lines.append(f"\nKV cache per engine: {kv // per} tokens ({per} bytes per token)")
+    lines.append("")
+    lines.append("fits" if plan.fits else f"does not fit: {plan.problem}; change {plan.key}")
+    return "\n".join(lines)
