@@ -106,19 +106,20 @@ def _check_schema(value: Any, spec: dict, path: str) -> tuple[str, str] | None:
     if types is not None:
         types = [types] if isinstance(types, str) else list(types)
         if not any(_is(value, t) for t in types):
-            if "array" not in types:
-                return path, f"must be {' or '.join(map(str, types))}, got {_json_type(value)}"
-            value = [value]  # one value for an array of values
+            wrong = (path, f"must be {' or '.join(map(str, types))}, got {_json_type(value)}")
+            if "array" not in types or _check_schema([value], spec, path) is not None:
+                return wrong
+            return None  # one value for an array of such values
     if "enum" in spec and isinstance(spec["enum"], list) and value not in spec["enum"]:
         return path, f"must be one of {spec['enum']}, got {_shown(value)}"
     if isinstance(value, str):
-        if len(value) < spec.get("minLength", 0) or len(value) > spec.get("maxLength", math.inf):
-            return path, (f"must have {spec.get('minLength', 0)} to {spec.get('maxLength', 'any number of')} "
-                          f"characters, got {len(value)}")
+        why = _length(len(value), spec.get("minLength", 0), spec.get("maxLength"), "characters")
+        if why:
+            return path, why
     elif isinstance(value, list):
-        if len(value) < spec.get("minItems", 0) or len(value) > spec.get("maxItems", math.inf):
-            return path, (f"must have {spec.get('minItems', 0)} to {spec.get('maxItems', 'any number of')} "
-                          f"items, got {len(value)}")
+        why = _length(len(value), spec.get("minItems", 0), spec.get("maxItems"), "items")
+        if why:
+            return path, why
         items = spec.get("items")
         if isinstance(items, dict):
             for i, item in enumerate(value):
@@ -137,6 +138,13 @@ def _check_schema(value: Any, spec: dict, path: str) -> tuple[str, str] | None:
                     if why is not None:
                         return why
     return None
+
+
+def _length(n: int, lo: int, hi: int | None, what: str) -> str | None:
+    if lo <= n and (hi is None or n <= hi):
+        return None
+    want = f"exactly {lo}" if lo == hi else f"at least {lo}" if hi is None else f"{lo} to {hi}"
+    return f"must have {want} {what}, got {n}"
 
 
 def _is(value: Any, json_type: str) -> bool:

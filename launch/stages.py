@@ -26,6 +26,7 @@ from rl import algos
 from rl.config import Config, to_dict
 from rl.evaluate import evaluate
 from rl.sft_data import SFTBatches, rft_filter, write_trajectories
+from rollout.engines.base import derive_seed
 from rollout.trajectory import build_batch, concat, project, scalar_numpy, with_columns
 
 
@@ -235,7 +236,10 @@ def evaluation(cfg: Config, groups, tasks: list[dict], name: str, run_dir: Path,
     """Pass@1 over eval.k runs and Pass@k on the held-out tasks (and per tag, with `tags`); trajectories
     kept as parquet."""
     t0 = time.perf_counter()
-    sampling = dict(groups.sampling, temperature=cfg.eval.temperature, top_p=cfg.eval.top_p)
+    # one seed per evaluation (reproducible where the engine honours seeds); each of the k runs of a question
+    # samples under its own seed derived from it (rollout/worker.py), so Pass@k counts k different runs
+    sampling = dict(groups.sampling, temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
+                    seed=derive_seed(cfg.run.seed, "eval", name))
     out = evaluate(groups, tasks, cfg.eval.k, sampling, cfg.reward.correct_part, tags=tags)
     write_trajectories(run_dir / "trajectories" / f"eval_{name}.parquet", out.pop("batch"))
     out["seconds"] = time.perf_counter() - t0

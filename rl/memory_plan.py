@@ -276,24 +276,31 @@ def trainer_memory(a: Arch, *, ranks: int, tokens: int, row_len: int, compute_by
     per_layer = layer_activation_bytes(a, tokens, b, attn=attn, row_len=row_len)
     norm_out = tokens * (4 + b) * a.hidden  # the final norm
     if grad_checkpointing:
-        act = a.layers * tokens * b * a.hidden + per_layer + norm_out
-        act_name = "activations (checkpointed: layer inputs + one layer)"
+        act, act_name = a.layers * tokens * b * a.hidden + norm_out, "activations kept (layer inputs)"
     else:
-        act = a.layers * per_layer + norm_out
-        act_name = "activations (every layer)"
+        act, act_name = a.layers * per_layer + norm_out, "activations kept (every layer)"
+    # the backward peaks at one of three moments: its start (the logprob head: its chunk temporaries and
+    # selected hidden states, the output layer's weight gradient in fp32 and cast), inside a layer (with
+    # checkpointing its recomputed activations; three [tokens, intermediate] gradients of its MLP, the
+    # hidden-state gradient) or at its end, when no activation is left (the root unit's unsharded gradient,
+    # the embedding's own gradient added to it, the reduce-scatter's fp32 input and output)
     head = a.vocab * a.hidden
-    step = {
-        "gradients": grads,
-        "unsharded working copies": gathered,
-        act_name: act,
-        "logprob head (chunked kernel)" if not a.softcap else "logprob head (full log-softmax)":
-            logprob_memory_bytes(vocab=a.vocab, tokens=tokens, hidden=a.hidden, chunked=not a.softcap,
-                                 chunk_bytes=chunk_bytes, param_bytes=b),
-        "backward: output-layer and MLP gradients": 4 * head + (b * head if mixed else 0)
-                                                     + 2 * tokens * b * a.intermediate,
-    }
+    at_head = logprob_memory_bytes(vocab=a.vocab, tokens=tokens, hidden=a.hidden, chunked=not a.softcap,
+                                   chunk_bytes=min(chunk_bytes, 12 * tokens * a.vocab), param_bytes=b) \
+        + 4 * head + (b * head if mixed else 0)
+    in_layer = (per_layer if grad_checkpointing else 0) + tokens * b * (3 * a.intermediate + 2 * a.hidden)
+    at_end = root * (2 * b + 4 + 4 // n) if backend != "deepspeed" else 0
+    step = {"gradients": grads, "unsharded working copies": gathered}
+    if at_end > act + max(at_head, in_layer):
+        step["end of backward: root unit's gradients, reduce-scatter"] = at_end
+    else:
+        step[act_name] = act
+        if at_head >= in_layer:
+            step["backward peak: logprob head, output-layer gradient"] = at_head
+        else:
+            step["backward peak: " + ("a recomputed layer, " if grad_checkpointing else "") + "its gradients"] = in_layer
     opt_temp = 4 * (trainable // n if gpu else head // n)  # AdamW's sqrt(v) temporary (foreach on GPU)
-    if opt_temp > gathered + act:  # a model whose optimizer step, not its backward, is the peak
+    if opt_temp > sum(step.values()) - grads:  # the optimizer step, not the backward, peaks
         step = {"gradients": grads, "optimizer step temporary": opt_temp}
     runtime = {"CUDA context, NCCL" if gpu else "process": GPU_RUNTIME if gpu else CPU_PROCESS}
     load = {"full fp32 model before sharding": 4 * p} | ({"parameters": params} if ref else {})  # the policy's shard

@@ -150,7 +150,8 @@ async def run_episode(engine, env: EnvClient, template: ChatTemplate, task: dict
             if budget <= 0:
                 finish = "max_tokens"
                 break
-            sp = dataclasses.replace(sampling, max_tokens=min(config.max_tokens_per_turn, budget),
+            # each turn its own seed under the sample's (SamplingParams.derive); no seed: the engine's stream
+            sp = dataclasses.replace(sampling.derive("turn", turns), max_tokens=min(config.max_tokens_per_turn, budget),
                                      stop=tuple(sampling.stop) + tuple(getattr(fmt, "stop_strings", ())),
                                      stop_token_ids=tuple(sampling.stop_token_ids) + stop_ids,
                                      include_stop_str=getattr(fmt, "include_stop_strings", sampling.include_stop_str))

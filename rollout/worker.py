@@ -13,7 +13,6 @@ given may be a remote one, it only duck-types `envs.base.EnvClient`).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import time
 
@@ -136,7 +135,10 @@ class RolloutWorker:
             raise ValueError(f"task {task.get('uid')!r} is multi-turn (it has a question) but this "
                              "RolloutWorker has no env client")
         template, fmt = self._agent_parts()
-        eps = await asyncio.gather(*(run_episode(self.gated, self.env, template, task, sampling, self.agent,
+        # sample s gets its own seed under the step's (SamplingParams.derive): a shared seed would make the G
+        # samples of a question identical on an engine that honours seeds (vLLM on GPU, HF)
+        eps = await asyncio.gather(*(run_episode(self.gated, self.env, template, task,
+                                                 sampling.derive(task["uid"], task.get("group", 0), s), self.agent,
                                                  fmt, self.hooks, sample=s) for s in range(n)))
         self.stats["episodes"] += n
         for e in eps:  # an episode that raised ended alone (finish "error"); the group goes on

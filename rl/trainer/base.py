@@ -545,33 +545,36 @@ class TrainerBackend:
 
     # --- weights for the engines ----------------------------------------------------------
 
-    def iter_state_buckets(self, bucket_bytes: int = 64 << 20) -> Iterator[bytes]:
-        """The full state as safetensors buckets of about `bucket_bytes`, produced while gathering
-        (at most one bucket and one gather chunk held at a time). Collective: every rank iterates
-        to the end; rank 0 yields, the others yield nothing."""
+    def iter_state_buckets(self, bucket_bytes: int = 64 << 20, dtype: torch.dtype | None = None,
+                           allocate=None) -> Iterator[torch.Tensor]:
+        """The full state as buckets (1-D uint8 tensors, `rl/weights/base.py` `iter_buckets`) of about
+        `bucket_bytes`, packed while gathering (at most one bucket's tensors, its packed copy and one
+        gather chunk held at a time). dtype: the serving dtype floating tensors are cast to while packed;
+        allocate: where a bucket is packed (a transport's `allocate`). Collective: every rank iterates to
+        the end; rank 0 yields, the others yield nothing."""
         named = self.named_full_state(bucket_bytes)
         if self.rank == 0:
             if self.lora:  # the engines serve the merged weights under the base model's names
                 lo = self.lora
                 named = merge_lora(named, lo.get("alpha", 2 * lo["rank"]) / lo["rank"])
-            yield from iter_buckets(named, bucket_bytes)
+            yield from iter_buckets(named, bucket_bytes, dtype, allocate)
         else:
             for _ in named:
                 pass
 
     def send_weights(self, transport, version: int, bucket_bytes: int = 64 << 20):
-        """Stream the full state as `version` through a weight transport (rl/weights.py): every rank
-        takes part in the gather, rank 0 sends bucket by bucket (bounded memory). Returns the send
+        """Stream the full state as `version` through a weight transport (rl/weights/): every rank takes
+        part in the gather, rank 0 packs each bucket in the transport's serving dtype where the transport
+        wants it (host, shared or GPU memory) and sends it at once (bounded memory). Returns the send
         statistics on rank 0, None elsewhere."""
-        buckets = self.iter_state_buckets(bucket_bytes)
         if self.rank == 0:
-            return transport.send(version, buckets)
-        for _ in buckets:
+            return transport.send(version, self.iter_state_buckets(bucket_bytes, transport.dtype, transport.allocate))
+        for _ in self.iter_state_buckets(bucket_bytes):
             pass
         return None
 
-    def state_buckets(self, bucket_bytes: int = 64 << 20) -> list[bytes]:
-        """Gather the full state (collective); rank 0 returns it as safetensors buckets.
+    def state_buckets(self, bucket_bytes: int = 64 << 20) -> list[torch.Tensor]:
+        """Gather the full state (collective); rank 0 returns it as buckets (`unpack_bucket` reads one).
         Tied embeddings travel under both names: measured with vLLM 0.32 (CPU), dropping
         lm_head.weight left the engine's output layer stale after an in-place reload."""
         return list(self.iter_state_buckets(bucket_bytes))

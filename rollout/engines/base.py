@@ -1,8 +1,8 @@
 """The engine protocol: token ids in, token ids and per-token logprobs out (DESIGN section 3).
 
 Owns: `SamplingParams`, `Generation`, the `Engine` protocol every backend implements, and the
-wire format of a weight bucket (safetensors bytes) that the trainer side encodes and every
-engine decodes.
+wire format of a weight bucket (the safetensors layout in one uint8 buffer: `pack_bucket`,
+`unpack_bucket`) that the trainer side writes and every engine reads.
 
 Never: tokenize or detokenize (the agent loop works in token space), know about training,
 Ray, or the trainer's sharding.
@@ -11,6 +11,10 @@ Ray, or the trainer's sharding.
 from __future__ import annotations
 
 import hashlib
+import json
+import math
+import struct
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Protocol, runtime_checkable
 
@@ -101,22 +105,113 @@ class Engine(Protocol):
 
 
 # --- weight buckets -----------------------------------------------------------------------
+#
+# One bucket on the wire is the safetensors layout: an 8-byte little-endian header length, a JSON header
+# {name: {dtype, shape, data_offsets}} padded with spaces so the data start 8-byte aligned, then the
+# tensors' bytes back to back in the order given. `pack_bucket` writes it in one copy into a uint8 tensor
+# the caller may allocate anywhere (host, shared or CUDA memory), casting floating tensors to the serving
+# dtype on the way; `unpack_bucket` reads it back as views, without a copy. Any safetensors reader reads
+# a packed bucket, and `unpack_bucket` reads what `safetensors.torch.save` wrote.
+
+_WIRE_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+                torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2", torch.int64: "I64",
+                torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
+_TORCH_DTYPES = {code: dtype for dtype, code in _WIRE_DTYPES.items()}
+
+
+def wire_dtype(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.dtype:
+    """The dtype `t` travels in: `dtype` (the engines' serving dtype) for floating tensors, else its own."""
+    return dtype if dtype is not None and t.is_floating_point() else t.dtype
+
+
+def pack_bucket(named_tensors: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype | None = None,
+                allocate=None) -> torch.Tensor:
+    """(name, tensor) pairs as one bucket: a 1-D uint8 tensor from `allocate(nbytes)` (default: host
+    memory), each tensor copied once (and cast to `dtype` if floating) straight into its place."""
+    items = [(name, t.detach()) for name, t in named_tensors]
+    header, offset = {}, 0
+    for name, t in items:
+        d = wire_dtype(t, dtype)
+        if d not in _WIRE_DTYPES:
+            raise TypeError(f"weight bucket: tensor {name!r} has dtype {d}, which has no safetensors code")
+        size = t.numel() * d.itemsize
+        header[name] = {"dtype": _WIRE_DTYPES[d], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    start = 8 + len(raw)
+    out = allocate(start + offset) if allocate is not None else torch.empty(start + offset, dtype=torch.uint8)
+    out[:start].copy_(torch.frombuffer(bytearray(struct.pack("<Q", len(raw)) + raw), dtype=torch.uint8))
+    for name, t in items:
+        d = wire_dtype(t, dtype)
+        a, b = header[name]["data_offsets"]
+        place = out[start + a:start + b]
+        if (start + a) % d.itemsize == 0:
+            place.view(d).view(t.shape).copy_(t)  # cast and copy in one pass, any layout, any device
+        else:  # unaligned (mixed dtypes): through a contiguous temporary
+            place.copy_(t.to(d).contiguous().reshape(-1).view(torch.uint8))
+    return out
+
+
+def unpack_bucket(data) -> list[tuple[str, torch.Tensor]]:
+    """The (name, tensor) pairs of one bucket (a uint8 tensor on any device, or any bytes-like), in data
+    order, as views of `data` (an unaligned tensor is copied): keep `data` alive and unchanged while
+    they are used."""
+    if torch.is_tensor(data):
+        buf = data.reshape(-1)
+    else:
+        with warnings.catch_warnings():  # read-only bytes: the views are only read
+            warnings.filterwarnings("ignore", message="The given buffer is not writable")
+            buf = torch.frombuffer(data, dtype=torch.uint8) if len(data) else torch.empty(0, dtype=torch.uint8)
+    if buf.dtype != torch.uint8:
+        raise TypeError(f"weight bucket: expected uint8 data, got {buf.dtype}")
+    if buf.numel() < 8:
+        raise ValueError(f"weight bucket: {buf.numel()} byte(s), shorter than the 8-byte header length")
+    n = int.from_bytes(buf[:8].cpu().numpy().tobytes(), "little")
+    if 8 + n > buf.numel():
+        raise ValueError(f"weight bucket: header of {n} bytes does not fit in {buf.numel()} bytes")
+    try:
+        header = json.loads(buf[8:8 + n].cpu().numpy().tobytes())
+    except ValueError as err:
+        raise ValueError(f"weight bucket: unreadable header ({err})") from None
+    header.pop("__metadata__", None)
+    start, out = 8 + n, []
+    for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+        if info["dtype"] not in _TORCH_DTYPES:
+            raise ValueError(f"weight bucket: tensor {name!r} has unknown dtype {info['dtype']!r}")
+        d, (a, b) = _TORCH_DTYPES[info["dtype"]], info["data_offsets"]
+        if not 0 <= a <= b <= buf.numel() - start or b - a != math.prod(info["shape"]) * d.itemsize:
+            raise ValueError(f"weight bucket: tensor {name!r} (shape {info['shape']}, {info['dtype']}) does not "
+                             f"match its data offsets {[a, b]} in {buf.numel() - start} data bytes")
+        piece = buf[start + a:start + b]
+        if (start + a) % d.itemsize:
+            piece = piece.clone()
+        out.append((name, piece.view(d).view(info["shape"])))
+    return out
+
+
+def host_bytes(data):
+    """A bucket (a uint8 tensor on any device, or anything bytes-like) as a uint8 numpy array in host
+    memory, without a copy when it already is there."""
+    import numpy as np
+
+    if torch.is_tensor(data):
+        return data.reshape(-1).cpu().numpy()
+    return np.frombuffer(data, dtype=np.uint8)
 
 
 def encode_bucket(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> bytes:
-    """Serialize (name, tensor) pairs as one safetensors blob (contiguous CPU tensors)."""
-    from safetensors.torch import save
-
-    return save({name: t.detach().to("cpu").contiguous() for name, t in named_tensors})
+    """`pack_bucket` as bytes (small payloads and tests; the transports move the packed tensor itself)."""
+    return pack_bucket(named_tensors).numpy().tobytes()
 
 
-def decode_bucket(data: bytes) -> list[tuple[str, torch.Tensor]]:
-    from safetensors.torch import load
-
-    return list(load(bytes(data)).items())
+def decode_bucket(data) -> list[tuple[str, torch.Tensor]]:
+    """`unpack_bucket`: the pairs of one bucket, views of `data`."""
+    return unpack_bucket(data)
 
 
 async def aiter_buckets(buckets):
+
     """Iterate weight buckets given as a list or any iterable, or an async iterable (a transport's
     stream: its waits then run off the event loop, so generation goes on meanwhile)."""
     if hasattr(buckets, "__aiter__"):

@@ -2,7 +2,8 @@
 
 Owns: starting an AsyncLLM with our worker extension, one async `generate` per request (vLLM's
 continuous batching batches concurrent requests), per-token logprobs of the sampled ids, and the
-in-place weight update (buckets staged in the worker, then one `reload_weights`).
+in-place weight update (bucket by bucket inside the worker, `vllm_ext.py`; a portable transport's
+stream is received by the worker process itself).
 
 Never: tokenize, re-order requests, or keep trajectories; that is the agent loop's job.
 
@@ -12,7 +13,7 @@ torchvision builds against the CPU torch here), so the HF engine is the CPU twin
 request this engine sends is unit-tested, the GPU run is not exercised here.
 
 CPU facts this code relies on (shared/ASSETS.md): `VLLM_CPU_KVCACHE_SPACE` must be set and
-`gpu_memory_utilization` about 0.3; weights must cross the RPC boundary as bytes, not tensors.
+`gpu_memory_utilization` about 0.3; weights cross the RPC boundary as bytes (tensors arrive as lists).
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import pickle
 from typing import Iterable
 
-from .base import Generation, SamplingParams, aiter_buckets
+from .base import Generation, SamplingParams, aiter_buckets, host_bytes
 
 EXTENSION = "rollout.engines.vllm_ext.WindwardWorkerExtension"
 
@@ -110,6 +112,7 @@ class VLLMEngine:
         self._paused = asyncio.Event()
         self._paused.set()  # set = running
         self.sleep_mode = bool(sleep_mode and gpu)
+        self.num_workers = tensor_parallel_size
 
     def vllm_params(self, sampling: SamplingParams):
         """Our SamplingParams as vLLM's (one completion, the sampled token's logprob).
@@ -177,16 +180,26 @@ class VLLMEngine:
         return Generation(ids, lps, reason, policy_version=version)
 
     async def update_weights(self, buckets: Iterable[bytes], version: int) -> None:
-        """Stage every bucket in the worker, then reload all weights in place at once.
+        """Load a full state into the worker bucket by bucket, in place (`vllm_ext.py`).
 
-        Requests in flight are not interrupted; new ones wait until the load is done, and the
-        prefix cache (computed with the old weights) is dropped.
+        A portable stream (a transport whose buckets any process of this node can take: collective, ipc,
+        disk) goes to the worker process, which receives and loads each bucket as it arrives, on the GPU
+        where the transport delivers there; any other buckets cross vLLM's RPC one at a time. With tensor
+        parallelism every worker needs the whole stream, so buckets then always go through the RPC.
+        Requests in flight are not interrupted; new ones wait until the load is done, and the prefix
+        cache (computed with the old weights) is dropped.
         """
         self._paused.clear()
         try:
-            async for data in aiter_buckets(buckets):
-                await self.llm.collective_rpc("windward_stage_bucket", args=(bytes(data),))
-            await self.llm.collective_rpc("windward_commit")
+            if getattr(buckets, "portable", False) and self.num_workers == 1:
+                await self.llm.collective_rpc("windward_receive", args=(pickle.dumps(buckets.on_device()),))
+            else:
+                await self.llm.collective_rpc("windward_begin_update")
+                try:
+                    async for data in aiter_buckets(buckets):
+                        await self.llm.collective_rpc("windward_load_bucket", args=(host_bytes(data).tobytes(),))
+                finally:
+                    await self.llm.collective_rpc("windward_finish_update")
             await self.llm.reset_prefix_cache()
             self.policy_version = version
         finally:

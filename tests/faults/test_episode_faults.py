@@ -232,3 +232,81 @@ def test_run_group_keeps_an_episode_that_raised_as_an_error_row_with_a_no_answer
         assert 0 < sum(mask) == len(mask)
     scored = RewardWorker({"format": {"style": "websailor"}, "exact_match": {}}, composition="websailor").score(batch)
     assert scored.column("reward").to_pylist() == [0.0] * 3  # what a row without an answer gets
+
+
+# --- the tool layer: arguments that are not what the schema says are that tool's error observation ---------
+
+
+class Probe:
+    """A tool with crop's schema (an array of 4 numbers, an optional string) that counts its calls."""
+
+    name = "probe"
+    schema = {"name": "probe", "parameters": {
+        "type": "object", "required": ["bbox"],
+        "properties": {"bbox": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4},
+                       "image": {"type": "string"}, "mode": {"type": "string", "enum": ["fit", "fill"]},
+                       "opts": {"type": "object", "properties": {"k": {"type": "integer"}}}}}}
+
+    def __init__(self):
+        self.calls = 0
+
+    async def call(self, arguments):
+        self.calls += 1
+        return Observation(f"ok {sorted(arguments)}")
+
+
+BAD_ARGUMENTS = [  # (arguments, the argument the observation names, what it says)
+    ([1, 2, 3, 4], None, "must be a JSON object"),
+    ({}, "'bbox'", "is required"),
+    ({"bbox": "1, 2, 3, 4"}, "'bbox'", "must be array, got string"),
+    ({"bbox": [1, 2, 3]}, "'bbox'", "must have exactly 4 items, got 3"),
+    ({"bbox": [1, 2, 3, True]}, "'bbox[3]'", "must be number, got boolean"),
+    ({"bbox": [1, 2, 3, float("nan")]}, "'bbox[3]'", "must be finite"),
+    ({"bbox": [1, 2, 3, float("-inf")]}, "'bbox[3]'", "must be finite"),
+    ({"bbox": [1, 2, 3, 10**400]}, "'bbox[3]'", "past 64 bits"),
+    ({"bbox": [1, 2, 3, 4], "image": "a\ud800"}, "'image'", "lone surrogate"),
+    ({"bbox": [1, 2, 3, 4], "image": "x" * 70_000}, "'image'", "70000 characters"),
+    ({"bbox": [1, 2, 3, 4], "image": ["p1"]}, "'image'", "must be string, got array"),
+    ({"bbox": [1, 2, 3, 4], "mode": "stretch"}, "'mode'", "must be one of ['fit', 'fill']"),
+    ({"bbox": [1, 2, 3, 4], "opts": {"k": 1.5}}, "'opts.k'", "must be integer, got number"),
+    ({"bbox": [1, 2, 3, 4], "extra": [[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]}, "'extra", "nests deeper than 16"),
+    ({"bbox": [1, 2, 3, 4], "x\udfff": 1}, None, "a key that is not text"),
+    ({"bbox": [1, 2, 3, 4], "extra": list(range(20_000))}, None, "more than 10000 values"),
+    ({"bbox": [1, 2, 3, 4], "extra": b"bytes"}, "'extra'", "not a JSON value"),
+]
+
+
+@pytest.mark.parametrize("arguments,names,says", BAD_ARGUMENTS, ids=[s for _, _, s in BAD_ARGUMENTS])
+@pytest.mark.parametrize("client", ["EnvServer", "LocalEnv"])
+def test_bad_arguments_are_the_tools_error_observation(client, arguments, names, says):
+    from envs.server import EnvServer
+
+    probe = Probe()
+    env = EnvServer([probe]) if client == "EnvServer" else LocalEnv([probe])
+    obs = asyncio.run(env.call("probe", arguments))
+    assert obs.error and probe.calls == 0
+    assert obs.text.startswith("Error: tool 'probe': ") and says in obs.text
+    assert names is None or f"argument {names}" in obs.text
+    assert obs.text.encode("utf-8") and len(obs.text) < 400  # tokenizable and short, whatever the argument
+    if client == "EnvServer":
+        assert obs.metadata["error_type"] == "bad_arguments" and env.metrics()["probe"]["bad_arguments"] == 1
+        assert env.metrics()["probe"]["errors"] == 1 and not env._cache
+
+
+@pytest.mark.parametrize("arguments", [
+    {"bbox": [1, 2.5, 3, 4]}, {"bbox": [0, 0, 1e9, 4], "image": "p1", "mode": "fit", "opts": {"k": 2.0}},
+    {"bbox": [1, 2, 3, 4], "episode_id": "q/0", "unknown": {"nested": ["ok"]}},  # keys the schema does not name
+])
+def test_arguments_the_schema_allows_reach_the_tool(arguments):
+    probe = Probe()
+    obs = asyncio.run(LocalEnv([probe]).call("probe", arguments))
+    assert not obs.error and probe.calls == 1
+
+
+def test_one_value_for_an_array_of_values_is_allowed_as_the_tools_take_it():
+    """WebSailor's search takes a query or a list of queries; the schema says an array of strings."""
+    from envs.base import check_arguments
+
+    assert check_arguments("search", SearchTool.schema, {"query": "population of Zatrea"}) is None
+    assert "query[0]" in check_arguments("search", SearchTool.schema, {"query": [["nested"]]})
+    assert "'query'" in check_arguments("search", SearchTool.schema, {"query": 5})

@@ -379,7 +379,7 @@ async def fuzz_episodes(fmt, env, template, grammar: Grammar, seed: int = 0, max
             crashes.append(("episode", task["uid"], ep.metrics.get("error_message")))
         if not len(r.response_ids) == len(r.loss_mask) == len(r.rollout_logprobs):
             crashes.append(("episode", task["uid"], "ragged row"))
-        counts["observations"].update(m["content"] if len(m["content"]) < 300 else "(long)"
+        counts["observations"].update(m["content"] if len(m["content"]) < 1000 else "(long)"
                                       for m in ep.messages[first:] if m["role"] != "assistant")
     return counts, crashes
 

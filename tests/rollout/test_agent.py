@@ -228,3 +228,22 @@ def test_turn_limit_ends_an_episode_of_invalid_actions(local_tok):
                                  SamplingParams(max_tokens=32), AgentConfig(max_turns=3, max_context_tokens=4096)))
     assert ep.record.finish == "max_turns" and ep.record.num_turns == 3 and ep.record.num_tool_calls == 0
     assert ep.metrics["invalid_actions"] == 2  # turns 1 and 2 got the error observation; turn 3 ended it
+
+
+@pytest.mark.parametrize("which", ["qwen3", "local"])
+def test_token_append_invariant_holds_for_an_observation_no_tokenizer_takes(which, qwen3_tok, local_tok):
+    """A tool that returns lone surrogates: the observation is made tokenizable (U+FFFD) once, for the ids and
+    the conversation alike, so the conversation re-rendered and tokenized gives the episode's ids."""
+    tok = {"qwen3": qwen3_tok, "local": local_tok}[which]
+    tools = [{"type": "function", "function": Search.schema}] if which == "qwen3" else None
+    template = ChatTemplate(tok, tools=tools)
+    turns = [tool_turn(), answer_turn()]
+    engine = ScriptedEngine(tok, lambda turn, _: turns[turn])
+    env = LocalEnv([Search(reply=lambda a: "page \ud800 text \udfff end")])
+    ep = asyncio.run(run_episode(engine, env, template, {"uid": "t", "question": "Who?"},
+                                 SamplingParams(max_tokens=512), AgentConfig()))
+    assert ep.record.finish == "answer"
+    full = template.render(ep.messages)
+    assert "page \ufffd text \ufffd end" in full
+    expected = tok.encode(full[: len(full) - len(template.after_eos)], add_special_tokens=False)
+    assert ep.record.prompt_ids + ep.record.response_ids == expected

@@ -147,3 +147,24 @@ def test_episode_hooks_by_name_reach_the_worker(tiny_model):
     with pytest.raises(ValueError, match="agent.hooks"):
         RolloutWorker("hf", tiny_model, {"dtype": "float32"}, env=LocalEnv([Wait(0.0)]),
                       agent={"hooks": "no_such_module:make"})
+
+
+def _model_turns(batch) -> list[tuple[int, ...]]:
+    """Each sample's own tokens (loss mask 1): what the policy sampled, observations left out."""
+    return [tuple(t for t, m in zip(ids, mask) if m)
+            for ids, mask in zip(batch.column("response_ids").to_pylist(), batch.column("loss_mask").to_pylist())]
+
+
+@pytest.mark.parametrize("seed", [1234, None], ids=["step-seed", "no-seed"])
+def test_multi_turn_group_samples_differ_on_an_engine_that_honours_seeds(tiny_model, seed):
+    """The G samples of a question must differ at temperature 1: a seed shared by every sample (step-seed), or the
+    engine's own seed replayed on every request (no-seed, evaluation's path), made them identical on the HF engine
+    (and on vLLM on GPU, which honours seeds). With the same step seed the group is reproducible."""
+    sampling = dict(SAMPLING, max_tokens=6) | ({"seed": seed} if seed is not None else {})
+    w = worker(tiny_model, Wait(0.0), max_tool_calls=1)
+    task = {"uid": "q1", "group": 0, "question": "Who founded X?"}
+    turns = _model_turns(asyncio.run(w.run_group(task, 4, sampling)))
+    assert len(set(turns)) == 4, turns
+    if seed is not None:
+        again = _model_turns(asyncio.run(worker(tiny_model, Wait(0.0), max_tool_calls=1).run_group(task, 4, sampling)))
+        assert again == turns
