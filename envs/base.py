@@ -213,7 +213,8 @@ class LocalEnv:
     async def call(self, name: str, arguments: dict, key: str | None = None) -> Observation:
         tool = self.tools.get(name) if isinstance(name, str) else None
         if tool is None:
-            return self._error(str(name)[:80], f"Error: unknown tool {name!r:.80}; available tools: {sorted(self.tools)}")
+            return self._error(str(name)[:80],
+                               f"Error: unknown tool {name!r:.80}; available tools: {sorted(self.tools)}")
         self.calls[name] = self.calls.get(name, 0) + 1
         why = check_arguments(name, tool.schema, arguments)
         if why is not None:

@@ -26,8 +26,23 @@ def parse_args(recipe: str, argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--config", help="YAML config file (default: the recipe's own)")
     p.add_argument("--smoke", action="store_true", help=f"a few quick steps ({SMOKE.relative_to(ROOT)} on top)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the per-device memory plan (rl/memory_plan.py) and exit: 0 if it fits, 2 naming the "
+                        "key to change if not; model.path and data.path need not be on this machine")
+    p.add_argument("--device-gib", type=_gib, default=None,
+                   help="--dry-run: memory of one device (default 80 GiB for a GPU run, this host's for a CPU run)")
     p.add_argument("overrides", nargs="*", metavar="key.path=value")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.device_gib is not None and not args.dry_run:
+        p.error("--device-gib sizes the device of --dry-run's plan; give --dry-run with it")
+    return args
+
+
+def _gib(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of GiB")
+    return value
 
 
 def merged_overrides(base: Path, extra: Path) -> list[str]:
@@ -73,6 +88,22 @@ def write_report(run_dir: Path, recipe: str, summary: dict, seconds: float) -> P
     return path
 
 
+def dry_run(cfg, device_gib: float | None) -> int:
+    """--dry-run: the memory plan; exit 2 naming the key to change when it does not fit."""
+    from rl.memory_plan import format_plan, plan_config
+
+    try:
+        plan = plan_config(cfg, device_gib)
+    except ValueError as err:
+        print(f"configuration error: {err}", file=sys.stderr)
+        return 2
+    print(format_plan(plan), flush=True)
+    if not plan.fits:
+        print(f"configuration error: the memory plan does not fit: {plan.problem}; change '{plan.key}'", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(recipe: str, default_config: Path, argv: list[str], pipeline=None, check=None, extend=None) -> int:
     """Parse, validate (exit 2 on a mistake), then run: `pipeline(cfg, run_dir) -> results` when the
     config is the recipe's own task, else the plain RL loop (e.g. the spine's target_token task).
@@ -80,7 +111,7 @@ def main(recipe: str, default_config: Path, argv: list[str], pipeline=None, chec
     args = parse_args(recipe, argv)
     try:  # --smoke's sizes apply where a stage reads them, so they are an overlay, not settings of their own
         overlay = merged_overrides(default_config, SMOKE) if args.smoke else []
-        cfg = load_config(args.config or default_config, args.overrides, overlay=overlay)
+        cfg = load_config(args.config or default_config, args.overrides, overlay=overlay, check_inputs=not args.dry_run)
     except ConfigError as err:
         print(f"configuration error: {err}", file=sys.stderr)
         return 2
@@ -89,6 +120,8 @@ def main(recipe: str, default_config: Path, argv: list[str], pipeline=None, chec
     if problem:
         print(f"configuration error: {problem}", file=sys.stderr)
         return 2
+    if args.dry_run:
+        return dry_run(cfg, args.device_gib)
     run_dir = Path(cfg.run.dir) if cfg.run.dir else ROOT / "runs" / f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)

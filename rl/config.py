@@ -67,7 +67,9 @@ class RolloutConfig(_Base):
     temperature: NonNegFloat = 1.0
     top_p: Prob = 1.0
     max_model_len: PosInt = 2048
-    gpu_memory_utilization: Annotated[float, Meta(gt=0, le=1, description="vLLM; 0.3 on CPU")] = 0.3
+    gpu_memory_utilization: Annotated[Annotated[float, Meta(gt=0, le=1)] | None, Meta(
+        description="vLLM: share of the device an engine takes; None = 0.85 on a GPU of its own, 0.5 on a GPU shared "
+                    "with a trainer rank (colocated), 0.3 on CPU (rollout/engines/vllm_engine.py)")] = None
     kv_cache_gib: Annotated[float, Meta(gt=0, description="vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE)")] = 2.0
     enforce_eager: bool = True
     cpus_per_engine: NonNegFloat = 1.0
@@ -102,9 +104,9 @@ class TrainerConfig(_Base):
     cpus_per_rank: NonNegFloat = 1.0
     gpus_per_rank: NonNegFloat = 0.0
     seed: int = 0
-    weight_transport: Annotated[Literal["object_store", "disk", "collective"], Meta(
+    weight_transport: Annotated[Literal["object_store", "disk", "collective", "ipc"], Meta(
         description="how weights reach the engines: Ray object store; files in run.dir/weights; a torch.distributed "
-                    "broadcast (NCCL on GPU, gloo on CPU)")] = "object_store"
+                    "broadcast into the engines' workers (NCCL on GPU, gloo on CPU); ipc (colocated: CUDA IPC / shared memory)")] = "object_store"
     weight_bucket_mb: Annotated[int, Meta(ge=1, description="size of one weight bucket")] = 64
     weight_window: Annotated[int, Meta(ge=1, description="buckets in flight at most (bounded memory)")] = 2
     logprob_chunk_mb: Annotated[int, Meta(ge=1, description="memory of one chunk of the logprob kernel (rows x "

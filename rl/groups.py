@@ -181,7 +181,7 @@ class RLGroups:
             opts["window"] = t.weight_window
         if t.weight_transport == "disk":
             opts["folder"] = str(Path(cfg.run.dir or "runs").resolve() / "weights")
-        if t.weight_transport == "collective":
+        if t.weight_transport in ("collective", "ipc"):
             opts["host"], opts["port"] = self.trainer.rendezvous()
         return make_transport(t.weight_transport, num_receivers=self.rollout.num, **opts)
 
@@ -207,11 +207,21 @@ class RLGroups:
         return float(np.sum(b.column("rollout_logprobs")[0].values.to_numpy()))
 
     def rollout_metrics(self) -> dict:
-        """Groups each engine finished since the last call (routing balance) and the env servers' tool metrics."""
+        """Since the last call: groups each engine finished (routing balance) and episodes that ended in an
+        error (`rollout/episode_errors`, and per exception class); the env servers' tool metrics."""
         now = list(self.dispatcher.groups_per_engine)
         last = getattr(self, "_groups_seen", [0] * len(now))
         self._groups_seen = now
         out = {f"rollout/groups_engine{i}": g - g0 for i, (g, g0) in enumerate(zip(now, last))}
+        errors: dict[str, int] = {}
+        for counts in self.rollout.call("counters"):
+            for k, v in counts.items():
+                if k.startswith("episode_errors"):
+                    errors[k] = errors.get(k, 0) + v
+        seen = getattr(self, "_errors_seen", {})
+        self._errors_seen = errors
+        out["rollout/episode_errors"] = errors.get("episode_errors", 0) - seen.get("episode_errors", 0)
+        out |= {f"rollout/{k}": v - seen.get(k, 0) for k, v in errors.items() if k != "episode_errors"}
         if self.env is not None:
             out |= self.env.metrics()
         return out

@@ -254,7 +254,8 @@ def trainer_memory(a: Arch, *, ranks: int, tokens: int, row_len: int, compute_by
 
     resident: what stays between steps (parameters, optimizer state, the reference model); step: what a
     training micro-batch adds at its peak (the start of its backward); load: the full fp32 model on the device
-    before sharding. `tokens`: positions in one micro-batch (token budget, or rows x row_len)."""
+    before sharding. `tokens`: positions in one micro-batch (token budget, or rows x row_len); `row_len`: the
+    length attention sees (a packed micro-batch is one row of `tokens`)."""
     b, p, n = compute_bytes, param_count(a), max(1, ranks)
     layer, root = layer_param_count(a), root_param_count(a)
     mixed = b != 4
@@ -274,11 +275,12 @@ def trainer_memory(a: Arch, *, ranks: int, tokens: int, row_len: int, compute_by
     if ref:
         resident["reference model"] = ref
     per_layer = layer_activation_bytes(a, tokens, b, attn=attn, row_len=row_len)
-    norm_out = tokens * (4 + b) * a.hidden  # the final norm
+    kept = tokens * (4 + b) * a.hidden  # the final norm
+    kept += tokens * row_len * b if attn != "flash_attention_2" else 0  # SDPA / eager: the [rows, L, L] mask
     if grad_checkpointing:
-        act, act_name = a.layers * tokens * b * a.hidden + norm_out, "activations kept (layer inputs)"
+        act, act_name = a.layers * tokens * b * a.hidden + kept, "activations kept (layer inputs)"
     else:
-        act, act_name = a.layers * per_layer + norm_out, "activations kept (every layer)"
+        act, act_name = a.layers * per_layer + kept, "activations kept (every layer)"
     # the backward peaks at one of three moments: its start (the logprob head: its chunk temporaries and
     # selected hidden states, the output layer's weight gradient in fp32 and cast), inside a layer (with
     # checkpointing its recomputed activations; three [tokens, intermediate] gradients of its MLP, the
@@ -400,7 +402,8 @@ def plan_config(cfg, device_gib: float | None = None) -> Plan:
     notes.append(f"a micro-batch of {tokens} tokens ("
                  + (f"trainer.token_budget={t.token_budget}; a longer row goes alone" if t.token_budget else
                     f"trainer.micro_batch_size={t.micro_batch_size} rows x rollout.max_model_len={row_len}") + ")")
-    trainer = trainer_memory(arch, ranks=t.num_ranks, tokens=tokens, row_len=row_len, compute_bytes=b,
+    trainer = trainer_memory(arch, ranks=t.num_ranks, tokens=tokens, row_len=tokens if t.packing else row_len,
+                             compute_bytes=b,
                              grad_checkpointing=t.grad_checkpointing, backend=t.backend, zero_stage=t.zero_stage,
                              lora_rank=t.lora_rank, reference=cfg.algo.kl_coef > 0, attn=attn,
                              chunk_bytes=t.logprob_chunk_mb << 20, gpu=gpu)

@@ -193,6 +193,10 @@ class RolloutWorker:
     async def wake(self) -> None:
         await self.engine.wake()
 
+    async def counters(self) -> dict:
+        """This worker's running counts: groups, aborted groups, episodes, episode errors (by exception class)."""
+        return dict(self.stats)
+
     async def metrics(self) -> dict:
         out = dict(self.stats, in_flight_requests=self.gated.in_flight, running_groups=len(self._running))
         env_metrics = getattr(self.env, "metrics", None)

@@ -97,15 +97,23 @@ def _wanted(mb: dict, positions: str) -> torch.Tensor:
 
 
 def attention_implementation(requested: str, device: torch.device, dtype: str) -> str:
-    """The attention kernel: "auto" is flash_attention_2 (varlen for packed rows) on a GPU with
-    flash-attn installed and bf16 compute, SDPA elsewhere; an explicit choice is kept."""
+    """The attention kernel: "auto" is flash_attention_2 (varlen for packed rows) on a GPU with bf16 compute
+    where flash-attn really imports, SDPA elsewhere; an explicit choice is kept. Package metadata is not
+    enough: a wheel built for another torch or CUDA is "installed" and fails on import (an undefined symbol
+    in its extension), so the import itself decides, and a failed one is said once in a warning."""
     if requested != "auto":
         return requested
     if device.type == "cuda" and dtype == "bfloat16":
         from transformers.utils import is_flash_attn_2_available
 
         if is_flash_attn_2_available():
-            return "flash_attention_2"
+            try:
+                from flash_attn import flash_attn_varlen_func  # noqa: F401
+            except Exception as err:  # ImportError, OSError or RuntimeError from a broken CUDA extension
+                warnings.warn(f"flash-attn is installed but does not import ({type(err).__name__}: {err}); "
+                              "training with sdpa attention")
+            else:
+                return "flash_attention_2"
     return "sdpa"
 
 
@@ -208,6 +216,12 @@ class TrainerBackend:
         gpu = torch.cuda.is_available()
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
                           WORLD_SIZE=str(self.world_size), LOCAL_RANK=os.environ.get("LOCAL_RANK", "0"))
+        if gpu:  # this rank's GPU before NCCL starts: else every rank's communicator lands on cuda:0
+            local, count = int(os.environ["LOCAL_RANK"]), torch.cuda.device_count()
+            if not 0 <= local < count:
+                raise RuntimeError(f"trainer rank {self.rank}: LOCAL_RANK={local} but this process sees {count} "
+                                   f"GPU(s) (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
+            torch.cuda.set_device(local)
         if not dist.is_initialized():
             dist.init_process_group("nccl" if gpu else "gloo", rank=self.rank, world_size=self.world_size,
                                     timeout=timedelta(seconds=self.timeout_s))

@@ -21,7 +21,7 @@ from rollout.agent import AgentConfig, EpisodeHooks, run_episode
 from rollout.chat import ChatTemplate
 from rollout.engines import SamplingParams
 from rollout.formats import FORMATS, VRAGFormat
-from rollout.formats.react import INVALID_TOOL_CALL, Action, ReActFormat
+from rollout.formats.react import INVALID_TOOL_CALL, ReActFormat
 from rollout.scripted import TextPolicyEngine
 from rollout.worker import RolloutWorker
 

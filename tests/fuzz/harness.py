@@ -283,7 +283,8 @@ _MAKERS = {"random_bytes": _random_bytes, "random_unicode": _random_unicode, "tr
 assert set(_MAKERS) == set(COUNTS)
 
 
-async def drive(fmt, env, template, text: str, turn_ids: list[int], key: str = "fuzz/0") -> tuple[str, Observation | None]:
+async def drive(fmt, env, template, text: str, turn_ids: list[int],
+                key: str = "fuzz/0") -> tuple[str, Observation | None]:
     """One model turn the way the agent loop takes it: (the action's kind, the observation the loop appends,
     None after an answer). Checks what every turn must become; raises whatever escapes."""
     action = fmt.parse(text)

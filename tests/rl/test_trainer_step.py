@@ -143,3 +143,30 @@ def test_on_policy_shortcut_equals_the_two_pass_step(tiny_model):
     # more than one optimizer step per batch is off-policy after the first: the pass stays
     off, _ = _step_with_grads(tiny_model, batch, on_policy=True, mini_batches=2)
     assert off["train/old_logprob_pass"] == 1.0
+
+
+def test_bf16_trainer_on_cpu_measures_the_engine_gap_and_runs_tis(tiny_model):
+    """The GPU run trains in bf16 against an engine's logprobs: on CPU, an FSDP2 bf16 step against fp32 engine
+    logprobs (the HF model's own) reports a small, non-zero mismatch and TIS reweights by it."""
+    batch = make_batch()
+    ref = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    mb = padded_microbatch(batch, np.arange(batch.num_rows))
+    with torch.no_grad():
+        lp, _ = token_logprobs(ref, mb["input_ids"], mb["attention_mask"])
+    p_len = batch.column("prompt_ids").value_lengths().to_numpy()
+    r_len = batch.column("response_ids").value_lengths().to_numpy()
+    engine_lp = [lp[i, p - 1:p - 1 + r].tolist() for i, (p, r) in enumerate(zip(p_len, r_len))]
+    batch = batch.set_column(batch.schema.get_field_index("rollout_logprobs"), "rollout_logprobs",
+                             pa.array(engine_lp, pa.list_(pa.float32())))
+    trainer = FSDPTrainer(tiny_model, rank=0, world_size=1, lr=1e-3, micro_batch_size=8, grad_clip=1.0,
+                          dtype="bfloat16", algo={"loss_agg_mode": "token-mean", "tis_cap": 2.0})
+    trainer.init_distributed("127.0.0.1", free_port())
+    try:
+        m = trainer.train_step(batch, on_policy=False)  # TIS: the old-logprob pass runs
+    finally:
+        trainer.shutdown()
+    print(f"bf16 trainer vs fp32 engine: |dlogp| {m['train/logprob_abs_diff']:.4f}, "
+          f"mismatch_kl {m['train/mismatch_kl']:.2e}, tis_clip_frac {m['train/tis_clip_frac']:.3f}")
+    assert 0 < m["train/logprob_abs_diff"] < 0.1
+    assert m["train/mismatch_kl"] > 0 and 0 <= m["train/tis_clip_frac"] <= 1
+    assert np.isfinite(m["train/loss"]) and m["train/grad_norm"] > 0

@@ -1,11 +1,13 @@
-"""Weight streaming (rl/weights.py): every transport delivers the buckets of a version complete and
-in order, memory stays bounded (buckets in flight; peak RSS of sender and receivers), versions are
-checked, and every wait that runs out names the bucket and the version it waited for."""
+"""Weight streaming (rl/weights/): the bucket wire format, and every transport delivering the buckets of a
+version complete and in order, memory bounded (buckets in flight; peak RSS of sender and receivers),
+versions checked, and every wait that runs out naming the bucket and the version it waited for."""
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import multiprocessing as mp
+import pickle
 import resource
 import socket
 import sys
@@ -16,9 +18,9 @@ import pytest
 import ray
 import torch
 
-from rl.weights import (CollectiveTransport, DiskTransport, ObjectStoreTransport, iter_buckets,
+from rl.weights import (CollectiveTransport, DiskTransport, IPCTransport, ObjectStoreTransport, iter_buckets,
                         make_transport)
-from rollout.engines.base import decode_bucket
+from rollout.engines.base import decode_bucket, encode_bucket, pack_bucket, unpack_bucket
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # test modules are not importable on workers
 
@@ -74,6 +76,59 @@ def test_iter_buckets_bounds_size_keeps_order_and_is_lazy():
     assert len(decode_bucket(first)) == 4 and len(pulled) == 5  # the 5th opened the next bucket
 
 
+def test_a_packed_bucket_is_safetensors_and_unpacks_without_a_copy():
+    from safetensors.torch import load, save
+
+    named = [("w", torch.arange(6, dtype=torch.float32).reshape(2, 3).t()),  # not contiguous
+             ("h", torch.ones(3, dtype=torch.bfloat16)), ("step", torch.tensor(7)),  # unaligned int64 after bf16
+             ("empty", torch.zeros(0, 4)), ("mask", torch.tensor([True, False]))]
+    buf = pack_bucket(named)
+    assert buf.dtype == torch.uint8 and buf.dim() == 1
+    back = unpack_bucket(buf)
+    assert [n for n, _ in back] == [n for n, _ in named]  # the order given, not sorted by name
+    for (_, t), (_, u) in zip(named, back):
+        assert u.dtype == t.dtype and torch.equal(u, t)
+    assert back[0][1].untyped_storage().data_ptr() == buf.untyped_storage().data_ptr()  # a view
+    theirs = load(buf.numpy().tobytes())  # any safetensors reader reads it
+    assert all(torch.equal(theirs[n], t) for n, t in named)
+    ours = dict(unpack_bucket(save({n: t.contiguous() for n, t in named})))  # and we read theirs
+    assert all(torch.equal(ours[n], t) for n, t in named)
+    assert [n for n, _ in decode_bucket(encode_bucket(named))] == [n for n, _ in named]
+
+
+def test_a_bucket_is_packed_in_the_serving_dtype():
+    named = [("w", torch.full((4,), 1.5)), ("ids", torch.arange(3))]
+    back = dict(unpack_bucket(pack_bucket(named, dtype=torch.bfloat16)))
+    assert back["w"].dtype == torch.bfloat16 and torch.equal(back["w"].float(), named[0][1])
+    assert back["ids"].dtype == torch.int64  # only floating tensors are cast
+    made = []
+
+    def allocate(n):
+        made.append(n)
+        return torch.empty(n, dtype=torch.uint8)
+
+    buckets = list(iter_buckets([(f"t{i}", torch.zeros(256)) for i in range(8)], 1024, torch.bfloat16, allocate))
+    assert len(buckets) == 4 and len(made) == 4  # 512 bytes a tensor in bf16: two per 1 KiB bucket
+
+
+def raw_bucket(header: str, data: bytes = b"") -> bytes:
+    return len(header).to_bytes(8, "little") + header.encode() + data
+
+
+@pytest.mark.parametrize("bad, message", [
+    (b"\x01", "shorter than the 8-byte header"),
+    ((1000).to_bytes(8, "little") + b"{}", "does not fit"),
+    (raw_bucket("{x"), "unreadable header"),
+    (raw_bucket('{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}', bytes(8)),  # truncated data
+     "'w' \\(shape \\[4\\], F32\\) does not match its data offsets \\[0, 16\\] in 8 data bytes"),
+    (raw_bucket('{"w":{"dtype":"Q9","shape":[1],"data_offsets":[0,4]}}', bytes(4)), "unknown dtype 'Q9'"),
+])
+def test_a_malformed_bucket_is_an_error_naming_what_is_wrong(bad, message):
+    with pytest.raises(ValueError, match=message):
+        unpack_bucket(bad)
+
+
+
 # --- disk -------------------------------------------------------------------------------------
 
 
@@ -120,11 +175,26 @@ def test_disk_waits_time_out_naming_bucket_and_version(tmp_path):
 
 
 def test_make_transport_rejects_unknown_kinds_and_receivers(tmp_path):
-    with pytest.raises(KeyError, match="known: \\['collective', 'disk', 'object_store'\\]"):
+    with pytest.raises(KeyError, match="known: \\['collective', 'disk', 'ipc', 'object_store'\\]"):
         make_transport("carrier_pigeon", num_receivers=1)
     t = make_transport("disk", num_receivers=2, folder=tmp_path)
     with pytest.raises(ValueError, match="receiver 2 is not in 0..1"):
         next(t.receive(1, 2))
+    with pytest.raises(ValueError, match="dtype must name a floating torch dtype.*'int8'"):
+        make_transport("disk", num_receivers=1, folder=tmp_path, dtype="int8")
+
+
+def test_streams_travel_pickled_and_say_whether_another_process_may_take_them(tmp_path):
+    """A vLLM engine hands a portable stream to its worker process (pickled); the object store's mailbox
+    is reachable only from Ray workers, so its streams are not portable."""
+    disk = make_transport("disk", num_receivers=1, folder=tmp_path, dtype="bfloat16")
+    collective = make_transport("collective", num_receivers=1, host="127.0.0.1", port=1234)
+    ipc = make_transport("ipc", num_receivers=1, host="127.0.0.1", port=1235)
+    for t in (disk, collective, ipc):
+        stream = pickle.loads(pickle.dumps(t.stream(3, 0).on_device()))
+        assert stream.portable and stream.device and (stream.version, stream.receiver) == (3, 0)
+    assert pickle.loads(pickle.dumps(disk)).dtype == torch.bfloat16
+    assert not ObjectStoreTransport.portable
 
 
 # --- collective (gloo here; NCCL on GPU runs the same code) ------------------------------------
@@ -154,7 +224,7 @@ def test_collective_gloo_checks_the_version_of_every_bucket():
     try:
         r = threading.Thread(target=receive, args=(transport, 5))  # expects 5, the sender sends 6
         r.start()
-        with pytest.raises(TimeoutError, match="broadcasting bucket 0 of version 6"):
+        with pytest.raises(TimeoutError, match="sending bucket 0 of version 6"):
             transport.send(6, iter_buckets(named_state(1), bucket_bytes=MB))  # the receiver left
         r.join(timeout=30)
         assert errors and "expected bucket 0 of version 5, the sender sent bucket 0 of version 6" in errors[0]
@@ -162,14 +232,78 @@ def test_collective_gloo_checks_the_version_of_every_bucket():
         transport.close()
 
 
+# --- ipc (shared memory on CPU; CUDA IPC on GPU runs the same framing) ---------------------------
+
+
+def test_ipc_hands_over_shared_buckets_and_leaves_no_file(tmp_path):
+    """Sender and receiver as threads of one process: each bucket is a file both map; the sender packs it
+    in place (`allocate`), the receiver reads it without a copy, and the file goes once it is loaded."""
+    transport = IPCTransport("127.0.0.1", free_port(), num_receivers=1, timeout_s=30, shm_dir=str(tmp_path))
+    got, alive = [], []
+
+    def receive():
+        for data in transport.receive(4, 0):
+            got.extend(contents([data]))
+            alive.append(len(glob.glob(str(tmp_path / "windward-ipc-*"))))
+
+    try:
+        r = threading.Thread(target=receive)
+        r.start()
+        stats = transport.send(4, iter_buckets(named_state(6), bucket_bytes=MB, allocate=transport.allocate))
+        r.join(timeout=30)
+        assert got == expected(6) and stats.buckets == 6
+        assert max(alive) <= 2  # the bucket being loaded and the next one being packed
+        assert list(tmp_path.iterdir()) == []
+        # a bucket from elsewhere (not packed in place) is copied into a shared file first
+        r = threading.Thread(target=lambda: got.extend(contents(transport.receive(5, 0))))
+        r.start()
+        transport.send(5, [encode_bucket([("x", torch.ones(3))])])
+        r.join(timeout=30)
+        assert got[-1] == ("x", 1.0) and list(tmp_path.iterdir()) == []
+    finally:
+        transport.close()
+
+
+def test_ipc_names_a_bucket_the_receiver_cannot_map(tmp_path):
+    transport = IPCTransport("127.0.0.1", free_port(), num_receivers=1, timeout_s=3, shm_dir=str(tmp_path))
+    errors = []
+
+    def receive():
+        try:
+            contents(transport.receive(1, 0))
+        except RuntimeError as err:
+            errors.append(str(err))
+
+    def vanishing(n):  # as if the receiver ran on another node: the file is not there
+        t = transport.allocate(n)
+        import os
+
+        os.unlink(t.untyped_storage().filename)
+        return t
+
+    try:
+        r = threading.Thread(target=receive)
+        r.start()
+        with pytest.raises((TimeoutError, RuntimeError)):
+            transport.send(1, iter_buckets(named_state(1), bucket_bytes=MB, allocate=vanishing))
+        r.join(timeout=30)
+        assert errors and "bucket 0 of version 1 (receiver 0)" in errors[0] and "is missing" in errors[0]
+        transport.close()
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        transport.close()
+
+
+
 def _collective_rank(transport, rank: int, queue) -> None:
     """One process of the broadcast test: version 1 warms the group up, version 2 (192 MB, 48 buckets)
     is measured. Reports what arrived and how much the peak RSS grew during version 2."""
     try:
         if rank == 0:
-            transport.send(1, iter_buckets(named_state(2, numel=MB), bucket_bytes=4 * MB))
+            transport.send(1, iter_buckets(named_state(2, numel=MB), bucket_bytes=4 * MB, allocate=transport.allocate))
             base = peak_rss_mb()
-            stats = transport.send(2, iter_buckets(named_state(48, numel=MB), bucket_bytes=4 * MB))
+            stats = transport.send(2, iter_buckets(named_state(48, numel=MB), bucket_bytes=4 * MB,
+                                                   allocate=transport.allocate))
             queue.put((rank, stats.buckets, peak_rss_mb() - base))
         else:
             contents(transport.receive(1, rank - 1))
@@ -181,10 +315,11 @@ def _collective_rank(transport, rank: int, queue) -> None:
 
 
 @pytest.mark.slow
-def test_collective_gloo_between_processes_keeps_memory_bounded():
-    """Three processes (sender + 2 receivers): a 192 MB state arrives complete and in order, and no
-    process's peak RSS grows by half the state (each holds a bucket or two at a time)."""
-    transport = CollectiveTransport("127.0.0.1", free_port(), num_receivers=2, backend="gloo", timeout_s=120)
+@pytest.mark.parametrize("kind", ["collective", "ipc"])
+def test_between_processes_memory_stays_bounded(kind):
+    """Three processes (sender + 2 receivers), over gloo or shared memory: a 192 MB state arrives complete
+    and in order, and no process's peak RSS grows by half the state (each holds a bucket or two)."""
+    transport = make_transport(kind, 2, host="127.0.0.1", port=free_port(), timeout_s=120)
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_collective_rank, args=(transport, rank, queue)) for rank in range(3)]
@@ -199,6 +334,7 @@ def test_collective_gloo_between_processes_keeps_memory_bounded():
                 p.kill()
     state_mb = 48 * 4
     assert results[0][0] == 48, results[0]
+    assert not glob.glob("/dev/shm/windward-ipc-*")
     for rank in (1, 2):
         assert results[rank][0] == expected(48), f"receiver {rank}: {str(results[rank][0])[:300]}"
     for rank, (_, growth) in results.items():
