@@ -99,7 +99,8 @@ def dry_run(cfg, device_gib: float | None) -> int:
         return 2
     print(format_plan(plan), flush=True)
     if not plan.fits:
-        print(f"configuration error: the memory plan does not fit: {plan.problem}; change '{plan.key}'", file=sys.stderr)
+        print("configuration error: the memory plan does not fit: " + "; ".join(
+            f"{what}: change '{key}'" for what, key in plan.problems), file=sys.stderr)
         return 2
     return 0
 

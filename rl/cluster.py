@@ -1,8 +1,8 @@
 """Ray actor groups: placement groups per role, "run on every rank", "split over ranks".
 
 Owns: starting or joining Ray (`connect`), `ActorGroup` (one placement group, one actor per
-bundle, rank wiring), timed waits that name what they waited for (`wait`), and the rendezvous of a
-torch.distributed group (rank 0's node address and a free port).
+bundle, rank wiring; or several ranks per actor process, `per_actor`), timed waits that name what they
+waited for (`wait`), and the rendezvous of a torch.distributed group (rank 0's node address and a free port).
 
 Never: know what the workers do. Worker classes stay plain Python classes in their own folders
 (testable without Ray); this module is the only place they become actors.
@@ -13,6 +13,7 @@ RAY_ADDRESS for the job's driver; `connect` then joins that cluster).
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import socket
@@ -64,34 +65,48 @@ class ActorGroup:
 
     `kwargs_for(rank)` gives each rank its constructor arguments. `call` runs a method on every
     rank with the same arguments; `call_split` gives rank i its own first argument.
+
+    `per_actor` > 1 hosts that many ranks in one actor process (`_Hosted`: one event loop for all of them),
+    e.g. 128 simulated engines in 8 processes; `actors[i]` is then a `RankHandle`, used like an actor
+    handle (`actors[i].method.remote(...)`, `__ray_call__` included), and `hosts` are the processes.
     """
 
     def __init__(self, cls: type, num: int, *, name: str, num_cpus: float, num_gpus: float = 0.0,
                  kwargs_for=lambda rank: {}, strategy: str = "PACK", timeout_s: float = 600.0,
-                 max_concurrency: int | None = None, pg=None):
+                 max_concurrency: int | None = None, pg=None, per_actor: int = 1):
         """`pg`: a placement group shared with another group (colocated placement, rl/placement.py): rank i
-        goes to its bundle i; it is not this group's to remove."""
+        goes to its bundle i; it is not this group's to remove. `num_cpus`, `num_gpus`: per rank."""
         if num < 1:
             raise ValueError(f"{name}: an actor group needs at least one actor, got {num}")
+        if per_actor < 1 or (per_actor > 1 and (num_gpus or pg is not None)):
+            raise ValueError(f"{name}: per_actor={per_actor}; several ranks share a process only without GPUs "
+                             "and without a shared placement group")
         self.name, self.num, self.timeout_s = name, num, timeout_s
+        ranks = [list(range(a, min(a + per_actor, num))) for a in range(0, num, per_actor)]
         self.own_pg = pg is None
         if pg is None:
-            bundle = {"CPU": num_cpus} | ({"GPU": num_gpus} if num_gpus else {})
-            pg = placement_group([dict(bundle) for _ in range(num)], strategy=strategy, name=f"windward-{name}")
-            wait(pg.ready(), timeout_s, f"the placement group of {name} ({num} x {bundle}); "
+            bundles = [{"CPU": num_cpus * len(r)} | ({"GPU": num_gpus} if num_gpus else {}) for r in ranks]
+            pg = placement_group(bundles, strategy=strategy, name=f"windward-{name}")
+            wait(pg.ready(), timeout_s, f"the placement group of {name} ({len(bundles)} x {bundles[0]}); "
                                         "does the cluster have these resources?")
         self.pg = pg
-        remote_cls = ray.remote(cls)
-        opts = dict(num_cpus=num_cpus, num_gpus=num_gpus)
-        if max_concurrency:
-            opts["max_concurrency"] = max_concurrency
-        self.actors = [
-            remote_cls.options(
-                **opts,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
-            ).remote(**kwargs_for(i))
-            for i in range(num)
-        ]
+        opts = dict(num_gpus=num_gpus)
+        if max_concurrency or per_actor > 1:
+            opts["max_concurrency"] = max_concurrency or 1000 * per_actor
+
+        def place(i):
+            return PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i)
+
+        if per_actor == 1:
+            remote_cls = ray.remote(cls)
+            self.actors = [remote_cls.options(**opts, num_cpus=num_cpus, scheduling_strategy=place(i))
+                           .remote(**kwargs_for(i)) for i in range(num)]
+            self.hosts = self.actors
+        else:
+            host = ray.remote(_Hosted)
+            self.hosts = [host.options(**opts, num_cpus=num_cpus * len(r), scheduling_strategy=place(j))
+                          .remote(cls, [kwargs_for(i) for i in r]) for j, r in enumerate(ranks)]
+            self.actors = [RankHandle(self.hosts[j], k) for j, r in enumerate(ranks) for k in range(len(r))]
 
     def call_async(self, method: str, *args, **kwargs) -> list:
         return [getattr(a, method).remote(*args, **kwargs) for a in self.actors]
@@ -114,7 +129,49 @@ class ActorGroup:
         ).remote(), self.timeout_s, f"a free port on the node of {self.name} rank 0")
 
     def shutdown(self) -> None:
-        for a in self.actors:
+        for a in self.hosts:
             ray.kill(a)
         if self.own_pg:
             remove_placement_group(self.pg)
+
+
+class _Hosted:
+    """Several ranks of one worker class in one actor process (an async actor: the ranks' coroutines share
+    its event loop). `call(rank, method, ...)` runs a worker method, awaiting it if it is a coroutine."""
+
+    def __init__(self, cls: type, kwargs: list[dict]):
+        self.workers = [cls(**kw) for kw in kwargs]
+
+    async def call(self, rank: int, method: str, *args, **kwargs):
+        out = getattr(self.workers[rank], method)(*args, **kwargs)
+        return await out if inspect.isawaitable(out) else out
+
+    async def apply(self, rank: int, fn, *args, **kwargs):
+        out = fn(self.workers[rank], *args, **kwargs)
+        return await out if inspect.isawaitable(out) else out
+
+
+class RankHandle:
+    """One rank of a `_Hosted` process, used like its actor handle: `handle.method.remote(*args)`, and
+    `handle.__ray_call__.remote(fn, *args)` runs fn(worker, *args) there."""
+
+    def __init__(self, host, rank: int):
+        self.host, self.rank = host, rank
+
+    def __getattr__(self, method: str):
+        if method.startswith("__") and method != "__ray_call__":
+            raise AttributeError(method)
+        return _RankMethod(self.host, self.rank, method)
+
+    def __repr__(self) -> str:
+        return f"RankHandle({self.host}, rank={self.rank})"
+
+
+class _RankMethod:
+    def __init__(self, host, rank: int, method: str):
+        self.host, self.rank, self.method = host, rank, method
+
+    def remote(self, *args, **kwargs):
+        if self.method == "__ray_call__":
+            return self.host.apply.remote(self.rank, *args, **kwargs)
+        return self.host.call.remote(self.rank, self.method, *args, **kwargs)

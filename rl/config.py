@@ -60,7 +60,7 @@ class ModelConfig(_Base):
 
 
 class RolloutConfig(_Base):
-    backend: Annotated[Literal["vllm", "hf"], Meta(description="inference engine")] = "vllm"
+    backend: Annotated[Literal["vllm", "hf", "sim"], Meta(description="inference engine; sim: a latency model of a GPU engine for scale tests (rollout/engines/sim_engine.py)")] = "vllm"
     num_engines: PosInt = 1
     n: Annotated[int, Meta(ge=2, description="samples per task (group size G); >= 2 for group advantages")] = 8
     max_tokens: Annotated[int, Meta(ge=1, description="max generated tokens per sample")] = 16
@@ -79,10 +79,12 @@ class RolloutConfig(_Base):
     mode: Annotated[Literal["sync", "async"], Meta(description="async: rollout of step t+1 overlaps training of step t")] = "sync"
     max_staleness: Annotated[int, Meta(ge=0, description="async: max policy versions between a trajectory's oldest turn and the update that trains on it")] = 1
     partial_rollout: Annotated[Literal["continue", "abort"], Meta(description="async: episodes in flight at a weight sync go on under the new weights, or are aborted and their tasks re-queued")] = "continue"
+    sim: Annotated[dict, Meta(description="backend=sim: the latency model, the scripted policy, time_scale and engines_per_actor (rollout/engines/sim_engine.py SimParams)")] = msgspec.field(default_factory=dict)
 
 
 class TrainerConfig(_Base):
-    backend: Annotated[Literal["fsdp2", "deepspeed"], Meta(description="fsdp2 (torch FSDP2) or deepspeed (ZeRO)")] = "fsdp2"
+    backend: Annotated[Literal["fsdp2", "deepspeed", "sim"], Meta(description="fsdp2 (torch FSDP2) or deepspeed (ZeRO); sim: a modelled step time for scale tests (rl/trainer/sim.py)")] = "fsdp2"
+    sim: Annotated[dict, Meta(description="backend=sim: the modelled training cluster (rl/trainer/sim.py TrainerModel: params, gpus, peak_flops, mfu, sync_bytes_per_s)")] = msgspec.field(default_factory=dict)
     zero_stage: Annotated[Literal[1, 2, 3], Meta(description="deepspeed: ZeRO stage (3 also shards the parameters)")] = 2
     grad_checkpointing: Annotated[bool, Meta(description="recompute activations in the backward pass (less memory)")] = False
     attn_implementation: Annotated[Literal["auto", "sdpa", "eager", "flash_attention_2"], Meta(
@@ -641,6 +643,10 @@ def _unconsumed(cfg: Config, ignored, where) -> None:
          ("rollout.mode",)),
         ("rollout.partial_rollout", cfg.rollout.mode == "async", "rollout.mode=sync syncs weights between steps",
          ("rollout.mode",)),
+        ("rollout.sim", cfg.rollout.backend == "sim", f"rollout.backend is {cfg.rollout.backend!r}, not sim",
+         ("rollout.backend",)),
+        ("trainer.sim", cfg.trainer.backend == "sim", f"trainer.backend is {cfg.trainer.backend!r}, not sim",
+         ("trainer.backend",)),
         ("trainer.lora_alpha", cfg.trainer.lora_rank > 0, "trainer.lora_rank=0 trains every weight (no LoRA)",
          ("trainer.lora_rank",)),
         ("trainer.lora_target_modules", cfg.trainer.lora_rank > 0, "trainer.lora_rank=0 trains every weight (no LoRA)",
@@ -673,6 +679,14 @@ def _dry_run(cfg: Config, where, check_inputs: bool, ignored) -> None:
             text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
             raise ConfigError(f"bad value for '{key}' (from the {where(key)}): {text}") from None
 
+    if cfg.rollout.backend == "sim":
+        from rollout.engines.sim_engine import sim_params
+
+        checked("rollout.sim", sim_params, cfg.rollout.sim)
+    if cfg.trainer.backend == "sim":
+        from rl.trainer.sim import trainer_model
+
+        checked("trainer.sim", trainer_model, cfg.trainer.sim)
     if cfg.model.path in TINY_MODELS:
         checked("model.tiny", _check_tiny, cfg.model)
     elif check_inputs:

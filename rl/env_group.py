@@ -1,6 +1,7 @@
 """EnvGroup: N EnvServer actors and one world host; the remote env client the agent loops use.
 
-Owns: `EnvGroup` (starts the actors, hands out clients, merges metrics, injects world faults) and
+Owns: `EnvGroup` (starts the actors, hands out clients, merges metrics, counts server restarts, injects
+world faults and counts them) and
 `RemoteEnvClient` (picklable; implements `envs.base.EnvClient`). The RolloutWorker actors receive a
 client and only duck-type it.
 
@@ -39,12 +40,25 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from envs.base import Observation, error_observation
 from envs.server import EnvServer, WorldHost, latency_summary
+from envs.world import Fault
 from rl.cluster import wait
 
 
 class _WorldHostActor(WorldHost):
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
+
+    def set_faults(self, path: str, delay_s: float, status: int | None, times: int | None, clear: bool,
+                   size: int | None) -> None:
+        """`set_fault` on `path`, or on every page of the world for "*"; `size` pads the page (oversized)."""
+        for p in self.paths if path == "*" else [path]:
+            if clear:
+                self.set_fault(p, clear=True)
+            else:
+                self.server.set_fault(p, Fault(delay_s=delay_s, status=status, times=times, size=size))
+
+    def fault_counts(self) -> dict[str, int]:
+        return self.server.fault_counts()
 
 
 def merge_metrics(per_server: list[dict]) -> dict:
@@ -168,8 +182,9 @@ class EnvGroup:
                                               max_concurrency=max_concurrency, scheduling_strategy=strategy)
         self.servers = [actor.remote(tools=tools, world=world, base_url=base_url, limits=limits,
                                      cache_size=cache_size, threads=threads) for _ in range(num_servers)]
-        wait([s.ping.remote() for s in self.servers], ready_timeout_s,
-             f"{num_servers} EnvServer actor(s) to build their tools {sorted(tools)}")
+        self._pids = wait([s.ping.remote() for s in self.servers], ready_timeout_s,
+                          f"{num_servers} EnvServer actor(s) to build their tools {sorted(tools)}")
+        self.restarts = 0  # server restarts seen (a new process behind a server since the last look)
         self.schemas, worst, self.server_info = wait(
             [self.servers[0].tool_schemas.remote(), self.servers[0].max_call_s.remote(), self.servers[0].info.remote()],
             ready_timeout_s, "the tool schemas of EnvServer 0")
@@ -179,16 +194,27 @@ class EnvGroup:
         return RemoteEnvClient(self.servers, self.schemas, timeout_s or self.client_timeout_s, cooldown_s)
 
     def metrics(self, timeout_s: float = 30.0) -> dict:
-        per_server = wait([s.metrics.remote(samples=True) for s in self.servers], timeout_s,
-                          "the metrics of the EnvServer actors")
-        return merge_metrics(per_server)
+        """Per-tool metrics summed over the servers (a restarted server's count from zero), and counters:
+        `env/server_restarts` (servers found running in a new process, since the start) and `world/<kind>`
+        (requests a world fault changed: delayed, status, oversized)."""
+        refs = [s.metrics.remote(samples=True) for s in self.servers] + [s.ping.remote() for s in self.servers]
+        if self.world_host is not None:
+            refs.append(self.world_host.fault_counts.remote())
+        got = wait(refs, timeout_s, "the metrics of the EnvServer actors")
+        n = len(self.servers)
+        per_server, pids = got[:n], got[n:2 * n]
+        self.restarts += sum(a != b for a, b in zip(pids, self._pids))
+        self._pids = pids
+        out = merge_metrics(per_server) | {"env/server_restarts": self.restarts}
+        return out | ({f"world/{k}": v for k, v in got[2 * n].items()} if self.world_host is not None else {})
 
     def set_fault(self, path: str, delay_s: float = 0.0, status: int | None = None, times: int | None = None,
-                  clear: bool = False) -> None:
-        """A world fault on `path` ("/wiki/<id>"), e.g. a page that hangs (`WorldHost.set_fault`)."""
+                  clear: bool = False, size: int | None = None) -> None:
+        """A world fault on `path` ("/wiki/<id>", or "*": every page), e.g. a page that hangs, answers a status
+        or is padded to `size` bytes (`envs.world.server.Fault`); `clear` restores the page."""
         if self.world_host is None:
             raise ValueError("EnvGroup.set_fault: this group has no world")
-        wait(self.world_host.set_fault.remote(path, delay_s, status, times, clear), 30, f"set_fault({path!r})")
+        wait(self.world_host.set_faults.remote(path, delay_s, status, times, clear, size), 30, f"set_fault({path!r})")
 
     def shutdown(self) -> None:
         for s in self.servers:

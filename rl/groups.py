@@ -85,12 +85,17 @@ class RLGroups:
         if r.backend == "vllm":
             engine_kwargs |= dict(max_model_len=r.max_model_len, gpu_memory_utilization=r.gpu_memory_utilization,
                                   kv_cache_gib=r.kv_cache_gib, enforce_eager=r.enforce_eager)
+        per_actor, time_scale = 1, 1.0
+        if r.backend == "sim":  # the latency model; many simulated engines share one actor process
+            sim = dict(r.sim)
+            per_actor, time_scale = sim.pop("engines_per_actor", 1), sim.get("time_scale", 1.0)
+            engine_kwargs |= sim
         self.rollout = ActorGroup(
             RolloutWorker, r.num_engines, name="rollout", num_cpus=r.cpus_per_engine, num_gpus=engine_gpus, pg=shared_pg,
             kwargs_for=lambda i: dict(backend=r.backend, model_path=model_path,
                                       engine_kwargs=engine_kwargs | {"seed": cfg.run.seed + i},
                                       env=env_client, agent=agent),
-            timeout_s=self.timeout)
+            timeout_s=self.timeout, per_actor=per_actor)
         rewards, composition, judge = scoring["rewards"], scoring["composition"], scoring["judge"]
         self.reward_columns = RewardWorker(rewards, composition, judge).columns  # what the RewardGroup receives
         self.reward = ActorGroup(
@@ -104,6 +109,8 @@ class RLGroups:
                      if t.lora_rank else None)
         if t.backend == "deepspeed":
             extra["zero_stage"] = t.zero_stage
+        if t.backend == "sim":
+            extra |= {"sim": t.sim, "time_scale": time_scale}
         self.trainer = ActorGroup(  # FSDP2 or DeepSpeed ZeRO behind one interface (rl/trainer/base.py)
             backend_class(t.backend), t.num_ranks, name="trainer", num_cpus=t.cpus_per_rank, num_gpus=rank_gpus,
             pg=shared_pg,
@@ -207,21 +214,26 @@ class RLGroups:
         return float(np.sum(b.column("rollout_logprobs")[0].values.to_numpy()))
 
     def rollout_metrics(self) -> dict:
-        """Since the last call: groups each engine finished (routing balance) and episodes that ended in an
-        error (`rollout/episode_errors`, and per exception class); the env servers' tool metrics."""
+        """Since the last call: groups each engine finished (routing balance); episodes that ended in an error
+        (`rollout/episode_errors`, and per exception class), model turns that were no valid action
+        (`rollout/invalid_actions`), tool calls that met a dead or restarting env server or timed out
+        (`env_client/server_died`, `env_client/timeouts`), the judge's counters (`judge/failures`: judgements given
+        the fallback score, `judge/retries`, ...). Then the env servers' tool metrics and counters (EnvGroup)."""
         now = list(self.dispatcher.groups_per_engine)
         last = getattr(self, "_groups_seen", [0] * len(now))
         self._groups_seen = now
         out = {f"rollout/groups_engine{i}": g - g0 for i, (g, g0) in enumerate(zip(now, last))}
-        errors: dict[str, int] = {}
-        for counts in self.rollout.call("counters"):
-            for k, v in counts.items():
-                if k.startswith("episode_errors"):
-                    errors[k] = errors.get(k, 0) + v
-        seen = getattr(self, "_errors_seen", {})
-        self._errors_seen = errors
-        out["rollout/episode_errors"] = errors.get("episode_errors", 0) - seen.get("episode_errors", 0)
-        out |= {f"rollout/{k}": v - seen.get(k, 0) for k, v in errors.items() if k != "episode_errors"}
+        counts = {k: v for k, v in summed(self.rollout.call("counters")).items()
+                  if k.startswith(("episode_errors", "invalid_actions", "env_client/"))}
+        seen = getattr(self, "_counts_seen", {})
+        self._counts_seen = counts
+        out["rollout/episode_errors"] = 0
+        out |= {(k if k.startswith("env_client/") else f"rollout/{k}"): v - seen.get(k, 0) for k, v in counts.items()}
+        judge = summed(self.reward.call("metrics", reset=True))
+        if judge.get("judge/items"):  # rates of the sums, not sums of rates
+            judge["judge/failure_rate"] = judge["judge/failures"] / judge["judge/items"]
+            judge["judge/cache_hit_rate"] = judge["judge/cache_hits"] / judge["judge/items"]
+        out |= judge
         if self.env is not None:
             out |= self.env.metrics()
         return out
@@ -242,3 +254,16 @@ class RLGroups:
                     group.shutdown()
                 except Exception as err:  # shutting down: report, keep going
                     print(f"warning: shutting down {g}: {err}")
+
+
+def summed(rows: list[dict]) -> dict:
+    """The workers' numeric metrics summed key by key; a key ending in `max_latency_s` takes the maximum and one
+    ending in `mean_latency_s` the mean over workers."""
+    out: dict = {}
+    for row in rows:
+        for key, value in row.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[key] = max(out.get(key, value), value) if key.endswith("max_latency_s") else out.get(key, 0) + value
+    for key in [k for k in out if k.endswith("mean_latency_s")]:
+        out[key] /= max(1, len(rows))
+    return out

@@ -22,10 +22,13 @@ The formulas follow the code as it runs (the numbers are per device, in bytes):
   keep an fp32 copy of their input and the normalised value (4+b each per hidden unit), the linear layers
   their inputs, attention q, k, v (k, v repeated to every head under SDPA: transformers' `repeat_kv`) and
   its output twice (SDPA's and o_proj's input), the SwiGLU MLP four intermediate-sized tensors. With
-  gradient checkpointing only each layer's input is kept, and one layer is recomputed at a time. Eager
-  attention adds the L x L scores of each head.
-- Backward working memory: the output layer's weight gradient accumulated in fp32 by the chunked logprob
-  kernel, the gradients of one layer's MLP intermediates.
+  gradient checkpointing only each layer's input is kept, and one layer is recomputed at a time. SDPA and
+  eager attention keep an L x L mask per row (a packed micro-batch is one row); eager adds each head's scores.
+- The backward peaks at its start (the logprob head's chunk and selected hidden states, the output layer's
+  weight gradient accumulated in fp32), in a layer (with checkpointing its recomputed activations; its first
+  MLP gradient) or at its end when no activation is left (the root unit's gradients and reduce-scatter);
+  the plan takes the largest. A huge model on few ranks peaks at the optimizer step instead (AdamW's
+  sqrt(v) temporary, foreach on GPU).
 - Loading (rl/trainer/base.py `_load_model`): every rank holds the full fp32 model on its device before
   `fully_shard` shards it.
 - vLLM on GPU takes `gpu_memory_utilization` of the device (weights, activation reserve, KV cache); asleep
@@ -34,8 +37,11 @@ The formulas follow the code as it runs (the numbers are per device, in bytes):
 - A GPU process also holds its CUDA context and NCCL buffers (`GPU_RUNTIME`); a CPU process its interpreter
   and libraries (`CPU_PROCESS`). These and the engine's reserve are estimates, not measurements.
 
-tests/rl/test_memory_plan.py pins the trainer formula against the measured peak memory of an FSDP2 step of a
-small model on CPU (fp32); the bf16/GPU terms are the same formulas with b = 2.
+tests/rl/test_memory_plan.py pins the trainer formula against the measured peak memory of FSDP2 steps of small
+models on CPU (fp32 and bf16 compute, with and without checkpointing, a 65k vocabulary): the plan is 1-10 %
+above the measurement. On GPU the same formulas hold with the GPU's kernels (flash-attention keeps k, v
+unrepeated and no mask); the GPU constants above are not measured here. The simulated backends
+(`sim`) hold no model.
 
 Never: load weights, allocate, start anything or download (a hub name not on disk is looked up in
 `HUB_ARCHS` only); decide anything about a run but whether its plan fits.
@@ -96,9 +102,12 @@ _QWEN25 = dict(vocab=152064, qkv_bias=True)
 _QWEN3 = dict(vocab=151936, head_dim=128, qk_norm=True)
 #: dense Qwen2.5 / Qwen3 sizes (their hub config.json): used for a hub name that is not on disk (no download)
 HUB_ARCHS: dict[str, dict] = {
-    "qwen2.5-0.5b": dict(_QWEN25, hidden=896, layers=24, heads=14, kv_heads=2, intermediate=4864, vocab=151936, tied=True),
-    "qwen2.5-1.5b": dict(_QWEN25, hidden=1536, layers=28, heads=12, kv_heads=2, intermediate=8960, vocab=151936, tied=True),
-    "qwen2.5-3b": dict(_QWEN25, hidden=2048, layers=36, heads=16, kv_heads=2, intermediate=11008, vocab=151936, tied=True),
+    "qwen2.5-0.5b": dict(_QWEN25, hidden=896, layers=24, heads=14, kv_heads=2, intermediate=4864, vocab=151936,
+                         tied=True),
+    "qwen2.5-1.5b": dict(_QWEN25, hidden=1536, layers=28, heads=12, kv_heads=2, intermediate=8960, vocab=151936,
+                         tied=True),
+    "qwen2.5-3b": dict(_QWEN25, hidden=2048, layers=36, heads=16, kv_heads=2, intermediate=11008, vocab=151936,
+                       tied=True),
     "qwen2.5-7b": dict(_QWEN25, hidden=3584, layers=28, heads=28, kv_heads=4, intermediate=18944),
     "qwen2.5-14b": dict(_QWEN25, hidden=5120, layers=48, heads=40, kv_heads=8, intermediate=13824),
     "qwen2.5-32b": dict(_QWEN25, hidden=5120, layers=64, heads=40, kv_heads=8, intermediate=27648),
@@ -110,6 +119,8 @@ HUB_ARCHS: dict[str, dict] = {
     "qwen3-14b": dict(_QWEN3, hidden=5120, layers=40, heads=40, kv_heads=8, intermediate=17408),
     "qwen3-32b": dict(_QWEN3, hidden=5120, layers=64, heads=64, kv_heads=8, intermediate=25600),
 }
+#: rows of the real Qwen3 tokenizer (the tiny models' tokenizer=qwen3)
+QWEN3_TOKENIZER_ROWS = 151669
 _HUB_NAME = re.compile(r"qwen/(qwen2\.5|qwen3)-([0-9.]+b)(?:-(?:instruct|base))?", re.IGNORECASE)
 
 
@@ -158,7 +169,8 @@ def vision_param_count(v: dict, source: str = "config.json") -> int:
         patch = int(v.get("patch_size", 14)) ** 2 * int(v.get("temporal_patch_size", 2)) * int(v.get("in_channels", 3))
         out, merge = int(v["out_hidden_size"]), int(v.get("spatial_merge_size", 2)) ** 2
     except KeyError as err:
-        raise ValueError(f"{source}: vision_config has no {err.args[0]!r} (the plan knows Qwen2.5-VL's tower)") from None
+        raise ValueError(f"{source}: vision_config has no {err.args[0]!r} (the plan knows Qwen2.5-VL's "
+                         "tower)") from None
     block = 2 * d + (3 * d * d + 3 * d) + (d * d + d) + 2 * (d * inter + inter) + (inter * d + d)
     wide = merge * d
     return patch * d + depth * block + d + (wide * wide + wide) + (wide * out + out)
@@ -173,18 +185,18 @@ def _builder_sizes(build, tiny: dict) -> dict:
 def resolve_arch(model_path: str, tiny: dict | None = None) -> Arch:
     """`model.path` -> Arch: 'tiny' / 'tiny_vl' from the builder's sizes (model.tiny), a folder from its
     config.json, a hub name that is not on disk from `HUB_ARCHS`. ValueError naming model.path otherwise."""
-    from rl.models import build_tiny_model, build_tiny_vl_model
+    from rl.models import VISION_TOKENS, build_tiny_model, build_tiny_vl_model
 
     tiny = tiny or {}
     if model_path == "tiny":
         s = _builder_sizes(build_tiny_model, tiny)
-        vocab = 151669 if s["tokenizer"] == "qwen3" else s["vocab_size"]  # local / world BPE: at most vocab_size
+        vocab = QWEN3_TOKENIZER_ROWS if s["tokenizer"] == "qwen3" else s["vocab_size"]  # a trained BPE: at most
         return Arch(hidden=s["hidden_size"], layers=s["num_layers"], heads=s["num_heads"], kv_heads=s["num_kv_heads"],
                     head_dim=s["head_dim"], intermediate=s["intermediate_size"], vocab=vocab, tied=True,
                     qk_norm=True, source="the tiny Qwen3's sizes (model.tiny; rl/models.py)")
     if model_path == "tiny_vl":
         s = _builder_sizes(build_tiny_vl_model, tiny)
-        vocab = (151669 if s["tokenizer"] == "qwen3" else s["vocab_size"]) + 5  # + the vision tokens
+        vocab = (QWEN3_TOKENIZER_ROWS if s["tokenizer"] == "qwen3" else s["vocab_size"]) + len(VISION_TOKENS)
         d = s["vision_hidden_size"]
         return Arch(hidden=s["hidden_size"], layers=s["num_layers"], heads=s["num_heads"], kv_heads=s["num_kv_heads"],
                     head_dim=s["hidden_size"] // s["num_heads"], intermediate=s["intermediate_size"], vocab=vocab,
@@ -253,15 +265,17 @@ def trainer_memory(a: Arch, *, ranks: int, tokens: int, row_len: int, compute_by
     """Bytes of one trainer rank: {"resident": {...}, "step": {...}, "load": {...}} (component -> bytes).
 
     resident: what stays between steps (parameters, optimizer state, the reference model); step: what a
-    training micro-batch adds at its peak (the start of its backward); load: the full fp32 model on the device
-    before sharding. `tokens`: positions in one micro-batch (token budget, or rows x row_len); `row_len`: the
-    length attention sees (a packed micro-batch is one row of `tokens`)."""
+    training micro-batch adds at its peak (the start of the backward, a layer or its end, whichever holds most;
+    or the optimizer step); load: the full fp32 model on the device before sharding. `tokens`: positions in
+    one micro-batch (token budget, or rows x row_len); `row_len`: the length attention sees (a packed
+    micro-batch is one row of `tokens`)."""
     b, p, n = compute_bytes, param_count(a), max(1, ranks)
     layer, root = layer_param_count(a), root_param_count(a)
     mixed = b != 4
-    trainable = p if not lora_rank else a.layers * lora_rank * (
-        2 * a.hidden + a.heads * a.head_dim + 2 * a.kv_heads * a.head_dim + 3 * (a.hidden + a.intermediate)
-        + (a.heads * a.head_dim + a.hidden))  # every linear of a layer: r x (in + out)
+    q, kv = a.heads * a.head_dim, a.kv_heads * a.head_dim
+    linears = [(a.hidden, q), (a.hidden, kv), (a.hidden, kv), (q, a.hidden),  # q, k, v, o
+               (a.hidden, a.intermediate), (a.hidden, a.intermediate), (a.intermediate, a.hidden)]  # gate, up, down
+    trainable = a.layers * lora_rank * sum(i + o for i, o in linears) if lora_rank else p  # LoRA: r x (in + out)
     if backend == "deepspeed":  # ZeRO: stage 3 shards the parameters, 2 and 3 the gradients, all the optimizer
         params = p * b // (n if zero_stage == 3 else 1) + (4 * trainable // n if mixed else 0)
         grads = 4 * trainable // n if zero_stage >= 2 else b * trainable
@@ -283,15 +297,15 @@ def trainer_memory(a: Arch, *, ranks: int, tokens: int, row_len: int, compute_by
         act, act_name = a.layers * per_layer + kept, "activations kept (every layer)"
     # the backward peaks at one of three moments: its start (the logprob head: its chunk temporaries and
     # selected hidden states, the output layer's weight gradient in fp32 and cast), inside a layer (with
-    # checkpointing its recomputed activations; three [tokens, intermediate] gradients of its MLP, the
-    # hidden-state gradient) or at its end, when no activation is left (the root unit's unsharded gradient,
+    # checkpointing its recomputed activations; the first gradient of its MLP intermediates, the
+    # hidden-state gradients) or at its end, when no activation is left (the root unit's unsharded gradient,
     # the embedding's own gradient added to it, the reduce-scatter's fp32 input and output)
     head = a.vocab * a.hidden
     at_head = logprob_memory_bytes(vocab=a.vocab, tokens=tokens, hidden=a.hidden, chunked=not a.softcap,
                                    chunk_bytes=min(chunk_bytes, 12 * tokens * a.vocab), param_bytes=b) \
         + 4 * head + (b * head if mixed else 0)
-    in_layer = (per_layer if grad_checkpointing else 0) + tokens * b * (3 * a.intermediate + 2 * a.hidden)
-    at_end = root * (2 * b + 4 + 4 // n) if backend != "deepspeed" else 0
+    in_layer = (per_layer if grad_checkpointing else 0) + tokens * b * (a.intermediate + 2 * a.hidden)
+    at_end = root * (2 * b + 4) + 4 * root // n if backend != "deepspeed" else 0
     step = {"gradients": grads, "unsharded working copies": gathered}
     if at_end > act + max(at_head, in_layer):
         step["end of backward: root unit's gradients, reduce-scatter"] = at_end
@@ -300,7 +314,8 @@ def trainer_memory(a: Arch, *, ranks: int, tokens: int, row_len: int, compute_by
         if at_head >= in_layer:
             step["backward peak: logprob head, output-layer gradient"] = at_head
         else:
-            step["backward peak: " + ("a recomputed layer, " if grad_checkpointing else "") + "its gradients"] = in_layer
+            what = "a recomputed layer, its gradients" if grad_checkpointing else "a layer's gradients"
+            step[f"backward peak: {what}"] = in_layer
     opt_temp = 4 * (trainable // n if gpu else head // n)  # AdamW's sqrt(v) temporary (foreach on GPU)
     if opt_temp > sum(step.values()) - grads:  # the optimizer step, not the backward, peaks
         step = {"gradients": grads, "optimizer step temporary": opt_temp}
@@ -310,7 +325,7 @@ def trainer_memory(a: Arch, *, ranks: int, tokens: int, row_len: int, compute_by
 
 
 def engine_memory(a: Arch, *, gpu: bool, device_bytes: int, utilization: float, kv_cache_gib: float,
-                  max_model_len: int, tensor_parallel: int = 1) -> dict[str, int]:
+                  tensor_parallel: int = 1) -> dict[str, int]:
     """Bytes of one vLLM engine on its device (component -> bytes). GPU: `utilization` x device, of which the
     weights (bf16), the reserve (activations, CUDA graphs, sampled logits) and the rest is KV cache. CPU build:
     fp32 weights + `kv_cache_gib` (VLLM_CPU_KVCACHE_SPACE, whole GiB, at least 1)."""
@@ -322,7 +337,7 @@ def engine_memory(a: Arch, *, gpu: bool, device_bytes: int, utilization: float, 
     weights = 2 * p // tensor_parallel
     reserve = ENGINE_RESERVE + 2 * ENGINE_MAX_SEQS * a.vocab * 4
     return {"weights (bf16)": weights, "reserve (activations, CUDA graphs)": reserve,
-            "KV cache": total - weights - reserve}
+            "KV cache": max(0, total - weights - reserve)}  # 0: vLLM refuses to start (_problems says why)
 
 
 # --- the plan of a configuration -------------------------------------------------------------
@@ -351,12 +366,15 @@ class Plan:
     placement: str
     devices: list[DevicePlan]
     notes: list[str] = field(default_factory=list)
-    problem: str | None = None  # None: it fits
-    key: str | None = None       # the key to change when it does not
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (what does not fit, the key to change)
 
     @property
     def fits(self) -> bool:
-        return self.problem is None
+        return not self.problems
+
+    @property
+    def keys(self) -> list[str]:
+        return list(dict.fromkeys(key for _, key in self.problems))
 
 
 def _gib(n: int) -> str:
@@ -364,131 +382,161 @@ def _gib(n: int) -> str:
 
 
 def plan_config(cfg, device_gib: float | None = None) -> Plan:
-    """The memory plan of a loaded `Config` (rl/config.py): per device kind, per phase; `problem` and `key`
-    say what does not fit and which setting to change."""
+    """The memory plan of a loaded `Config` (rl/config.py): per device kind, per phase; `problems` say what does
+    not fit and which setting to change."""
     from rl.placement import resolve_placement
-    from rollout.engines.vllm_engine import default_gpu_memory_utilization
 
     r, t = cfg.rollout, cfg.trainer
     arch = resolve_arch(cfg.model.path, cfg.model.tiny)
-    params = param_count(arch)
     gpu = r.gpus_per_engine > 0 or t.gpus_per_rank > 0
     notes = []
-    if device_gib is None:
-        if gpu:
-            device_gib = DEFAULT_DEVICE_GIB
-        else:
-            device_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB
-            notes.append("no GPU asked (rollout.gpus_per_engine = trainer.gpus_per_rank = 0): everything shares this "
-                         "host's memory (--device-gib to plan for another host)")
+    if device_gib is None and not gpu:
+        device_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB
+        notes.append("no GPU asked (rollout.gpus_per_engine = trainer.gpus_per_rank = 0): every role shares this "
+                     "host's memory (--device-gib to plan for another host)")
+    device_gib = device_gib or DEFAULT_DEVICE_GIB
     device = int(device_gib * GiB)
+    placement = "host"
     if gpu:
         gpus = max(r.num_engines * r.gpus_per_engine, t.num_ranks * t.gpus_per_rank)
         placement = resolve_placement(cfg.ray.placement, r.mode, max(1, math.ceil(gpus / GPUS_PER_NODE)))
         if cfg.ray.placement == "auto":
             notes.append(f"ray.placement=auto -> {placement} (assuming {GPUS_PER_NODE} GPUs per node)")
-    else:
-        placement = "host"
-    colocated = placement == "colocated"
-    # the trainer: bf16 compute on GPU when asked (rl/trainer/base.py), the dtype as given otherwise
-    b = 2 if cfg.model.dtype == "bfloat16" else 4
-    attn = t.attn_implementation
-    if attn == "auto":
-        attn = "flash_attention_2" if gpu and b == 2 else "sdpa"
-        notes.append(f"trainer.attn_implementation=auto planned as {attn}" + (
-            " (sdpa where flash-attn does not import: k, v repeated to every head)" if attn != "sdpa" else ""))
-    row_len = r.max_model_len  # the longest row a rollout can produce
-    tokens = max(t.token_budget, row_len) if t.token_budget else t.micro_batch_size * row_len
-    notes.append(f"a micro-batch of {tokens} tokens ("
-                 + (f"trainer.token_budget={t.token_budget}; a longer row goes alone" if t.token_budget else
-                    f"trainer.micro_batch_size={t.micro_batch_size} rows x rollout.max_model_len={row_len}") + ")")
-    trainer = trainer_memory(arch, ranks=t.num_ranks, tokens=tokens, row_len=tokens if t.packing else row_len,
-                             compute_bytes=b,
-                             grad_checkpointing=t.grad_checkpointing, backend=t.backend, zero_stage=t.zero_stage,
-                             lora_rank=t.lora_rank, reference=cfg.algo.kl_coef > 0, attn=attn,
-                             chunk_bytes=t.logprob_chunk_mb << 20, gpu=gpu)
-    if t.backend == "deepspeed":
-        notes.append("DeepSpeed: parameters, gradients and optimizer by ZeRO stage; its communication buckets are "
-                     "not planned")
-    util = r.gpu_memory_utilization
-    if util is None:
-        util = default_gpu_memory_utilization(gpu, colocated=colocated)
-        if r.backend == "vllm":
-            notes.append(f"rollout.gpu_memory_utilization unset: {util} ({'colocated with a trainer rank' if colocated else 'the engine alone'})")
-    if r.backend == "vllm":
-        engine = engine_memory(arch, gpu=gpu, device_bytes=device, utilization=util, kv_cache_gib=r.kv_cache_gib,
-                               max_model_len=r.max_model_len)
-    else:  # the HF engine: weights in fp32, a KV cache that grows with the requests in flight
-        engine = {"weights (fp32)": 4 * params, "KV cache (requests in flight, max_model_len each)":
-                  r.max_inflight_groups * r.n * r.max_model_len * kv_bytes_per_token(arch, 4),
-                  "CUDA context" if gpu else "process": GPU_RUNTIME if gpu else CPU_PROCESS}
-    tr = lambda part: {f"trainer: {k}": v for k, v in trainer[part].items()}  # noqa: E731
-    en = lambda d: {f"engine: {k}": v for k, v in d.items()}  # noqa: E731
-    devices = []
-    if colocated:
-        resident = dict(tr("resident"))
-        if t.offload:
-            resident = {k: v for k, v in resident.items() if "parameters" not in k and "optimizer" not in k}
-        devices.append(DevicePlan("GPU (one engine + one trainer rank)", {
-            "load": en(engine) | tr("load"),
-            "generate": en(engine) | resident,
-            "train": {"engine: asleep (context, CUDA graphs)": ENGINE_ASLEEP} | tr("resident") | tr("step")}))
-    elif gpu:
-        per = lambda g: max(1, int(1 / g)) if 0 < g < 1 else 1  # noqa: E731  (fractional GPUs: several per device)
-        k = per(r.gpus_per_engine)
-        devices.append(DevicePlan(f"engine GPU ({k} engine{'s' if k > 1 else ''})",
-                                  {"generate": {key: v * k for key, v in en(engine).items()}}))
-        k = per(t.gpus_per_rank)
-        devices.append(DevicePlan(f"trainer GPU ({k} rank{'s' if k > 1 else ''} of {t.num_ranks})", {
-            "load": {key: v * k for key, v in tr("load").items()},
-            "train": {key: v * k for key, v in (tr("resident") | tr("step")).items()}}))
-    else:
-        e, n = r.num_engines, t.num_ranks
-        scale = lambda d, m: {key: v * m for key, v in d.items()}  # noqa: E731
-        devices.append(DevicePlan(f"host ({e} engine{'s' if e > 1 else ''}, {n} trainer rank{'s' if n > 1 else ''})", {
-            "load": scale(en(engine), e) | scale(tr("load"), n),
-            "train": scale(en(engine), e) | scale(tr("resident") | tr("step"), n)}))
-    plan = Plan(model=cfg.model.path, arch=arch, params=params, device_bytes=device,
+    trainer = _trainer_of(cfg, arch, gpu, notes)
+    engine = _engine_of(cfg, arch, gpu, device, placement == "colocated", notes)
+    plan = Plan(model=cfg.model.path, arch=arch, params=param_count(arch), device_bytes=device,
                 device_label=f"{device_gib:.1f} GiB" + (" GPU" if gpu else " host memory"), placement=placement,
-                devices=devices, notes=notes)
-    plan.problem, plan.key = _verdict(plan, cfg, engine, arch, gpu)
+                devices=_devices(cfg, trainer, engine, placement), notes=notes)
+    plan.problems = _problems(plan, cfg, engine, arch, gpu)
     return plan
 
 
-def _verdict(plan: Plan, cfg, engine: dict, arch: Arch, gpu: bool) -> tuple[str | None, str | None]:
-    """(what does not fit, the key to change), or (None, None)."""
+def _trainer_of(cfg, arch: Arch, gpu: bool, notes: list[str]) -> dict[str, dict[str, int]]:
+    """`trainer_memory` with the config's settings (and what it assumed, in `notes`)."""
     r, t = cfg.rollout, cfg.trainer
+    if t.backend == "sim":
+        return {"resident": {"process (simulated trainer: no model)": CPU_PROCESS}, "step": {}, "load": {}}
+    b = 2 if cfg.model.dtype == "bfloat16" else 4  # compute dtype (parameters stay fp32: rl/trainer/fsdp.py)
+    attn = t.attn_implementation
+    if attn == "auto":  # rl/trainer/base.py attention_implementation
+        attn = "flash_attention_2" if gpu and b == 2 else "sdpa"
+    # the longest row: the engine's context, and the agent's budget of a multi-turn episode (rollout/agent.py)
+    row_len, bound = r.max_model_len, "rollout.max_model_len"
+    if cfg.data.task != "target_token" and cfg.agent.max_context_tokens < row_len:
+        row_len, bound = cfg.agent.max_context_tokens, "agent.max_context_tokens"
+    tokens = max(t.token_budget, row_len) if t.token_budget else t.micro_batch_size * row_len
+    notes.append(f"a micro-batch of {tokens} tokens at most ("
+                 + (f"trainer.token_budget={t.token_budget}; a longer row goes alone" if t.token_budget else
+                    f"trainer.micro_batch_size={t.micro_batch_size} rows x {bound}={row_len}") + ")")
+    if t.backend == "deepspeed":
+        notes.append("DeepSpeed: parameters, gradients and optimizer state by ZeRO stage; its communication "
+                     "buckets are not planned")
+    plan = lambda attn: trainer_memory(  # noqa: E731
+        arch, ranks=t.num_ranks, tokens=tokens, row_len=tokens if t.packing else row_len, compute_bytes=b,
+        grad_checkpointing=t.grad_checkpointing, backend=t.backend, zero_stage=t.zero_stage, lora_rank=t.lora_rank,
+        reference=cfg.algo.kl_coef > 0, attn=attn, chunk_bytes=t.logprob_chunk_mb << 20, gpu=gpu)
+    chosen = plan(attn)
+    if t.attn_implementation == "auto" and attn == "flash_attention_2":
+        more = sum(plan("sdpa")["step"].values()) - sum(chosen["step"].values())
+        notes.append(f"trainer.attn_implementation=auto planned as flash_attention_2; where flash-attn does not "
+                     f"import the rank falls back to sdpa: +{_gib(more)} GiB in the train phase (k, v repeated to "
+                     "every head, the L x L mask)")
+    return chosen
+
+
+def _engine_of(cfg, arch: Arch, gpu: bool, device: int, colocated: bool, notes: list[str]) -> dict[str, int]:
+    """One engine's bytes with the config's settings: vLLM (`engine_memory`), HF (fp32 weights, a KV cache that
+    grows with the requests in flight) or the simulated engine (no model)."""
+    from rollout.engines.vllm_engine import default_gpu_memory_utilization
+
+    r = cfg.rollout
+    if r.backend == "sim":
+        return {"simulated (no model; many share a process)": 0}
+    if r.backend == "hf":
+        return {"weights (fp32)": 4 * param_count(arch), "KV cache (requests in flight, max_model_len each)":
+                r.max_inflight_groups * r.n * r.max_model_len * kv_bytes_per_token(arch, 4),
+                "CUDA context" if gpu else "process": GPU_RUNTIME if gpu else CPU_PROCESS}
+    util = r.gpu_memory_utilization
+    if util is None and gpu:
+        util = default_gpu_memory_utilization(gpu, colocated=colocated)
+        notes.append(f"rollout.gpu_memory_utilization unset: {util} "
+                     f"({'a GPU shared with a trainer rank' if colocated else 'a GPU of its own'})")
+    # one GPU per engine: rl/groups.py starts vLLM without tensor parallelism
+    return engine_memory(arch, gpu=gpu, device_bytes=device, utilization=util or 0.0, kv_cache_gib=r.kv_cache_gib)
+
+
+def _devices(cfg, trainer: dict, engine: dict, placement: str) -> list[DevicePlan]:
+    """Which roles share a device, and what each phase holds there (ARCHITECTURE.md section 3)."""
+    r, t = cfg.rollout, cfg.trainer
+    tr = lambda part, k=1: {f"trainer: {n}": v * k for n, v in trainer[part].items()}  # noqa: E731
+    en = lambda k=1: {f"engine: {n}": v * k for n, v in engine.items()}  # noqa: E731
+    if placement == "colocated":  # one engine and one rank per GPU; the engine sleeps while the rank trains
+        resident = tr("resident")
+        if t.offload:  # the rank's parameters and optimizer state wait in host memory while the engine runs
+            resident = {n: v for n, v in resident.items() if "parameters" not in n and "optimizer" not in n}
+        return [DevicePlan("GPU (one engine + one trainer rank)", {
+            "load": en() | tr("load"),  # the engines start first and are awake while the ranks load
+            "generate": en() | resident,
+            "train": {"engine: asleep (context, CUDA graphs)": ENGINE_ASLEEP} | tr("resident") | tr("step")})]
+    if placement == "split":
+        per = lambda g: max(1, int(1 / g)) if 0 < g < 1 else 1  # noqa: E731  (a fraction of a GPU: several per GPU)
+        e, k = per(r.gpus_per_engine), per(t.gpus_per_rank)
+        return [DevicePlan(f"engine GPU ({e} engine{'s' if e > 1 else ''})", {"generate": en(e)}),
+                DevicePlan(f"trainer GPU ({k} rank{'s' if k > 1 else ''} of {t.num_ranks})", {
+                    "load": tr("load", k), "train": tr("resident", k) | tr("step", k)})]
+    e, n = r.num_engines, t.num_ranks  # one host: every engine and rank at once (no sleep on CPU)
+    return [DevicePlan(f"host ({e} engine{'s' if e > 1 else ''}, {n} trainer rank{'s' if n > 1 else ''})", {
+        "load": en(e) | tr("load", n), "train": en(e) | tr("resident", n) | tr("step", n)})]
+
+
+def _problems(plan: Plan, cfg, engine: dict, arch: Arch, gpu: bool) -> list[tuple[str, str]]:
+    """(what does not fit, the key to change) for the engine's cache and for every phase of every device over
+    the device's size; empty when the plan fits."""
+    r, t = cfg.rollout, cfg.trainer
+    out = []
     kv = engine.get("KV cache")
     if gpu and r.backend == "vllm" and kv is not None:
         need = kv_bytes_per_token(arch, 2) * r.max_model_len
-        if kv < need:
-            return (f"the engine's KV cache ({_gib(max(kv, 0))} GiB) holds less than one sequence of "
-                    f"rollout.max_model_len={r.max_model_len} tokens ({_gib(need)} GiB)",
-                    "rollout.gpu_memory_utilization")
+        fixed = sum(v for k, v in engine.items() if k != "KV cache")
+        if fixed + need > plan.device_bytes:
+            out.append((f"one engine's bf16 weights and reserve ({_gib(fixed)} GiB) and one sequence of KV cache "
+                        f"do not fit one device (engines run without tensor parallelism here)", "model.path"))
+        elif kv < need:
+            out.append((f"the engine's KV cache ({_gib(max(kv, 0))} GiB) holds less than one sequence of "
+                        f"rollout.max_model_len={r.max_model_len} tokens ({_gib(need)} GiB)",
+                        "rollout.gpu_memory_utilization"))
     for dev in plan.devices:
-        phase, total = dev.peak()
-        if total <= plan.device_bytes:
-            continue
-        parts = dev.phases[phase]
-        what = f"{dev.name}, phase '{phase}': {_gib(total)} GiB > {plan.device_label}"
-        if phase == "load":
-            full = 4 * plan.params
-            if full > plan.device_bytes:
-                return f"{what}: the full fp32 model ({_gib(full)} GiB) alone is larger than the device", "model.path"
-            return what + ": the engine holds its share while the trainer loads", "rollout.gpu_memory_utilization"
-        if phase == "generate" and any(k.startswith("trainer:") for k in parts):
-            key = "trainer.offload" if not t.offload else "rollout.gpu_memory_utilization"
-            return what + ": the trainer's state stays on the GPU while the engine runs", key
-        if phase == "generate":
-            return what, "rollout.gpu_memory_utilization" if gpu else "rollout.kv_cache_gib"
-        act = sum(v for k, v in parts.items() if "activations" in k)
-        state = sum(v for k, v in parts.items() if any(s in k for s in ("parameters", "gradients", "optimizer")))
-        if act >= state:
-            if not t.grad_checkpointing:
-                return what + ": activations of every layer", "trainer.grad_checkpointing"
-            return what + ": activations", "trainer.token_budget" if t.token_budget else "trainer.micro_batch_size"
-        return what + ": parameters, gradients and optimizer state", "trainer.num_ranks"
-    return None, None
+        for phase, parts in dev.phases.items():
+            total = sum(parts.values())
+            if total <= plan.device_bytes:
+                continue
+            what = f"{dev.name}, phase '{phase}': {_gib(total)} GiB > {plan.device_label}"
+            if phase == "load":
+                full = 4 * plan.params
+                if full + GPU_RUNTIME > plan.device_bytes:
+                    out.append((f"{what}: every rank loads the full fp32 model ({_gib(full)} GiB) before sharding it",
+                                "model.path"))
+                else:
+                    out.append((f"{what}: the engine holds its share while the trainer loads",
+                                "rollout.gpu_memory_utilization"))
+            elif phase == "generate" and any(k.startswith("trainer:") for k in parts):
+                out.append((f"{what}: the trainer's state stays on the GPU while the engine runs",
+                            "trainer.offload" if not t.offload else "rollout.gpu_memory_utilization"))
+            elif phase == "generate":
+                out.append((what, "rollout.gpu_memory_utilization" if gpu else "rollout.kv_cache_gib"))
+            else:
+                act = sum(v for k, v in parts.items() if "activations" in k)
+                state = sum(v for k, v in parts.items()
+                            if any(s in k for s in ("parameters", "gradients", "optimizer")))
+                if state > act:
+                    out.append((f"{what}: parameters, gradients and optimizer state ({_gib(state)} GiB)",
+                                "trainer.num_ranks"))
+                elif not t.grad_checkpointing:
+                    out.append((f"{what}: every layer's activations ({_gib(act)} GiB)", "trainer.grad_checkpointing"))
+                else:
+                    out.append((f"{what}: activations ({_gib(act)} GiB)",
+                                "trainer.token_budget" if t.token_budget else "trainer.micro_batch_size"))
+    return out
 
 
 def format_plan(plan: Plan) -> str:
@@ -496,7 +544,8 @@ def format_plan(plan: Plan) -> str:
     a = plan.arch
     count = f"{plan.params / 1e9:.2f} B" if plan.params >= 1e9 else f"{plan.params / 1e6:.2f} M"
     lines = [f"memory plan of model.path={plan.model}: {count} parameters "
-             f"(hidden {a.hidden}, {a.layers} layers, {a.heads} heads / {a.kv_heads} kv, intermediate {a.intermediate}, "
+             f"(hidden {a.hidden}, {a.layers} layers, {a.heads} heads / {a.kv_heads} kv, "
+             f"intermediate {a.intermediate}, "
              f"vocab {a.vocab}{', vision tower' if a.vision else ''}); sizes from {a.source}",
              f"device: {plan.device_label}; placement: {plan.placement}"]
     lines += [f"  - {n}" for n in plan.notes]
@@ -511,12 +560,13 @@ def format_plan(plan: Plan) -> str:
         totals = dev.totals()
         lines.append("  total (GiB)".ljust(width) + "".join(f"{_gib(totals[ph]):>10}" for ph in phases))
         phase, peak = dev.peak()
-        lines.append(f"  peak: {phase}, {_gib(peak)} GiB of {plan.device_label} ({100 * peak / plan.device_bytes:.0f}%)")
+        share = 100 * peak / plan.device_bytes
+        lines.append(f"  peak: {phase}, {_gib(peak)} GiB of {plan.device_label} ({share:.0f}%)")
     kv = next((dev.phases[ph].get("engine: KV cache") for dev in plan.devices for ph in dev.phases
                if "engine: KV cache" in dev.phases[ph]), None)
     if kv and kv > 0:
         per = kv_bytes_per_token(a, 2)
         lines.append(f"\nKV cache per engine: {kv // per} tokens ({per} bytes per token)")
     lines.append("")
-    lines.append("fits" if plan.fits else f"does not fit: {plan.problem}; change {plan.key}")
+    lines += ["fits"] if plan.fits else ["does not fit:"] + [f"  - {what}: change {key}" for what, key in plan.problems]
     return "\n".join(lines)

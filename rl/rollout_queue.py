@@ -5,7 +5,10 @@ Owns:
   a task go to one engine (they share the prompt prefix; later turns of an episode stay on its
   engine because the episode lives there); each new task goes to the engine with the fewest groups
   in flight, as groups finish, so a long tail on one engine does not idle the others; at most
-  `max_inflight` groups per engine. An aborted group (empty batch) is re-queued.
+  `max_inflight` groups per engine. An aborted group (empty batch) is re-queued. A finished group
+  announces itself (a done callback puts it on a queue), so collecting k finished groups costs O(k),
+  not a scan of every group in flight per poll (which made the driver's work grow as groups in
+  flight x groups finished: seconds per step at 1,000+ groups, benchmarks/scale.py).
 - `AsyncRollout`: rollout of step t+1 overlapping training of step t under a bounded staleness.
   Admission is AReaL's rule, capacity = (max_staleness + version + 1) * B - (accepted + running),
   with one batch of B accepted per version: (max_staleness + 1) * B - running - accepted at this
@@ -22,12 +25,12 @@ Never: score or train; wait without a timeout that names what it waited for.
 
 from __future__ import annotations
 
+import queue
 import time
 from collections import deque
 
 import numpy as np
 import pyarrow as pa
-import ray
 
 from rollout.trajectory import concat, scalar_numpy, with_columns
 
@@ -37,10 +40,12 @@ class Dispatcher:
         self.actors, self.n, self.sampling, self.max_inflight = actors, n, sampling, max_inflight
         self.pending: deque[dict] = deque()
         self.inflight: dict = {}                 # ref -> (task, engine index)
-        self.load = [0] * len(actors)
+        self.finished: queue.SimpleQueue = queue.SimpleQueue()  # (ref, future) of groups done, as they finish
+        self.load = np.zeros(len(actors), np.int64)
         self.groups_per_engine = [0] * len(actors)
         self.requeued = 0
         self.foreign = 0  # finished groups `run` did not ask for (dropped)
+        self.received_bytes = 0  # Arrow bytes of the finished groups (what the engines sent the driver)
 
     def submit(self, tasks: list[dict]) -> None:
         self.pending.extend(tasks)
@@ -56,6 +61,7 @@ class Dispatcher:
             ref = self.actors[i].run_group.remote(task, task.get("n", self.n), task.get("sampling", self.sampling))
             self.inflight[ref] = (task, i)
             self.load[i] += 1
+            ref.future().add_done_callback(lambda future, ref=ref: self.finished.put((ref, future)))
 
     @property
     def outstanding(self) -> int:
@@ -65,15 +71,21 @@ class Dispatcher:
         """Finished groups (waits up to `timeout_s` for the first one)."""
         if not self.inflight:
             return []
-        refs = list(self.inflight)
-        ready, _ = ray.wait(refs, num_returns=1, timeout=timeout_s)
-        if ready:
-            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        try:
+            ready = [self.finished.get(timeout=timeout_s)]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                ready.append(self.finished.get_nowait())
+            except queue.Empty:
+                break
         done = []
-        for ref in ready:
+        for ref, future in ready:
             task, i = self.inflight.pop(ref)
             self.load[i] -= 1
-            batch = ray.get(ref)
+            batch = future.result()  # the group's batch, or the exception its task raised
+            self.received_bytes += batch.nbytes
             if batch.num_rows == 0:  # aborted at a weight sync: roll it out again
                 self.pending.appendleft(task)
                 self.requeued += 1
@@ -132,6 +144,7 @@ class AsyncRollout:
         self.ready: deque[tuple[dict, pa.RecordBatch]] = deque()
         self.accepted = (None, 0)  # (version, groups the latest take handed out at that version)
         self.stale_dropped = 0
+        self.taken = 0             # groups handed out by `take`
         self.staleness_seen: list[int] = []
 
     @property
@@ -172,6 +185,7 @@ class AsyncRollout:
                     self.stale_dropped += 1
                     continue
                 staleness.append(age)
+                self.taken += 1
                 taken.append(with_columns(batch, {"group": np.full(batch.num_rows, len(taken), np.int32)}))
                 self.accepted = (version, len(taken))
             if len(taken) >= num_groups:
@@ -186,7 +200,16 @@ class AsyncRollout:
         self.staleness_seen += staleness
         return concat(taken), {"async/staleness_max": max(staleness), "async/staleness_mean": float(np.mean(staleness)),
                                "async/stale_dropped": self.stale_dropped, "async/admitted_groups": self.produced,
-                               "async/requeued_groups": self.dispatcher.requeued}
+                               "async/requeued_groups": self.dispatcher.requeued,
+                               "async/running_groups": self.running, "async/lost_groups": self.accounting()["lost"]}
+
+    def accounting(self) -> dict:
+        """Where every admitted group is: handed out, dropped as stale, or still running (finished and
+        waiting, rolling out, or queued); `lost` is what none of these holds, 0 unless a group went missing."""
+        out = {"admitted": self.produced, "taken": self.taken, "stale_dropped": self.stale_dropped,
+               "running": self.running, "requeued": self.dispatcher.requeued}
+        out["lost"] = out["admitted"] - out["taken"] - out["stale_dropped"] - out["running"]
+        return out
 
     def outstanding_tasks(self) -> list[dict]:
         d = self.dispatcher
@@ -203,4 +226,5 @@ class AsyncRollout:
     def load_state_dict(self, state: dict) -> None:
         self.produced, self.stale_dropped = state["produced"], state["stale_dropped"]
         self.waiting = deque(state.get("waiting", []))  # absent in checkpoints written before it existed
+        self.taken = self.produced - self.stale_dropped - len(state["tasks"])  # the rest were trained on
         self.dispatcher.submit(state["tasks"])

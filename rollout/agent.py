@@ -165,7 +165,7 @@ async def run_episode(engine, env: EnvClient, template: ChatTemplate, task: dict
             messages.append({"role": "assistant", "content": text[: -len(template.eos_text)] if ended else text})
             action = fmt.parse(text)
             if action.kind == "answer":
-                finish, answer = "answer", action.answer
+                finish, answer = "answer", tokenizable(action.answer)  # a grammar may return lone surrogates
                 break
             if forced:  # the one forced last turn did not answer either
                 finish = "max_tokens"

@@ -75,8 +75,9 @@ class RolloutWorker:
         self._tokenizer = None
         self._vision = None
         self._running: set[asyncio.Task] = set()
-        # episode_errors: episodes that ended with finish "error"; episode_errors/<class>: per exception class
-        self.stats = {"groups": 0, "aborted_groups": 0, "episodes": 0, "episode_errors": 0}
+        # episode_errors: episodes that ended with finish "error"; episode_errors/<class>: per exception class;
+        # invalid_actions: model turns that were no valid action (the grammar's error observation)
+        self.stats = {"groups": 0, "aborted_groups": 0, "episodes": 0, "episode_errors": 0, "invalid_actions": 0}
 
     # --- single-turn (the spine's task) ------------------------------------------------------
 
@@ -142,6 +143,7 @@ class RolloutWorker:
                                                  fmt, self.hooks, sample=s) for s in range(n)))
         self.stats["episodes"] += n
         for e in eps:  # an episode that raised ended alone (finish "error"); the group goes on
+            self.stats["invalid_actions"] += e.metrics.get("invalid_actions", 0)
             if "error" in e.metrics:
                 self.stats["episode_errors"] += 1
                 key = f"episode_errors/{e.metrics['error']}"
@@ -194,8 +196,9 @@ class RolloutWorker:
         await self.engine.wake()
 
     async def counters(self) -> dict:
-        """This worker's running counts: groups, aborted groups, episodes, episode errors (by exception class)."""
-        return dict(self.stats)
+        """This worker's running counts: groups, aborted groups, episodes, episode errors (by exception class),
+        invalid actions, and its env client's as env_client/<name> (calls, timeouts, server_died, server_errors)."""
+        return dict(self.stats) | {f"env_client/{k}": v for k, v in getattr(self.env, "stats", {}).items()}
 
     async def metrics(self) -> dict:
         out = dict(self.stats, in_flight_requests=self.gated.in_flight, running_groups=len(self._running))

@@ -11,8 +11,10 @@ idle timeout of `IDLE_TIMEOUT_S`.
 Fault injection, for tests of tools (timeouts, retries, error observations): `Fault(delay_s, status, times)`
 per path, given to the constructor or set while running with `set_fault(path, fault)`. A fault on "/wiki/X"
 first sleeps `delay_s` (at most `MAX_DELAY_S`), then answers `status` instead of the page when a status is
-given; with `times=n` it applies to the next n requests of that path only and then clears itself (a tool that
-retries should then succeed). `request_count(path)` says how many requests a path received.
+given, or the page padded to `size` bytes (an oversized page, at most `MAX_FAULT_BYTES`); with `times=n` it
+applies to the next n requests of that path only and then clears itself (a tool that retries should then
+succeed). `request_count(path)` says how many requests a path received, `fault_counts()` how many requests
+each kind of fault changed (delayed, status, oversized).
 
 Never: listen on anything but the host given (127.0.0.1 by default), fetch from the network, write files,
 or import anything of the project outside `envs/world/`.
@@ -35,22 +37,27 @@ from envs.world.pages import WIKI_PREFIX, render_index, render_page
 MAX_URL_BYTES = 2048
 MAX_DRAIN_BYTES = 1 << 20  # a refused request's body is read (and dropped) up to this size
 MAX_DELAY_S = 60.0
+MAX_FAULT_BYTES = 64 << 20  # the largest oversized page a fault serves
 IDLE_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
 class Fault:
-    """What to do to the requests of one path: wait `delay_s`, then answer `status` (if given) instead."""
+    """What to do to the requests of one path: wait `delay_s`, then answer `status` (if given) instead, or the
+    page padded to `size` bytes (if given)."""
 
     delay_s: float = 0.0
     status: int | None = None
     times: int | None = None  # apply to the next `times` requests only; None: until cleared
+    size: int | None = None  # the page padded (an HTML comment at its end) to this many bytes
 
     def __post_init__(self):
         if not 0.0 <= self.delay_s <= MAX_DELAY_S:
             raise ValueError(f"Fault.delay_s={self.delay_s}: must lie in [0, {MAX_DELAY_S}] seconds")
         if self.status is not None and not 100 <= self.status <= 599:
             raise ValueError(f"Fault.status={self.status}: not an HTTP status code")
+        if self.size is not None and not 0 <= self.size <= MAX_FAULT_BYTES:
+            raise ValueError(f"Fault.size={self.size}: must lie in [0, {MAX_FAULT_BYTES}] bytes")
         if self.times is not None and self.times < 1:
             raise ValueError(f"Fault.times={self.times}: must be >= 1, or None for every request")
 
@@ -76,6 +83,7 @@ class WorldServer:
         self.port = port
         self._faults: dict[str, Fault] = dict(faults or {})
         self._counts: dict[str, int] = {}
+        self._fault_counts = {"delayed": 0, "status": 0, "oversized": 0}
         self._cache: dict[str, bytes] = {}
         self._lock = threading.Lock()
         self._httpd: _HTTPServer | None = None
@@ -130,6 +138,12 @@ class WorldServer:
         with self._lock:
             return sum(self._counts.values()) if path is None else self._counts.get(path, 0)
 
+    def fault_counts(self) -> dict[str, int]:
+        """Requests a fault changed, by kind: delayed (a fault's delay, the per-page latency a WorldHost sets
+        included), status (answered an injected status), oversized (answered a padded page)."""
+        with self._lock:
+            return dict(self._fault_counts)
+
     def _take_fault(self, path: str) -> Fault | None:
         with self._lock:
             self._counts[path] = self._counts.get(path, 0) + 1
@@ -139,6 +153,9 @@ class WorldServer:
                     del self._faults[path]
                 else:
                     self._faults[path] = replace(fault, times=fault.times - 1)
+            if fault is not None:
+                self._fault_counts["delayed"] += fault.delay_s > 0
+                self._fault_counts["status"] += fault.status is not None
             return fault
 
     # -- content ----------------------------------------------------------------------------------------
@@ -193,6 +210,10 @@ def _handler_for(server: WorldServer) -> type[BaseHTTPRequestHandler]:
                                "text/plain; charset=utf-8", head)
                     return
             body = server._page(path)
+            if body is not None and fault is not None and fault.size is not None and fault.size >= len(body) + 7:
+                body += b"<!--" + b" " * (fault.size - len(body) - 7) + b"-->"  # the page stays HTML
+                with server._lock:
+                    server._fault_counts["oversized"] += 1
             if body is None:
                 entity = path[len(WIKI_PREFIX):] if path.startswith(WIKI_PREFIX) else None
                 reason = (f"No page for entity id {entity!r}." if entity is not None

@@ -43,6 +43,7 @@ from rl.trainer.collate import packed_microbatch, padded_microbatch, row_lengths
 from rl.trainer.logprobs import DEFAULT_CHUNK_BYTES, grid_logprobs, install_logprob_head, reference_token_logprobs
 from rl.trainer.packing import plan_micro_batches
 from rl.weights import iter_buckets
+from rollout.engines.base import keep_freed_memory
 
 
 def microbatch_logprobs(model, mb: dict, temperature: float = 1.0, with_entropy: bool = False,
@@ -164,7 +165,11 @@ def backend_class(name: str) -> type["TrainerBackend"]:
         from rl.trainer.deepspeed import DeepSpeedTrainer
 
         return DeepSpeedTrainer
-    raise ValueError(f"unknown trainer backend {name!r}; allowed: 'fsdp2', 'deepspeed'")
+    if name == "sim":  # a latency model for scale tests (rl/trainer/sim.py)
+        from rl.trainer.sim import SimTrainer
+
+        return SimTrainer
+    raise ValueError(f"unknown trainer backend {name!r}; allowed: 'fsdp2', 'deepspeed', 'sim'")
 
 
 class TrainerBackend:
@@ -581,6 +586,7 @@ class TrainerBackend:
         part in the gather, rank 0 packs each bucket in the transport's serving dtype where the transport
         wants it (host, shared or GPU memory) and sends it at once (bounded memory). Returns the send
         statistics on rank 0, None elsewhere."""
+        keep_freed_memory()  # on CPU the gather's copies then reuse warm memory, not fresh pages, every sync
         if self.rank == 0:
             return transport.send(version, self.iter_state_buckets(bucket_bytes, transport.dtype, transport.allocate))
         for _ in self.iter_state_buckets(bucket_bytes):

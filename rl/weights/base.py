@@ -1,7 +1,7 @@
 """The small base every weight transport shares (SkyRL's `weight_sync/` is the model).
 
 Owns: cutting a full state (HF parameter names) into size-bounded buckets (`iter_buckets`; one bucket is a
-1-D uint8 tensor in the wire format of `rollout/engines/base.py`, packed once, in the serving dtype), the
+1-D uint8 tensor in the wire format of `rollout/engines/base.py`, written once, in the serving dtype), the
 `Transport` interface, `SendStats`, and `BucketStream`, the picklable handle a receiver iterates.
 
 Never: gather the state (the trainer backend does), decide when to sync (the controller), load weights
@@ -11,38 +11,39 @@ into an engine (the engine does), or import Ray at module level.
 from __future__ import annotations
 
 import asyncio
+import queue
+import threading
 from dataclasses import dataclass, replace
 from typing import AsyncIterator, Callable, Iterable, Iterator
 
 import torch
 
-from rollout.engines.base import pack_bucket, wire_dtype
+from rollout.engines.base import BucketWriter, wire_dtype
 
 
 def iter_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int = 64 << 20,
                  dtype: torch.dtype | None = None, allocate: Callable[[int], torch.Tensor] | None = None
                  ) -> Iterator[torch.Tensor]:
-    """Group (name, tensor) pairs into buckets of about `bucket_bytes` each, packed by `pack_bucket`.
+    """Group (name, tensor) pairs into buckets of about `bucket_bytes` each (`BucketWriter`).
 
     dtype: the engines' serving dtype (floating tensors are cast while packed; sizes count in it);
     allocate(nbytes): where a bucket lives (host memory by default; a transport may hand its own: CUDA,
-    shared memory). A tensor larger than the bound gets a bucket of its own; order is preserved. Lazy:
-    with a lazy `named_tensors` (e.g. one gathered parameter at a time) at most one bucket's tensors and
-    its packed copy are held.
+    shared memory, a buffer it reuses). Each tensor is copied into its bucket as it arrives, so with a
+    lazy `named_tensors` (one gathered parameter at a time) only one bucket and one tensor are held. A
+    tensor larger than the bound gets a bucket of its own; order is preserved.
     """
     if bucket_bytes <= 0:
         raise ValueError(f"bucket_bytes must be > 0, got {bucket_bytes}")
-    pending: list[tuple[str, torch.Tensor]] = []
-    size = 0
+    writer = None
     for name, t in named_tensors:
-        n = t.numel() * wire_dtype(t, dtype).itemsize
-        if pending and size + n > bucket_bytes:
-            yield pack_bucket(pending, dtype, allocate)
-            pending, size = [], 0
-        pending.append((name, t))
-        size += n
-    if pending:
-        yield pack_bucket(pending, dtype, allocate)
+        if writer is not None and not writer.fits(name, t):
+            yield writer.finish()
+            writer = None
+        if writer is None:
+            writer = BucketWriter(max(bucket_bytes, t.numel() * wire_dtype(t, dtype).itemsize), dtype, allocate)
+        writer.add(name, t)
+    if writer is not None:
+        yield writer.finish()
 
 
 def as_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -97,15 +98,16 @@ class Transport:
         receiver; returns when every receiver took them all."""
         raise NotImplementedError
 
-    def receive(self, version: int, receiver: int = 0, on_device: bool = False) -> Iterator:
-        """The buckets of `version`, in order: bytes-like in host memory, or (`on_device`, where the
-        transport moved them to a GPU) uint8 CUDA tensors. Taking the next bucket acknowledges the
-        previous one: load a bucket before asking for the next."""
+    def receive(self, version: int, receiver: int = 0, as_tensors: bool = False) -> Iterator:
+        """The buckets of `version`, in order: bytes-like in host memory, or (`as_tensors`, where the
+        transport has them as tensors) 1-D uint8 tensors where they arrived, host or GPU. Taking the next
+        bucket acknowledges the previous one: load a bucket before asking for the next, and keep no
+        reference to it (views an engine keeps are fine: such a bucket's memory is not reused)."""
         raise NotImplementedError
 
-    async def areceive(self, version: int, receiver: int = 0, on_device: bool = False) -> AsyncIterator:
+    async def areceive(self, version: int, receiver: int = 0, as_tensors: bool = False) -> AsyncIterator:
         """`receive` for async code: the blocking waits run in a thread, the event loop keeps going."""
-        it = self.receive(version, receiver, on_device)
+        it = self.receive(version, receiver, as_tensors)
         end = object()
         while (data := await asyncio.to_thread(next, it, end)) is not end:
             yield data
@@ -123,27 +125,75 @@ class Transport:
             raise ValueError(f"{self.kind} transport: receiver {receiver} is not in 0..{self.num_receivers - 1}")
 
 
+def read_ahead(it: Iterator, depth: int, timeout_s: float, what: str) -> Iterator:
+    """Iterate `it` in a thread, up to `depth` items ahead of the consumer: the next bucket arrives while
+    the engine loads this one. Errors reach the consumer; no wait lasts longer than `timeout_s`."""
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def run():
+        try:
+            for item in it:
+                while not stop.is_set():
+                    try:
+                        items.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                del item  # a reused buffer must not look held by this thread
+                if stop.is_set():
+                    return
+            items.put((end, None))
+        except BaseException as err:  # the consumer re-raises it
+            items.put((end, err))
+
+    thread = threading.Thread(target=run, name=f"read-ahead {what}", daemon=True)
+    thread.start()
+    try:
+        while True:
+            try:
+                item, err = items.get(timeout=timeout_s)
+            except queue.Empty:
+                raise TimeoutError(f"waited {timeout_s:.0f}s for the next bucket of {what}") from None
+            if err is not None:
+                raise err
+            if item is end:
+                return
+            yield item
+            del item
+    finally:
+        stop.set()
+
+
 @dataclass
 class BucketStream:
     """The buckets of one version for one receiver, iterated where they are consumed. An engine whose
     weights live in another process (vLLM's worker) hands a `portable` stream over to that process and
-    asks for the buckets where the transport can leave them (`on_device()`)."""
+    takes the buckets there as tensors where they arrived (`for_engine()`: host, or the GPU for NCCL and
+    CUDA IPC), the next one received while it loads this one."""
 
     transport: Transport
     version: int
     receiver: int = 0
-    device: bool = False
+    tensors: bool = False
+    ahead: int = 0
 
     @property
     def portable(self) -> bool:
         return self.transport.portable
 
-    def on_device(self) -> "BucketStream":
-        """This stream, delivering the buckets as CUDA tensors where the transport moved them to a GPU."""
-        return replace(self, device=True)
+    def for_engine(self, ahead: int = 1) -> "BucketStream":
+        """This stream delivering 1-D uint8 tensors where the transport has them, received `ahead`
+        bucket(s) ahead of the consumer (one more bucket held)."""
+        return replace(self, tensors=True, ahead=ahead)
 
     def __iter__(self):
-        return self.transport.receive(self.version, self.receiver, self.device)
+        it = self.transport.receive(self.version, self.receiver, self.tensors)
+        if self.ahead:
+            return read_ahead(it, self.ahead, self.transport.timeout_s + 30,
+                              f"version {self.version} (receiver {self.receiver})")
+        return it
 
     def __aiter__(self):
-        return self.transport.areceive(self.version, self.receiver, self.device)
+        return self.transport.areceive(self.version, self.receiver, self.tensors)

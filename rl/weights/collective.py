@@ -5,7 +5,9 @@ Owns: `CollectiveTransport`: a broadcast from the sender (rank 0, the trainer's 
 tested here). A receiver is whatever process iterates the stream: the transport is portable, so a vLLM
 engine hands the stream to its worker process, which joins the group and loads bucket by bucket
 (`rollout/engines/vllm_ext.py`); nothing crosses an RPC or the RolloutWorker. The sender packs the next
-bucket while the previous one is on the wire (two buckets held at most).
+bucket while the previous one is on the wire (two buckets held at most). Host buffers are reused: the
+sender's once their broadcast is done, a tensor-taking receiver's (a vLLM worker) once no view of them is
+left, since on CPU a fresh buffer's page faults cost about five copies.
 
 Per bucket: a header [version, index, nbytes, extra] then the payload; nbytes -1 ends a version.
 `rl/weights/ipc.py` reuses this framing with a handle in place of the payload.
@@ -28,6 +30,10 @@ from rl.weights.base import SendStats, Transport
 _GROUPS: dict[tuple, tuple] = {}  # (host, port, rank) -> (store, process group, device), per process
 _GROUP_LOCKS: dict[tuple, threading.Lock] = {}  # one per key: joining blocks until every rank joins
 _GROUPS_LOCK = threading.Lock()
+# (host, port, rank) -> host-memory bucket buffers to reuse: a fresh buffer costs a page fault per 4 KiB
+# page, about five times the copy itself; kept for the life of the process (at most SPARE per rank)
+_SPARE: dict[tuple, list[torch.Tensor]] = {}
+SPARE = 3  # the bucket an engine keeps views of, the one it loads, the one arriving
 
 
 def _as_tensor(data, device: torch.device | None = None) -> torch.Tensor:
@@ -40,11 +46,16 @@ def _as_tensor(data, device: torch.device | None = None) -> torch.Tensor:
     return data if device is None else data.to(device)
 
 
-def _delivered(t: torch.Tensor, on_device: bool):
-    """What a receiver yields: a CUDA tensor when asked for one, else a host uint8 array (bytes-like)."""
-    if t.is_cuda and on_device:
-        return t
-    return t.cpu().numpy()
+def _delivered(t: torch.Tensor, as_tensors: bool):
+    """What a receiver yields: the tensor when asked for tensors, else a host uint8 array (bytes-like)."""
+    return t if as_tensors else t.cpu().numpy()
+
+
+def _unshared(buf: torch.Tensor) -> bool:
+    """No tensor but `buf` uses its memory: no view an engine kept of a bucket (a layer waiting for the
+    rest of its shards), no bucket a consumer still holds. (torch's storage use count; without it, never.)"""
+    use_count = getattr(torch._C, "_storage_Use_Count", None)
+    return use_count is not None and use_count(buf.untyped_storage()._cdata) <= 2  # buf and this call's handle
 
 
 class CollectiveTransport(Transport):
@@ -76,8 +87,24 @@ class CollectiveTransport(Transport):
         return torch.device("cuda", torch.cuda.current_device()) if self._backend() == "nccl" else torch.device("cpu")
 
     def allocate(self, nbytes: int) -> torch.Tensor:
-        """Pack where the broadcast reads: the GPU for NCCL, host memory for gloo."""
-        return torch.empty(nbytes, dtype=torch.uint8, device=self._device())
+        """Pack where the broadcast reads: the GPU for NCCL, host memory for gloo (a buffer an earlier
+        bucket left, once its broadcast is done)."""
+        return self._buffer(0, nbytes, exact=True)
+
+    def _buffer(self, rank: int, nbytes: int, exact: bool = False) -> torch.Tensor:
+        """A 1-D uint8 buffer of `nbytes` (at least, unless `exact`) for this rank: a spare one no tensor
+        uses any more, or a new one (GPU memory is not kept: torch's caching allocator reuses it)."""
+        device = self._device()
+        if device.type == "cpu":
+            for buf in _SPARE.get((self.host, self.port, rank), []):
+                if (buf.numel() == nbytes if exact else buf.numel() >= nbytes) and _unshared(buf):
+                    return buf[:nbytes]
+        buf = torch.empty(nbytes, dtype=torch.uint8, device=device)
+        if device.type == "cpu":
+            spare = _SPARE.setdefault((self.host, self.port, rank), [])
+            spare.append(buf)
+            del spare[:-SPARE]
+        return buf[:nbytes]
 
     def _group(self, rank: int):
         key = (self.host, self.port, rank)
@@ -136,8 +163,9 @@ class CollectiveTransport(Transport):
         work, _ = pending
         self._wait(work, what)
 
-    def _take(self, pg, device, n: int, extra: int, what: str) -> torch.Tensor:
-        payload = torch.empty(n, dtype=torch.uint8, device=device)  # fresh: the engine may keep views
+    def _take(self, pg, device, rank: int, n: int, extra: int, what: str, as_tensors: bool) -> torch.Tensor:
+        # a reused buffer only for tensors, whose views the use count sees; a bytes-like is always fresh
+        payload = self._buffer(rank, n) if as_tensors else torch.empty(n, dtype=torch.uint8, device=device)
         self._broadcast(pg, payload, what)
         return payload
 
@@ -166,7 +194,7 @@ class CollectiveTransport(Transport):
                         f"ending version {version} after {count} bucket(s)")
         return SendStats(version, count, nbytes, time.perf_counter() - t0, 1 if count else 0, largest)
 
-    def receive(self, version: int, receiver: int = 0, on_device: bool = False) -> Iterator:
+    def receive(self, version: int, receiver: int = 0, as_tensors: bool = False) -> Iterator:
         self._check_receiver(receiver)
         pg, device = self._group(receiver + 1)
         index = 0
@@ -180,7 +208,7 @@ class CollectiveTransport(Transport):
                                    f"version {version}, the sender sent bucket {got_index} of version {got_version}")
             if n < 0:
                 return
-            yield _delivered(self._take(pg, device, n, extra, what), on_device)
+            yield _delivered(self._take(pg, device, receiver + 1, n, extra, what, as_tensors), as_tensors)
             self._taken(pg, device, what)
             index += 1
 
@@ -189,3 +217,5 @@ class CollectiveTransport(Transport):
             for key in [k for k in _GROUPS if k[:2] == (self.host, self.port)]:
                 del _GROUPS[key]
                 _GROUP_LOCKS.pop(key, None)
+            for key in [k for k in _SPARE if k[:2] == (self.host, self.port)]:
+                del _SPARE[key]

@@ -111,7 +111,7 @@ class DiskTransport(Transport):
         shutil.rmtree(d, ignore_errors=True)
         return SendStats(version, count, nbytes, time.perf_counter() - t0, max_in_flight, largest)
 
-    def receive(self, version: int, receiver: int = 0, on_device: bool = False) -> Iterator[bytes]:
+    def receive(self, version: int, receiver: int = 0, as_tensors: bool = False) -> Iterator[bytes]:
         self._check_receiver(receiver)
         d = self._dir(version)
         index = 0

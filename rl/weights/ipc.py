@@ -16,6 +16,7 @@ bucket gets fresh memory, freed when the last view goes) or leave files behind a
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pickle
@@ -80,7 +81,7 @@ class IPCTransport(CollectiveTransport):
             if not path or not path.startswith(self._prefix()):  # not from `allocate`: copy it into a file
                 data = self.allocate(data.numel()).copy_(data)
                 path = data.untyped_storage().filename
-            handle = ("shm", path, data.numel())
+            handle = ("shm", path, data.storage_offset(), data.numel())
         blob = torch.frombuffer(bytearray(pickle.dumps(handle)), dtype=torch.uint8)
         self._broadcast(pg, self._header([version, index, data.numel(), blob.numel()], device), what)
         self._broadcast(pg, blob, what)
@@ -88,32 +89,37 @@ class IPCTransport(CollectiveTransport):
         return ack, data, path
 
     def _settle(self, pending, what: str) -> None:
-        ack, _, path = pending
+        ack, data, path = pending
         try:
             self._wait(ack, f"{what}: every receiver to load it")
         finally:
             if path:  # receivers that mapped it keep their mapping; the name goes
-                os.unlink(path)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            elif data.is_cuda:  # free what receivers let go of (torch keeps a block a receiver still maps)
+                torch.cuda.ipc_collect()
 
-    def _take(self, pg, device, n: int, extra: int, what: str) -> torch.Tensor:
+    def _take(self, pg, device, rank: int, n: int, extra: int, what: str, as_tensors: bool) -> torch.Tensor:
         blob = torch.empty(extra, dtype=torch.uint8)
         self._broadcast(pg, blob, what)
         handle = pickle.loads(blob.numpy().tobytes())
         if handle[0] == "cuda":
             return open_cuda_handle(handle[1])
-        _, path, nbytes = handle
-        if nbytes != n or not os.path.exists(path):  # from_file would create an empty file in its place
-            raise RuntimeError(f"ipc transport: {what}: shared bucket {path} ({nbytes} bytes, header says {n}) "
-                               "is missing: receivers must run on the sender's node")
-        return torch.from_file(path, shared=True, size=n, dtype=torch.uint8)
+        _, path, offset, nbytes = handle
+        try:
+            size = os.path.getsize(path)
+        except OSError:  # from_file would create an empty file in its place
+            size = -1
+        if nbytes != n or size < offset + n:
+            raise RuntimeError(f"ipc transport: {what}: shared bucket {path} ({nbytes} bytes at {offset}, header "
+                               f"says {n}) is missing: receivers must run on the sender's node")
+        return torch.from_file(path, shared=True, size=offset + n, dtype=torch.uint8)[offset:]
 
     def _taken(self, pg, device, what: str) -> None:
         self._wait(pg.allreduce([torch.zeros(1, dtype=torch.int64)]), f"{what}: acknowledging it")
 
     def close(self) -> None:
         for path in glob.glob(f"{glob.escape(self._prefix())}*"):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-            except FileNotFoundError:
-                pass
         super().close()

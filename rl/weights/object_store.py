@@ -139,7 +139,7 @@ class ObjectStoreTransport(Transport):
                                   f"the receivers to finish version {version} ({count} bucket(s))")
         return SendStats(version, count, nbytes, time.perf_counter() - t0, max_in_flight, largest)
 
-    def receive(self, version: int, receiver: int = 0, on_device: bool = False) -> Iterator[memoryview]:
+    def receive(self, version: int, receiver: int = 0, as_tensors: bool = False) -> Iterator[memoryview]:
         self._check_receiver(receiver)
         index = 0
         while True:

@@ -1,8 +1,9 @@
-"""Inference engines behind one protocol (`base.Engine`): vLLM (GPU and CPU builds) and HF."""
+"""Inference engines behind one protocol (`base.Engine`): vLLM (GPU and CPU builds), HF, and sim (a latency
+model of a GPU engine for scale tests, `sim_engine.py`)."""
 
 from .base import Engine, Generation, SamplingParams, decode_bucket, encode_bucket
 
-BACKENDS = ("vllm", "hf")
+BACKENDS = ("vllm", "hf", "sim")
 
 
 def make_engine(backend: str, model_path: str, **kwargs) -> Engine:
@@ -15,6 +16,10 @@ def make_engine(backend: str, model_path: str, **kwargs) -> Engine:
         from .hf_engine import HFEngine
 
         return HFEngine(model_path, **kwargs)
+    if backend == "sim":
+        from .sim_engine import SimEngine
+
+        return SimEngine(model_path, **kwargs)
     raise ValueError(f"unknown engine backend {backend!r}; known: {BACKENDS}")
 
 

@@ -108,10 +108,11 @@ class Engine(Protocol):
 #
 # One bucket on the wire is the safetensors layout: an 8-byte little-endian header length, a JSON header
 # {name: {dtype, shape, data_offsets}} padded with spaces so the data start 8-byte aligned, then the
-# tensors' bytes back to back in the order given. `pack_bucket` writes it in one copy into a uint8 tensor
-# the caller may allocate anywhere (host, shared or CUDA memory), casting floating tensors to the serving
-# dtype on the way; `unpack_bucket` reads it back as views, without a copy. Any safetensors reader reads
-# a packed bucket, and `unpack_bucket` reads what `safetensors.torch.save` wrote.
+# tensors' bytes back to back in the order given. `BucketWriter` (and `pack_bucket`, for pairs at hand)
+# copies each tensor once into a uint8 buffer the caller may allocate anywhere (host, shared or CUDA
+# memory), casting floating tensors to the serving dtype on the way; `unpack_bucket` reads it back as
+# views, without a copy. Any safetensors reader reads a packed bucket, and `unpack_bucket` reads what
+# `safetensors.torch.save` wrote.
 
 _WIRE_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
                 torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2", torch.int64: "I64",
@@ -124,33 +125,81 @@ def wire_dtype(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.dtype
     return dtype if dtype is not None and t.is_floating_point() else t.dtype
 
 
-def pack_bucket(named_tensors: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype | None = None,
-                allocate=None) -> torch.Tensor:
-    """(name, tensor) pairs as one bucket: a 1-D uint8 tensor from `allocate(nbytes)` (default: host
-    memory), each tensor copied once (and cast to `dtype` if floating) straight into its place."""
-    items = [(name, t.detach()) for name, t in named_tensors]
-    header, offset = {}, 0
-    for name, t in items:
-        d = wire_dtype(t, dtype)
-        if d not in _WIRE_DTYPES:
-            raise TypeError(f"weight bucket: tensor {name!r} has dtype {d}, which has no safetensors code")
-        size = t.numel() * d.itemsize
-        header[name] = {"dtype": _WIRE_DTYPES[d], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    start = 8 + len(raw)
-    out = allocate(start + offset) if allocate is not None else torch.empty(start + offset, dtype=torch.uint8)
-    out[:start].copy_(torch.frombuffer(bytearray(struct.pack("<Q", len(raw)) + raw), dtype=torch.uint8))
-    for name, t in items:
-        d = wire_dtype(t, dtype)
-        a, b = header[name]["data_offsets"]
-        place = out[start + a:start + b]
-        if (start + a) % d.itemsize == 0:
+def _entry(name: str, t: torch.Tensor, dtype: torch.dtype | None, offset: int) -> tuple[str, torch.dtype, int]:
+    """The JSON header entry of `t` at data `offset`, its wire dtype and byte size."""
+    d = wire_dtype(t, dtype)
+    if d not in _WIRE_DTYPES:
+        raise TypeError(f"weight bucket: tensor {name!r} has dtype {d}, which has no safetensors code")
+    size = t.numel() * d.itemsize
+    info = {"dtype": _WIRE_DTYPES[d], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+    return f"{json.dumps(name)}:{json.dumps(info, separators=(',', ':'))}", d, size
+
+
+class BucketWriter:
+    """One bucket built tensor by tensor: each tensor is copied (and cast to `dtype` if floating) into its
+    place as it is added, so the caller may drop it at once; `finish()` writes the header just in front of
+    the data and returns the bucket, a 1-D view of the buffer from `allocate(header_room + capacity)`.
+
+    capacity: bytes of tensor data; header_room: bytes kept in front for the length and the JSON header
+    (a multiple of 8, so data keep the alignment they will have in the bucket)."""
+
+    def __init__(self, capacity: int, dtype: torch.dtype | None = None, allocate=None, header_room: int = 64 << 10):
+        if header_room % 8 or header_room < 16:
+            raise ValueError(f"BucketWriter: header_room must be a multiple of 8 and >= 16, got {header_room}")
+        self.capacity, self.dtype, self.room = capacity, dtype, header_room
+        n = header_room + capacity
+        self.buf = allocate(n) if allocate is not None else torch.empty(n, dtype=torch.uint8)
+        self.entries: list[str] = []
+        self.size = 0
+
+    def _header_len(self, extra: str = "") -> int:
+        entries = self.entries + [extra] if extra else self.entries
+        return 2 + sum(map(len, entries)) + max(len(entries) - 1, 0)
+
+    def fits(self, name: str, t: torch.Tensor) -> bool:
+        """Whether `t` still fits (an empty writer takes anything its buffer holds)."""
+        entry, _, size = _entry(name, t, self.dtype, self.size)
+        header = self._header_len(entry)
+        return self.size + size <= self.capacity and 8 + header + (-header % 8) <= self.room
+
+    def add(self, name: str, t: torch.Tensor) -> None:
+        if not self.fits(name, t):
+            raise ValueError(f"weight bucket: tensor {name!r} ({tuple(t.shape)}) does not fit: {self.size} of "
+                             f"{self.capacity} data bytes and {self._header_len()} header bytes used")
+        entry, d, size = _entry(name, t, self.dtype, self.size)
+        at = self.room + self.size
+        place, t = self.buf[at:at + size], t.detach()
+        if at % d.itemsize == 0:
             place.view(d).view(t.shape).copy_(t)  # cast and copy in one pass, any layout, any device
         else:  # unaligned (mixed dtypes): through a contiguous temporary
             place.copy_(t.to(d).contiguous().reshape(-1).view(torch.uint8))
-    return out
+        self.entries.append(entry)
+        self.size += size
+
+    def finish(self) -> torch.Tensor:
+        raw = ("{" + ",".join(self.entries) + "}").encode()
+        raw += b" " * (-len(raw) % 8)
+        start = self.room - 8 - len(raw)
+        head = torch.frombuffer(bytearray(struct.pack("<Q", len(raw)) + raw), dtype=torch.uint8)
+        self.buf[start:self.room].copy_(head)
+        return self.buf[start:self.room + self.size]
+
+
+def pack_bucket(named_tensors: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype | None = None,
+                allocate=None) -> torch.Tensor:
+    """(name, tensor) pairs as one bucket: a 1-D uint8 tensor from `allocate(nbytes)` (default: host
+    memory) of exactly the bucket's size, each tensor copied once (cast to `dtype` if floating)."""
+    items = [(name, t.detach()) for name, t in named_tensors]
+    entries, offset = [], 0
+    for name, t in items:
+        entry, _, size = _entry(name, t, dtype, offset)
+        entries.append(entry)
+        offset += size
+    header = 2 + sum(map(len, entries)) + max(len(entries) - 1, 0)
+    writer = BucketWriter(offset, dtype, allocate, header_room=8 + header + (-header % 8))
+    for name, t in items:
+        writer.add(name, t)
+    return writer.finish()
 
 
 def unpack_bucket(data) -> list[tuple[str, torch.Tensor]]:
@@ -198,6 +247,27 @@ def host_bytes(data):
     if torch.is_tensor(data):
         return data.reshape(-1).cpu().numpy()
     return np.frombuffer(data, dtype=np.uint8)
+
+
+_KEEPS_FREED_MEMORY = False
+
+
+def keep_freed_memory() -> bool:
+    """Make this process keep the memory it frees for reuse (glibc's allocator: no mmap for large blocks,
+    no trimming; vLLM asks for tcmalloc on CPU for the same reason). A weight sync allocates and frees
+    bucket- and layer-sized blocks every time, and on CPU fresh pages cost about five copies (a page fault
+    per 4 KiB). CPU processes only (GPU hosts keep the default); returns whether it is in effect."""
+    global _KEEPS_FREED_MEMORY
+    if not _KEEPS_FREED_MEMORY and not torch.cuda.is_available():
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+            M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+            _KEEPS_FREED_MEMORY = libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1
+        except (OSError, AttributeError):  # not glibc
+            _KEEPS_FREED_MEMORY = False
+    return _KEEPS_FREED_MEMORY
 
 
 def encode_bucket(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> bytes:

@@ -192,7 +192,7 @@ class VLLMEngine:
         self._paused.clear()
         try:
             if getattr(buckets, "portable", False) and self.num_workers == 1:
-                await self.llm.collective_rpc("windward_receive", args=(pickle.dumps(buckets.on_device()),))
+                await self.llm.collective_rpc("windward_receive", args=(pickle.dumps(buckets.for_engine()),))
             else:
                 await self.llm.collective_rpc("windward_begin_update")
                 try:

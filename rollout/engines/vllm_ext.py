@@ -23,7 +23,7 @@ from __future__ import annotations
 import pickle
 import time
 
-from rollout.engines.base import unpack_bucket
+from rollout.engines.base import keep_freed_memory, unpack_bucket
 
 
 class WindwardWorkerExtension:
@@ -36,6 +36,7 @@ class WindwardWorkerExtension:
 
         if getattr(self, "_windward_updating", False):
             raise RuntimeError("windward_begin_update: a weight update is already in progress in this worker")
+        keep_freed_memory()  # every update rebuilds every layer: on CPU, warm memory instead of fresh pages
         with set_current_vllm_config(self.vllm_config):
             initialize_layerwise_reload(self._windward_model())
         self._windward_updating = True

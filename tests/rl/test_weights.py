@@ -129,6 +129,33 @@ def test_a_malformed_bucket_is_an_error_naming_what_is_wrong(bad, message):
 
 
 
+def test_read_ahead_keeps_order_passes_errors_on_and_times_out():
+    from rl.weights.base import read_ahead
+
+    assert list(read_ahead(iter(range(5)), 1, 5, "v1")) == list(range(5))
+
+    def broken():
+        yield from (0, 1)
+        raise RuntimeError("the sender left")
+
+    got = []
+    with pytest.raises(RuntimeError, match="the sender left"):
+        for x in read_ahead(broken(), 2, 5, "v2"):
+            got.append(x)
+    assert got == [0, 1]
+    never = threading.Event()
+
+    def stuck():
+        yield 0
+        never.wait(30)
+
+    it = read_ahead(stuck(), 1, 0.3, "version 7 (receiver 0)")
+    assert next(it) == 0
+    with pytest.raises(TimeoutError, match="next bucket of version 7 \\(receiver 0\\)"):
+        next(it)
+    never.set()
+
+
 # --- disk -------------------------------------------------------------------------------------
 
 
@@ -191,8 +218,8 @@ def test_streams_travel_pickled_and_say_whether_another_process_may_take_them(tm
     collective = make_transport("collective", num_receivers=1, host="127.0.0.1", port=1234)
     ipc = make_transport("ipc", num_receivers=1, host="127.0.0.1", port=1235)
     for t in (disk, collective, ipc):
-        stream = pickle.loads(pickle.dumps(t.stream(3, 0).on_device()))
-        assert stream.portable and stream.device and (stream.version, stream.receiver) == (3, 0)
+        stream = pickle.loads(pickle.dumps(t.stream(3, 0).for_engine()))
+        assert stream.portable and stream.tensors and stream.ahead == 1 and (stream.version, stream.receiver) == (3, 0)
     assert pickle.loads(pickle.dumps(disk)).dtype == torch.bfloat16
     assert not ObjectStoreTransport.portable
 
@@ -293,6 +320,34 @@ def test_ipc_names_a_bucket_the_receiver_cannot_map(tmp_path):
     finally:
         transport.close()
 
+
+
+def test_a_receiver_taking_tensors_never_overwrites_a_view_the_engine_kept():
+    """A vLLM worker takes buckets as tensors and keeps views of one while a layer waits for its other
+    shards. Receive buffers are reused (a fresh one costs its page faults), but never one still seen."""
+    from rl.weights import collective
+
+    transport = CollectiveTransport("127.0.0.1", free_port(), num_receivers=1, backend="gloo", timeout_s=30)
+    kept, storages = [], []
+
+    def receive():
+        for data in transport.receive(2, 0, as_tensors=True):
+            storages.append(data.untyped_storage().data_ptr())
+            named = unpack_bucket(data)
+            if not kept:
+                kept.extend(named)  # bucket 0's views outlive it
+            del data, named
+
+    try:
+        r = threading.Thread(target=receive)
+        r.start()
+        transport.send(2, iter_buckets(named_state(6), bucket_bytes=MB, allocate=transport.allocate))
+        r.join(timeout=30)
+        assert len(storages) == 6 and torch.equal(kept[0][1], torch.zeros(MB // 4))  # not overwritten
+        assert storages[0] not in storages[1:] and len(set(storages[1:])) < 5  # the others were reused
+        assert len(collective._SPARE[("127.0.0.1", transport.port, 0)]) <= collective.SPARE  # the sender's too
+    finally:
+        transport.close()
 
 
 def _collective_rank(transport, rank: int, queue) -> None:
