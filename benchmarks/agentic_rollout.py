@@ -22,6 +22,7 @@ controller, agent loop, the world's search and visit through the EnvGroup with t
 per step after the first. Simulated seconds pass at `--time-scale` real seconds each (tool latencies too).
 
     python benchmarks/agentic_rollout.py --sim [--quick]   prints async_vs_sync=, then async_e2e_vs_sync= last
+                                                           (max_staleness 1; the staleness-2 ratio above it)
 """
 
 from __future__ import annotations
@@ -283,8 +284,9 @@ def main_sim(args):
               f"train {ph['train']:.1f}, sync {ph['sync']:.1f})")
     for name in ("async_s1", "async_s2"):
         print(f"{name}_vs_sync={out['sync'][0] / out[name][0]:.2f}")
-    best = min(("async_s1", "async_s2"), key=lambda k: out[k][0])
-    print(f"async_e2e_vs_sync={out['sync'][0] / out[best][0]:.2f}")
+    # the default max_staleness (1): with 2, the few steps measured include the pipeline's fill (3 batches
+    # admitted at the start) and may overstate the steady state
+    print(f"async_e2e_vs_sync={out['sync'][0] / out['async_s1'][0]:.2f}")
 
 
 if __name__ == "__main__":

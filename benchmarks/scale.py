@@ -14,7 +14,10 @@ averaged over the measured steps (the first step, filling the pipeline, is left 
                    Arrow work) and their share of the step's wall time: `controller_overhead`. Simulated
                    seconds pass at `--time-scale` real seconds each; at 1 (the default) the simulation runs in
                    real time, below 1 the share is stricter than a cluster would see (the step shrinks, the
-                   driver's work does not).
+                   driver's work does not). Also against the step's modelled floor (the training and
+                   weight sync it runs, from the trainer model): on a machine too small for the simulated
+                   rollout (`late` well above 0) the step's wall time stretches, and the floor is the fair
+                   denominator.
   memory           the driver's resident set (now and peak) and the RewardGroup actors' (sum).
   Arrow bytes      rollout -> driver (finished groups), driver -> RewardGroup (the projected columns) and
                    back (reward columns), driver -> trainer (the shards).
@@ -93,17 +96,20 @@ class MeteredGroups(RLGroups):
         return out
 
     def rollout_metrics(self):
-        """Once per step: the step's meters (driver CPU since the last call, bytes, memory, engines)."""
+        """Once per step: the step's meters (driver CPU since the last call, bytes, memory, engines). The
+        meters' own calls (engine and memory statistics) are the benchmark's, not the controller's: their CPU
+        is left out of the step's."""
         c = cpu_s()
         out = super().rollout_metrics()
         import ray
 
+        m = cpu_s()
+        self.cpu["metrics"] += m - c
         engines = ray.get([a.__ray_call__.remote(_engine_stats) for a in self.rollout.actors], timeout=120)
         reward = ray.get([a.__ray_call__.remote(rss_mb) for a in self.reward.actors], timeout=120)
-        self.cpu["metrics"] += cpu_s() - c
         now = cpu_s()
         received = self.dispatcher.received_bytes
-        self.steps.append({"driver_cpu_s": now - self._cpu0, "cpu": dict(self.cpu), "bytes": dict(self.bytes,
+        self.steps.append({"driver_cpu_s": m - self._cpu0, "cpu": dict(self.cpu), "bytes": dict(self.bytes,
                            rollout=received - self._bytes0), "driver": rss_mb(),
                            "reward_rss_mb": sum(r["VmRSS"] for r in reward),
                            "busy": float(np.mean([e["busy_fraction"] for e in engines])),
@@ -135,7 +141,8 @@ def run_point(engines: int, episodes: int, tool_calls: int, args) -> dict:
         "rollout.mode=async", f"rollout.max_staleness={STALENESS}",
         f"rollout.sim={{time_scale: {args.time_scale}, engines_per_actor: {math.ceil(engines / hosts)}, "
         f"tokens_per_turn: {args.tokens}, tool_calls: {tool_calls}, tool_calls_sigma: 0.0}}",
-        f"trainer.sim={{gpus: {args.train_gpus}}}", f"data.batch_size={batch}", f"data.num_tasks={max(args.tasks, batch)}",
+        f"trainer.sim={{gpus: {args.train_gpus}}}", f"data.batch_size={batch}",
+        f"data.num_tasks={max(args.tasks, batch)}",
         f"env.num_servers={args.env_servers}", f"env.page_latency_s={args.page_latency * args.time_scale}",
         f"agent.max_tool_calls={tool_calls + 1}", f"run.steps={args.steps}", "run.progress=false",
         f"run.save_trajectories={str(args.save_trajectories).lower()}", f"run.stage_timeout_s={args.timeout}"]
@@ -156,20 +163,26 @@ def run_point(engines: int, episodes: int, tool_calls: int, args) -> dict:
     phases = {k: mean(f"time/{k}") for k in ("generate", "reward", "train", "sync")}
     phases["other"] = float(step_s.mean()) - sum(phases.values())
     last = measured[-1][1]
+    from rl.trainer.sim import TrainerModel, sync_seconds
+
+    # a step cannot be shorter than the training and the weight sync it runs: the modelled floor of a step
+    floor = mean("sim/train_modelled_s") + sync_seconds(TrainerModel(gpus=args.train_gpus))
     return {
         "engines": engines, "episodes": batch * N * (STALENESS + 1), "tool_calls": tool_calls, "batch": batch,
         "startup_s": startup, "step_s": float(step_s.mean()), "cpu_s": float(cpu.mean()),
-        "overhead": float(cpu.sum() / step_s.sum()),
+        "overhead": float(cpu.sum() / step_s.sum()), "floor_s": floor, "overhead_floor": float(cpu.mean() / floor),
         "cpu_by_phase": {k: float(np.mean([m["cpu"][k] for _, m in measured])) for k in last["cpu"]},
         "driver_rss_mb": [m["driver"]["VmRSS"] for _, m in measured], "driver_peak_mb": last["driver"]["VmHWM"],
         "reward_rss_mb": last["reward_rss_mb"],
         "mb_moved": {k: float(np.mean([m["bytes"][k] for _, m in measured])) / 2**20 for k in last["bytes"]},
-        "busy": float(np.mean([m["busy"] for _, m in measured])), "late": float(np.mean([m["late"] for _, m in measured])),
+        "busy": float(np.mean([m["busy"] for _, m in measured])),
+        "late": float(np.mean([m["late"] for _, m in measured])),
         "max_running": max(m["max_running"] for _, m in measured), "phases": phases,
         "lost": max(int(h.get("async/lost_groups", 0)) for h, _ in measured), "rows_ok": rows_ok,
         "stale_dropped": int(history[-1].get("async/stale_dropped", 0)),
         "errors": sum(h.get("finish/error", 0.0) for h, _ in measured),
-        "tool_calls_mean": mean("num_tool_calls/mean"),
+        "tool_calls_mean": mean("num_tool_calls/mean"), "train_modelled_s": mean("sim/train_modelled_s"),
+        "train_slept_s": mean("time/update"),
     }
 
 
@@ -181,8 +194,11 @@ def print_point(r: dict) -> None:
     print(f"  step {r['step_s']:7.2f} s  controller CPU {r['cpu_s']:6.3f} s = {r['overhead']:.4f} of the step  "
           f"(reward {r['cpu_by_phase']['reward']:.3f}, train {r['cpu_by_phase']['train']:.3f}, "
           f"sync {r['cpu_by_phase']['sync']:.3f}, metrics {r['cpu_by_phase']['metrics']:.3f})")
-    print(f"  where time goes: generate {ph['generate']:.2f} s, reward {ph['reward']:.2f}, train {ph['train']:.2f}, "
-          f"sync {ph['sync']:.2f}, other {ph['other']:.2f}")
+    print(f"  modelled floor of the step (training + weight sync) {r['floor_s']:.2f} s: controller CPU / floor "
+          f"= {r['overhead_floor']:.4f}")
+    print(f"  where time goes: generate {ph['generate']:.2f} s, reward {ph['reward']:.2f}, train {ph['train']:.2f} "
+          f"(modelled {r['train_modelled_s']:.2f}, slept {r['train_slept_s']:.2f}), sync {ph['sync']:.2f}, "
+          f"other {ph['other']:.2f}")
     print(f"  driver RSS per step {[round(x) for x in r['driver_rss_mb']]} MB (peak {r['driver_peak_mb']:.0f}), "
           f"reward group {r['reward_rss_mb']:.0f} MB")
     print(f"  Arrow MB per step: rollout->driver {mb['rollout']:.1f}, ->reward {mb['to_reward']:.1f}, "
@@ -225,6 +241,7 @@ def main():
         print_point(results[-1])
     at_top = [r for r in results if (r["engines"], r["tool_calls"]) == (top[0], top[2]) and r["episodes"] >= 9000]
     final = (at_top or results)[-1]
+    print(f"controller CPU / the step's modelled floor at the top point: {final['overhead_floor']:.4f}")
     print(f"controller_overhead={final['overhead']:.4f}")
 
 

@@ -194,7 +194,8 @@ def collect_batch(rollout_fn, score_fn, target: int, algo: AlgoConfig, timer: St
     else:
         rows, dup_of, new_group = algos.GROUP_SAMPLERS.get(algo.sampler)(
             signal, group, num_groups_target=target, rng=rng, **sampler_args)
-        update = everything.take(pa.array(rows, pa.int64()))
+        keep_all = len(rows) == everything.num_rows and np.array_equal(rows, np.arange(len(rows)))
+        update = everything if keep_all else everything.take(pa.array(rows, pa.int64()))  # keep: no copy
         update = with_columns(update, {"dup_of": dup_of.astype(np.int32), "group": new_group.astype(np.int32)})
         metrics["sampler/duplication_ratio"] = float((dup_of >= 0).mean()) if len(dup_of) else 0.0
     if update.num_rows == 0:

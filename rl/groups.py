@@ -173,9 +173,10 @@ class RLGroups:
         shards = []
         for rows in per_rank:
             rows = np.sort(rows)
-            local = {int(g): i for i, g in enumerate(rows)}
-            shard_dup = np.array([local.get(int(d), -1) if d >= 0 else -1 for d in dup_of[rows]], np.int32)
-            shards.append(ray.put(with_columns(view.take(pa.array(rows, pa.int64())), {"dup_of": shard_dup})))
+            shard_dup = local_index(rows, dup_of[rows])
+            # one rank takes every row in order: the batch itself, no copy before the object store's
+            part = view if len(rows) == view.num_rows else view.take(pa.array(rows, pa.int64()))
+            shards.append(ray.put(with_columns(part, {"dup_of": shard_dup})))
         with self.colocation.trainer_phase():
             return self.trainer.call_split("train_step", shards, on_policy=on_policy)[0]
 
@@ -254,6 +255,14 @@ class RLGroups:
                     group.shutdown()
                 except Exception as err:  # shutting down: report, keep going
                     print(f"warning: shutting down {g}: {err}")
+
+
+def local_index(rows: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """For each `source` row index (-1: none), its position in the sorted `rows`, or -1 when it is not there."""
+    if not len(rows):
+        return np.zeros(0, np.int32)
+    pos = np.minimum(np.searchsorted(rows, source), len(rows) - 1)
+    return np.where((source >= 0) & (rows[pos] == source), pos, -1).astype(np.int32)
 
 
 def summed(rows: list[dict]) -> dict:

@@ -43,7 +43,6 @@ from rl.trainer.collate import packed_microbatch, padded_microbatch, row_lengths
 from rl.trainer.logprobs import DEFAULT_CHUNK_BYTES, grid_logprobs, install_logprob_head, reference_token_logprobs
 from rl.trainer.packing import plan_micro_batches
 from rl.weights import iter_buckets
-from rollout.engines.base import keep_freed_memory
 
 
 def microbatch_logprobs(model, mb: dict, temperature: float = 1.0, with_entropy: bool = False,
@@ -586,6 +585,8 @@ class TrainerBackend:
         part in the gather, rank 0 packs each bucket in the transport's serving dtype where the transport
         wants it (host, shared or GPU memory) and sends it at once (bounded memory). Returns the send
         statistics on rank 0, None elsewhere."""
+        from rollout.engines.base import keep_freed_memory
+
         keep_freed_memory()  # on CPU the gather's copies then reuse warm memory, not fresh pages, every sync
         if self.rank == 0:
             return transport.send(version, self.iter_state_buckets(bucket_bytes, transport.dtype, transport.allocate))
@@ -595,8 +596,8 @@ class TrainerBackend:
 
     def state_buckets(self, bucket_bytes: int = 64 << 20) -> list[torch.Tensor]:
         """Gather the full state (collective); rank 0 returns it as buckets (`unpack_bucket` reads one).
-        Tied embeddings travel under both names: measured with vLLM 0.32 (CPU), dropping
-        lm_head.weight left the engine's output layer stale after an in-place reload."""
+        Tied embeddings travel under both names: a vLLM engine loads the shared weight through its output
+        layer (`lm_head.weight`; without it the output layer stays stale, measured with vLLM 0.32 CPU)."""
         return list(self.iter_state_buckets(bucket_bytes))
 
     # --- RNG and teardown ----------------------------------------------------------------

@@ -10,7 +10,8 @@ scale (64-256 engines, 10,000 episodes) on a few cores (benchmarks/scale.py).
 The latency model (one request of `new` uncached prompt tokens that generates `gen` tokens, while `b`
 sequences with `ctx` context tokens in all decode on the engine; continuous batching):
 
-    seconds = new * prefill_s_per_token + gen * (decode_step_s + b * decode_s_per_seq + ctx * decode_s_per_context_token)
+    seconds = new * prefill_s_per_token
+              + gen * (decode_step_s + b * decode_s_per_seq + ctx * decode_s_per_context_token)
 
 evaluated with the engine's load when the request starts and again half-way (a running batch changes).
 Defaults: an 8B model in bf16 on one H100 SXM under vLLM: 7 ms per decode step alone (about 140 tokens/s

@@ -1,7 +1,8 @@
 """The simulation backends through the real controller: `rl.controller.train` with simulated engines (several in
 one actor process) and the simulated trainer, in async mode with the world's tools through the EnvGroup, for a
 few steps; every admitted group is accounted for, every group has its n rows, staleness stays bounded, the
-engines' weights follow the trainer. And the simulated trainer's model, in-process."""
+engines' weights follow the trainer. And, in-process: the simulated trainer's model, the keep sampler's update
+(the rolled batch itself, not a copy) and the shard-local index of DUPO sources."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ import pytest
 import ray
 
 from launch.common import ROOT
-from rl.config import load_config
-from rl.controller import train
+from rl.config import AlgoConfig, load_config
+from rl.controller import collect_batch, train
+from rl.groups import RLGroups, local_index
+from rl.metrics import StageTimer
 from rl.trainer.sim import SimTrainer, TrainerModel, sync_seconds, train_step_seconds
-from rollout.trajectory import build_batch, TrajectoryRecord
+from rollout.trajectory import TrajectoryRecord, build_batch, with_columns
 
 
 def test_sim_trainer_sleeps_its_modelled_step():
@@ -44,6 +47,27 @@ def fresh_ray():
     ray.shutdown()
 
 
+def _batch(groups: int, n: int):
+    rows = [TrajectoryRecord(uid=f"u{g}", group=g, sample=s, prompt_ids=[1, 2], response_ids=[3, 4, 5],
+                             loss_mask=[1, 1, 1], rollout_logprobs=[-1.0] * 3) for g in range(groups) for s in range(n)]
+    b = build_batch(rows)
+    return with_columns(b, {"reward": np.arange(b.num_rows, dtype=np.float32) % 2})
+
+
+def test_keep_sampler_hands_the_rolled_batch_on_without_a_copy():
+    rolled, update, _ = collect_batch(lambda: _batch(3, 2), lambda b: b, 3, AlgoConfig(), StageTimer(),
+                                      np.random.default_rng(0))
+    assert update.num_rows == rolled.num_rows == 6 and update.column("dup_of").to_pylist() == [-1] * 6
+    address = lambda b: b.column("response_ids").values.buffers()[1].address  # noqa: E731
+    assert address(update) == address(rolled)  # the same token buffers, not a copy of them
+
+
+def test_shard_local_index_of_dupo_sources():
+    rows = np.array([0, 2, 5, 7])
+    assert local_index(rows, np.array([-1, 5, 3, 7, 0, 9])).tolist() == [-1, 2, -1, 3, 0, -1]
+    assert local_index(np.array([], np.int64), np.array([], np.int64)).tolist() == []
+
+
 def test_controller_with_simulated_engines_and_trainer(tmp_path, fresh_ray):
     steps, batch, n = 4, 4, 4
     cfg = load_config(ROOT / "launch/configs/sim_cluster.yaml", [
@@ -51,7 +75,14 @@ def test_controller_with_simulated_engines_and_trainer(tmp_path, fresh_ray):
         "rollout.max_inflight_groups=4", "rollout.sim={time_scale: 0.02, engines_per_actor: 2, tool_calls: 2, "
         "tool_calls_sigma: 0.5, tokens_per_turn: 32}", "trainer.sim={gpus: 0.1}", "env.num_servers=1",
         "data.num_tasks=16", "run.stage_timeout_s=120"])
-    summary = train(cfg, tmp_path)
+    groups = RLGroups(cfg)
+    try:
+        summary = train(cfg, tmp_path, groups=groups)
+        assert len(groups.rollout.hosts) == 2  # 4 simulated engines, 2 per actor process
+        engines = ray.get([a.__ray_call__.remote(lambda w: w.engine.stats()) for a in groups.rollout.actors])
+    finally:
+        groups.shutdown()
+    assert all(e["requests"] > 0 and 0 < e["busy_fraction"] <= 1 and e["max_running"] >= 1 for e in engines)
     hist = summary["history"]
     assert [h["policy_version"] for h in hist] == list(range(1, steps + 1)) and summary["policy_version"] == steps
     for h in hist:
