@@ -1,7 +1,8 @@
 """Every weight transport through the real loop (2 FSDP ranks, spine task): the engines serve each new
-version (the probe follows the weights) and the trainer's own logprobs. `collective` and `ipc` go
-straight into the vLLM engine's worker process (gloo broadcast; shared memory, the CPU twin of CUDA IPC),
-`disk` into the HF engine. The object store is the default of every other end-to-end test."""
+version (the probe follows the weights) and the trainer's own logprobs. `collective` goes straight into
+the vLLM engine's worker process (a gloo broadcast), `ipc` (shared memory, the CPU twin of CUDA IPC) and
+`disk` into the HF engine (tests/rl/test_weights_vllm.py takes them into a vLLM worker). The object store
+is the default of every other end-to-end test."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from rl.controller import train
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("transport, backend", [("disk", "hf"), ("collective", "vllm"), ("ipc", "vllm")])
+@pytest.mark.parametrize("transport, backend", [("disk", "hf"), ("ipc", "hf"), ("collective", "vllm")])
 def test_transport_end_to_end(tmp_path, transport, backend):
     cfg = load_config(ROOT / "launch/configs/spine.yaml",
                       ["run.steps=3", "run.progress=false", f"rollout.backend={backend}", "data.batch_size=4",
