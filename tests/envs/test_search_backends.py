@@ -8,10 +8,9 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import types
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import httpx
 import numpy as np
@@ -24,6 +23,7 @@ from envs.search_backends import (BM25Backend, DenseBackend, HashingEmbedder, Hi
                                   make_backend, make_embedder)
 from envs.tools.search import make_search_tool, render_results
 from envs.world import SearchIndex, generate_world, page_text, page_url
+from tests.local_http import LocalServer
 
 
 def run(coro):
@@ -187,7 +187,7 @@ def test_retrieval_server_command_line(corpus, world):
 
 # ------------------------------------------------------------------------------- HTTP backends and failures
 
-class Stub:
+class Stub(LocalServer):
     """A local HTTP server answering POSTs from a script: script(path, body, headers, n) -> (status, json)."""
 
     def __init__(self, script):
@@ -209,16 +209,7 @@ class Stub:
             def log_message(self, *a):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def __enter__(self):
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
 
 
 ORGANIC = [{"title": "Paris - Wikipedia", "link": "https://en.wikipedia.org/wiki/Paris", "position": 1,

@@ -9,9 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
 
 import pytest
@@ -22,6 +21,7 @@ from envs.tools.summary import (EXTRACTOR_PROMPT, PageSummarizer, make_summarize
 from envs.tools.visit import FetchGuard, VisitTool, make_visit_tool
 from envs.world import Fault, WorldServer, generate_world, page_url
 from tests.reward.openai_stub import OpenAIStub, Reply
+from tests.local_http import LocalServer
 
 GOOD = {"rational": "the page states it", "evidence": "EVIDENCE-TEXT", "summary": "SUMMARY-TEXT"}
 
@@ -46,7 +46,7 @@ def server(world):
         yield s
 
 
-class Site:
+class Site(LocalServer):
     """A local web server of odd pages: redirects, big bodies, binary types. Counts requests per path."""
 
     def __init__(self, max_bytes_hint: int = 1000):
@@ -103,18 +103,7 @@ class Site:
                 pass
 
         self.text = ""
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.host = f"127.0.0.1:{self.httpd.server_address[1]}"
-        self.url = f"http://{self.host}"
-
-    def __enter__(self):
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
 
 
 @pytest.fixture

@@ -14,16 +14,16 @@ import gzip
 import ipaddress
 import socket
 import ssl
-import threading
 import time
 import tracemalloc
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
 
 import pytest
 
 from envs.tools import visit as visit_module
+from tests.local_http import LocalServer
 from envs.tools.visit import FetchGuard, VisitTool, make_visit_tool, page_text
 from envs.world import WorldServer, generate_world, page_url
 
@@ -32,7 +32,7 @@ def run(coro):
     return asyncio.run(coro)
 
 
-class Pages:
+class Pages(LocalServer):
     """A local web server answering fixed (status, headers, body) per path; records hits and Host headers."""
 
     def __init__(self, routes: dict[str, tuple[int, dict, bytes]], tls: ssl.SSLContext | None = None):
@@ -56,20 +56,7 @@ class Pages:
             def log_message(self, *a):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        if tls is not None:
-            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self.host = f"127.0.0.1:{self.port}"
-
-    def __enter__(self):
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler, tls)
 
 
 HELLO = b"<html><body><h1>Hello</h1><p>A page.</p></body></html>"
