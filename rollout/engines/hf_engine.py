@@ -43,6 +43,14 @@ class HFEngine:
         self._tokenizer = None
         self._model_path = model_path
 
+    def _no_vision_tokens(self) -> dict:
+        """A vision-language policy never writes image placeholders itself: an <|image_pad|> it sampled would have
+        no image behind it, and the trainer's forward would fail on the mismatch (seen with a random-init policy)."""
+        if self.vision is None:
+            return {}
+        v = self.vision
+        return {"bad_words_ids": [[v.image_pad_id], [v.vision_start_id], [v.vision_end_id]]}
+
     def _stop_strings(self, sampling: SamplingParams):
         if not sampling.stop:
             return {}
@@ -82,6 +90,7 @@ class HFEngine:
             output_logits=True,
             return_dict_in_generate=True,
             **self._stop_strings(sampling),
+            **self._no_vision_tokens(),
             **extra,
         )
         new = out.sequences[0, len(prompt_ids):].tolist()

@@ -35,11 +35,12 @@ def perturbed_state(model_path: str, seed: int) -> dict:
 def check_engine(run, engine, model_path: str):
     sp = SamplingParams(max_tokens=12, temperature=1.0, seed=3)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
-    for version, state in ((None, None), (7, perturbed_state(model_path, 1))):
-        if state is not None:
-            run(engine.update_weights([encode_bucket(state.items())], version))
-            model.load_state_dict(state, strict=False)
-            assert engine.policy_version == version
+    # the model's own weights first: the engine may be a session-wide one that earlier tests updated
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    for version, state in ((0, base), (7, perturbed_state(model_path, 1))):
+        run(engine.update_weights([encode_bucket(state.items())], version))
+        model.load_state_dict(state, strict=False)
+        assert engine.policy_version == version
         async def all_prompts():
             return await asyncio.gather(*(engine.generate(p, sp) for p in PROMPTS))
 
