@@ -12,9 +12,12 @@ Never: roll out, score or start anything; it only decides what will.
 from __future__ import annotations
 
 import inspect
+from typing import TYPE_CHECKING
 
-from rl.config import Config
 from rl.data import file_tasks, target_token_tasks, visual_qa_tasks, world_qa_tasks
+
+if TYPE_CHECKING:  # rl/config.py runs this module's checks at load: no import back at run time
+    from rl.config import Config
 
 
 def load_tasks(cfg: Config, tokenizer) -> tuple[list[dict], dict]:
