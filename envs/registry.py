@@ -38,6 +38,11 @@ TOOL_KINDS: dict[str, str] = {
     "python": "envs.tools.python:make_python_tool",
     "image_search": "envs.visual.tools:make_image_search_tool",
     "crop": "envs.visual.tools:make_crop_tool",
+    # WebWatcher (SEEDS 9.1): envs/visual/webwatcher.py
+    "web_search": "envs.visual.webwatcher:make_web_search_tool",
+    "vl_search_image": "envs.visual.webwatcher:make_vl_search_image_tool",
+    "code_interpreter": "envs.visual.webwatcher:make_code_interpreter_tool",
+    "ocr": "envs.visual.webwatcher:make_ocr_tool",
 }
 
 

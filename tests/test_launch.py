@@ -157,3 +157,13 @@ def test_ray_job_submit_against_local_head(tmp_path):
     finally:
         head.stop()
     assert head.proc.poll() is not None
+
+
+def test_a_setting_only_another_recipe_reads_is_refused():
+    from launch.common import recipe_only_keys
+    from rl.config import load_config
+
+    cfg = load_config(ROOT / "launch/configs/websailor.yaml", ["data.shaper_layers=3"])
+    assert "data.shaper_layers" in recipe_only_keys(cfg, "websailor")
+    assert recipe_only_keys(cfg, "webshaper") is None
+    assert recipe_only_keys(load_config(ROOT / "launch/configs/websailor.yaml"), "websailor") is None

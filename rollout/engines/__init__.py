@@ -3,7 +3,7 @@ model of a GPU engine for scale tests, `sim_engine.py`)."""
 
 from .base import Engine, Generation, SamplingParams, decode_bucket, encode_bucket
 
-BACKENDS = ("vllm", "hf", "sim")
+BACKENDS = ("vllm", "hf", "sim", "openai")
 
 
 def make_engine(backend: str, model_path: str, **kwargs) -> Engine:
@@ -20,6 +20,10 @@ def make_engine(backend: str, model_path: str, **kwargs) -> Engine:
         from .sim_engine import SimEngine
 
         return SimEngine(model_path, **kwargs)
+    if backend == "openai":  # an OpenAI-compatible /v1/completions endpoint (evaluation; openai_engine.py)
+        from .openai_engine import OpenAIEngine
+
+        return OpenAIEngine(model_path, **kwargs)
     raise ValueError(f"unknown engine backend {backend!r}; known: {BACKENDS}")
 
 

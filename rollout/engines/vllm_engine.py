@@ -41,6 +41,18 @@ def default_gpu_memory_utilization(gpu: bool, colocated: bool) -> float:
     return GPU_MEMORY_UTILIZATION["cpu" if not gpu else "colocated" if colocated else "gpu"]
 
 
+def vision_token_ban(model_path: str) -> dict[int, float] | None:
+    """A vision-language policy never samples its image placeholders (the HF engine's `bad_words_ids`): an
+    <|image_pad|> it wrote would have no image behind it and break the trainer's forward. As vLLM's logit bias
+    (-100, vLLM's floor: the token's probability is e^-100 of the rest); None for a text model."""
+    from rollout.vision import VisionSpec
+
+    v = VisionSpec.from_model(model_path)
+    if v is None:
+        return None
+    return {v.image_pad_id: -100.0, v.vision_start_id: -100.0, v.vision_end_id: -100.0}
+
+
 def _on_gpu() -> bool:
     try:
         import torch
@@ -48,6 +60,12 @@ def _on_gpu() -> bool:
         return torch.cuda.is_available()
     except Exception:  # pragma: no cover
         return False
+
+
+def serving_dtype(gpu: bool, dtype: str = "auto") -> str:
+    """The dtype an engine serves in: "auto" is bfloat16 on a GPU, float32 on CPU (exact logprobs for the
+    mismatch test). The weight transport packs buckets in it (rl/groups.py), so nothing is cast twice."""
+    return ("bfloat16" if gpu else "float32") if dtype == "auto" else dtype
 
 
 class VLLMEngine:
@@ -86,8 +104,7 @@ class VLLMEngine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        if dtype == "auto":
-            dtype = "bfloat16" if gpu else "float32"
+        dtype = serving_dtype(gpu, dtype)
         args = AsyncEngineArgs(
             model=str(model_path),
             dtype=dtype,
@@ -98,6 +115,8 @@ class VLLMEngine:
             enable_prefix_caching=enable_prefix_caching,
             seed=seed,
             tensor_parallel_size=tensor_parallel_size,
+            # TP workers as processes of this actor, on the GPUs Ray gave it (rollout.gpus_per_engine = TP)
+            distributed_executor_backend="mp" if tensor_parallel_size > 1 else None,
             worker_extension_cls=EXTENSION,
             enable_sleep_mode=bool(sleep_mode and gpu),
             logprobs_mode="processed_logprobs",
@@ -105,6 +124,7 @@ class VLLMEngine:
         )
         self.model_path = str(model_path)
         self._image_pad_id = None
+        self._vision_ban: dict[int, float] | None | bool = False  # worked out at the first request
         self.llm = AsyncLLM.from_engine_args(args)
         self.policy_version = 0
         self.request_timeout_s = request_timeout_s
@@ -113,6 +133,12 @@ class VLLMEngine:
         self._paused.set()  # set = running
         self.sleep_mode = bool(sleep_mode and gpu)
         self.num_workers = tensor_parallel_size
+
+    def no_vision_tokens(self) -> dict[int, float] | None:
+        """`vision_token_ban` of this engine's model, read once, at the first request (after vLLM has the model)."""
+        if self._vision_ban is False:
+            self._vision_ban = vision_token_ban(self.model_path)
+        return self._vision_ban
 
     def vllm_params(self, sampling: SamplingParams):
         """Our SamplingParams as vLLM's (one completion, the sampled token's logprob).
@@ -135,6 +161,7 @@ class VLLMEngine:
             logprobs=0,
             ignore_eos=sampling.ignore_eos,
             include_stop_str_in_output=sampling.include_stop_str,
+            logit_bias=self.no_vision_tokens(),
         )
 
     def request(self, prompt_ids: list[int], images: list | None = None) -> dict:

@@ -1,13 +1,15 @@
 """Action grammars of the agent loop: parse one assistant turn into an action.
 
-`make_format(name)`: "react" (WebSailor / WebDancer / WebWatcher) or "vrag" (VRAG-RL, imported lazily).
+`make_format(name)`: "react" (WebSailor / WebDancer), "react_parallel" (WebWatcher: several tool calls a turn)
+or "vrag" (VRAG-RL, imported lazily).
 """
 
 import importlib
 
 from .react import INVALID_TOOL_CALL, Action, ReActFormat
 
-FORMATS = {"react": "rollout.formats.react:ReActFormat", "vrag": "rollout.formats.vrag:VRAGFormat"}
+FORMATS = {"react": "rollout.formats.react:ReActFormat", "vrag": "rollout.formats.vrag:VRAGFormat",
+           "react_parallel": "rollout.formats.react:ParallelReActFormat"}  # WebWatcher: several calls a turn
 
 
 def make_format(name: str, **kwargs):

@@ -9,7 +9,9 @@
     <answer> ... </answer>
 
 Owns: turning one assistant turn's text into an `Action` (answer, tool call, invalid, none), the
-fixed observation texts for invalid turns, and `first_block` (the first complete <tag>...</tag>, found
+fixed observation texts for invalid turns, `ParallelReActFormat` (WebWatcher, SEEDS 9.1: several
+<tool_call> blocks in one turn, run concurrently by the agent loop; `Action.calls` holds them in order,
+an unparsable block an invalid action among them), and `first_block` (the first complete <tag>...</tag>, found
 in linear time; the VRAG-RL grammar uses it too). An invalid call yields the fixed error observation.
 
 Never: call tools or touch tokens; raise on model output, whatever it is (JSON nested past the
@@ -19,6 +21,7 @@ invalid one, always.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from dataclasses import dataclass, field
@@ -38,6 +41,7 @@ class Action:
     name: str | None = None
     arguments: dict = field(default_factory=dict)
     error: str | None = None
+    calls: list["Action"] = field(default_factory=list)  # a multi-call turn: each call in order (ParallelReActFormat)
 
 
 # SEEDS 3.6 (WebSailor prompt.py, abridged): the tools themselves are rendered by the chat template
@@ -78,15 +82,53 @@ class ReActFormat:
         if answer and (not call or answer[1] < call.start()):
             return Action("answer", answer=answer[2].strip())
         if call:
-            try:
-                obj = json.loads(call.group(1).strip())
-            except (ValueError, RecursionError):  # JSONDecodeError; ints past 4300 digits; nesting past the limit
-                return Action("invalid", error=INVALID_TOOL_CALL)
-            if not (isinstance(obj, dict) and isinstance(obj.get("name"), str)
-                    and isinstance(obj.get("arguments", {}), dict)):
-                return Action("invalid", error=INVALID_TOOL_CALL)
-            return Action("tool_call", name=obj["name"], arguments=obj.get("arguments", {}))
+            return parse_call(call.group(1))
         return Action("none", error=NO_ACTION)
+
+
+def parse_call(body: str) -> Action:
+    """The JSON inside one <tool_call> block -> a tool_call action, or the invalid action."""
+    try:
+        obj = json.loads(body.strip())
+    except (ValueError, RecursionError):  # JSONDecodeError; ints past 4300 digits; nesting past the limit
+        return Action("invalid", error=INVALID_TOOL_CALL)
+    if not (isinstance(obj, dict) and isinstance(obj.get("name"), str)
+            and isinstance(obj.get("arguments", {}), dict)):
+        return Action("invalid", error=INVALID_TOOL_CALL)
+    return Action("tool_call", name=obj["name"], arguments=obj.get("arguments", {}))
+
+
+class ParallelReActFormat(ReActFormat):
+    """WebWatcher's turns (SEEDS 9.1): any number of <tool_call> blocks before the end of the turn, run
+    concurrently, their results returned in the calls' order (rollout/agent.py `call_tools`). Generation
+    does not stop at the first </tool_call>; it stops at the end of the turn or a hallucinated
+    <tool_response>. One block parses exactly as in ReActFormat. At most `max_calls` blocks are read."""
+
+    stop_tokens = ()
+    max_calls = 128  # WebWatcher's thread pool: 128 workers
+    # SEEDS 9.1: results go back as "<|im_start|>user\n<tool_response>\n...\n</tool_response><|im_end|>"
+    observation_role = "user"
+
+    def wrap_observation(self, text: str) -> str:
+        return f"<tool_response>\n{text}\n</tool_response>"
+
+    def system_prompt(self, tools: list[dict]) -> str:
+        return SYSTEM_PROMPT.replace("call one tool per turn inside <tool_call></tool_call>",
+                                     "call one or more tools per turn, each inside its own <tool_call></tool_call>")
+
+    def _parse(self, text: str) -> Action:
+        text = text.split("<tool_response>")[0]
+        answer, first = first_block(text, ("answer",)), _TOOL_CALL.search(text)
+        if answer and (not first or answer[1] < first.start()):
+            return Action("answer", answer=answer[2].strip())
+        if not first:
+            return Action("none", error=NO_ACTION)
+        end = answer[1] if answer else len(text)  # calls after an answer that follows them are not read
+        calls = [parse_call(m.group(1)) for m in itertools.islice(_TOOL_CALL.finditer(text, 0, end), self.max_calls)]
+        if len(calls) == 1:
+            return calls[0]
+        head = calls[0]
+        return Action("tool_call", name=head.name, arguments=head.arguments, calls=calls)
 
 
 def first_block(text: str, tags: tuple[str, ...]) -> tuple[str, int, str] | None:

