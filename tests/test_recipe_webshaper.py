@@ -1,5 +1,5 @@
 """The WebShaper recipe end to end from the command line, `--smoke`, offline, through real Ray actor groups
-(vLLM engine, reward, FSDP2 trainer, env servers): the agentic Expander's tasks written in the released
+(HF engine, reward, FSDP2 trainer, env servers): the agentic Expander's tasks written in the released
 format and re-checked from that form alone by the solver, the expert's trajectories, SFT, one DAPO step and
 the held-out evaluation."""
 
@@ -20,7 +20,8 @@ def test_webshaper_smoke(tmp_path):
 
     run_dir = tmp_path / "webshaper"
     seconds = run_recipe("webshaper.py", run_dir, SMALL + [
-        "pipeline.stages=[expert,sft,rl,eval_rl]", "data.num_tasks=4", "algo.max_gen_rounds=1", "run.steps=1"],
+        "pipeline.stages=[expert,sft,rl,eval_rl]", "data.num_tasks=4", "algo.max_gen_rounds=1", "run.steps=1",
+        "rollout.backend=hf"],  # the HF engine starts in seconds; vLLM runs in the other recipes' smokes
         tmp_path)
     report, results = common_outputs(run_dir, ["rl"])
     print(f"webshaper smoke: {seconds:.0f} s")
