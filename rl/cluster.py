@@ -185,11 +185,12 @@ def embedding_servers(models: dict, rerankers: dict | None = None, *, num_cpus: 
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from envs.embedding.server import EmbeddingServer, server_name
+    from envs.search_backends import make_embedder
 
     nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
     actor = ray.remote(EmbeddingServer)
     handles = [actor.options(name=server_name(node), num_cpus=num_cpus, max_concurrency=max_concurrency,
                              scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
-               .remote(models, rerankers) for node in nodes]
+               .remote(models, rerankers, build=make_embedder) for node in nodes]
     wait([h.info.remote() for h in handles], timeout_s, f"{len(handles)} embedding server(s) to load {sorted(models)}")
     return handles

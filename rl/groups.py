@@ -48,7 +48,7 @@ class RLGroups:
         from transformers import AutoTokenizer
 
         from reward.worker import RewardWorker
-        from rl.trainer.base import backend_class
+        from rl.trainer.backends import backend_class
         from rollout.worker import RolloutWorker
 
         self.cfg = cfg

@@ -12,12 +12,11 @@ Never: roll out, score or start anything; it only decides what will.
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING
 
 from rl.data import file_tasks, target_token_tasks, visual_qa_tasks, world_qa_tasks
 
-if TYPE_CHECKING:  # rl/config.py runs this module's checks at load: no import back at run time
-    from rl.config import Config
+#: `cfg` below is an `rl.config.Config`; not imported, since rl/config.py runs this module's checks at load
+Config = "rl.config.Config"
 
 
 def load_tasks(cfg: Config, tokenizer) -> tuple[list[dict], dict]:

@@ -26,19 +26,21 @@ __all__ = ["EmbeddingServer", "RemoteEmbedder", "RemoteReranker"]
 
 
 class EmbeddingServer:
-    """`models`: name -> embedder spec (`envs.search_backends.make_embedder`); `rerankers`: name -> {"path",
-    ...} (`Qwen3Reranker` settings). Built once, at construction."""
+    """`models`: name -> embedder spec, built by `build` (`envs.search_backends.make_embedder`, passed in by
+    rl/cluster.py: this module does not import the search backends, which import it); `rerankers`: name ->
+    {"path", ...} (`Qwen3Reranker` settings). Built once, at construction."""
 
-    def __init__(self, models: dict | None = None, rerankers: dict | None = None, *, max_batch: int = 64,
-                 max_wait_ms: float = 5.0):
+    def __init__(self, models: dict | None = None, rerankers: dict | None = None, *, build=None,
+                 max_batch: int = 64, max_wait_ms: float = 5.0):
         from envs.embedding.reranker import Qwen3Reranker
-        from envs.search_backends import make_embedder
 
         if not models and not rerankers:
             raise ValueError("EmbeddingServer: give at least one model (embedders) or reranker")
         if max_batch < 1 or max_wait_ms < 0:
             raise ValueError("EmbeddingServer: need max_batch >= 1 and max_wait_ms >= 0")
-        self.embedders = {name: make_embedder(spec) for name, spec in (models or {}).items()}
+        if models and build is None:
+            raise ValueError("EmbeddingServer: models need build=<spec -> embedder> (envs.search_backends.make_embedder)")
+        self.embedders = {name: build(spec) for name, spec in (models or {}).items()}
         self.rerankers = {}
         for name, spec in (rerankers or {}).items():
             if not isinstance(spec, dict) or "path" not in spec:

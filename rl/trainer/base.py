@@ -154,23 +154,6 @@ def merge_lora(named: Iterator[tuple[str, torch.Tensor]], scaling: float) -> Ite
         raise ValueError(f"LoRA merge: incomplete adapter entries for {sorted(pending)[:3]}")
 
 
-def backend_class(name: str) -> type["TrainerBackend"]:
-    """The trainer class of a backend name (`trainer.backend`); imports only that backend."""
-    if name == "fsdp2":
-        from rl.trainer.fsdp import FSDPTrainer
-
-        return FSDPTrainer
-    if name == "deepspeed":
-        from rl.trainer.deepspeed import DeepSpeedTrainer
-
-        return DeepSpeedTrainer
-    if name == "sim":  # a latency model for scale tests (rl/trainer/sim.py)
-        from rl.trainer.sim import SimTrainer
-
-        return SimTrainer
-    raise ValueError(f"unknown trainer backend {name!r}; allowed: 'fsdp2', 'deepspeed', 'sim'")
-
-
 class TrainerBackend:
     """One rank of the TrainerGroup. Subclasses: FSDPTrainer (default), DeepSpeedTrainer."""
 

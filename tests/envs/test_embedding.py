@@ -134,7 +134,10 @@ def test_rerank_backend_reorders_the_first_stage(qwen3_tiny_tok):
 def test_embedding_server_coalesces_concurrent_requests():
     from envs.embedding.server import EmbeddingServer
 
-    server = EmbeddingServer({"hash": {"kind": "hashing", "dim": 64}}, max_batch=100, max_wait_ms=20)
+    from envs.search_backends import make_embedder
+
+    server = EmbeddingServer({"hash": {"kind": "hashing", "dim": 64}}, build=make_embedder, max_batch=100,
+                             max_wait_ms=20)
 
     async def many():
         return await asyncio.gather(*(server.aembed("hash", [f"text {i}", f"more {i}"], "document") for i in range(5)))
