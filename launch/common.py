@@ -105,6 +105,19 @@ def dry_run(cfg, device_gib: float | None) -> int:
     return 0
 
 
+def check_stage_order(stages: list[str], allowed: tuple[str, ...]) -> str | None:
+    """The stage-list mistakes every recipe with an expert and SFT refuses: an unknown stage (besides
+    eval_<name>), and 'sft' before 'expert' (the SFT data are the expert's trajectories). None if fine."""
+    seen = []
+    for s in stages:
+        if s not in allowed and not (s.startswith("eval_") and len(s) > 5):
+            return f"pipeline.stages: unknown stage {s!r}; allowed: {', '.join(allowed)} and eval_<name>"
+        if s == "sft" and "expert" not in seen:
+            return "pipeline.stages: 'sft' needs 'expert' before it (the SFT data are the expert's trajectories)"
+        seen.append(s)
+    return None
+
+
 #: keys only one recipe reads (rl/config.py cannot tell recipes apart): set elsewhere they would be ignored
 RECIPE_ONLY = {"data.shaper_layers": "webshaper", "data.shaper_expander": "webshaper",
                "data.shaper_writer": "webshaper", "data.shaper_llm": "webshaper"}

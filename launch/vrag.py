@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python launch/vrag.py` from a checkout
     sys.path.insert(0, str(ROOT))
 
-from launch.common import main  # noqa: E402
+from launch.common import check_stage_order, main  # noqa: E402
 
 STAGES = ("expert", "sft", "rl")  # and eval_<name>, anywhere
 
@@ -81,14 +81,7 @@ def check_stages(cfg) -> str | None:
     tools = set(cfg.env.tools)
     if not {"image_search", "crop"} <= tools:
         return f"env.tools: VRAG-RL needs image_search and crop, got {sorted(tools)}"
-    seen = []
-    for s in cfg.pipeline.stages:
-        if s not in STAGES and not (s.startswith("eval_") and len(s) > 5):
-            return f"pipeline.stages: unknown stage {s!r}; allowed: {', '.join(STAGES)} and eval_<name>"
-        if s == "sft" and "expert" not in seen:
-            return "pipeline.stages: 'sft' needs 'expert' before it (the SFT data are the expert's trajectories)"
-        seen.append(s)
-    return None
+    return check_stage_order(cfg.pipeline.stages, STAGES)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python launch/websailor.py` from a checkout
     sys.path.insert(0, str(ROOT))
 
-from launch.common import main  # noqa: E402
+from launch.common import check_stage_order, main  # noqa: E402
 
 STAGES = ("expert", "sft", "rl")  # and eval_<name>, anywhere
 
@@ -37,14 +37,10 @@ def pipeline(cfg, run_dir: Path) -> dict:
 
 def check_stages(cfg) -> str | None:
     """A mistake in pipeline.stages, said before anything starts (None if fine)."""
-    seen = []
-    for s in cfg.pipeline.stages:
-        if s not in STAGES and not (s.startswith("eval_") and len(s) > 5):
-            return f"pipeline.stages: unknown stage {s!r}; allowed: {', '.join(STAGES)} and eval_<name>"
-        if s == "sft" and "expert" not in seen:
-            return "pipeline.stages: 'sft' needs 'expert' before it (the SFT data are the expert's trajectories)"
-        seen.append(s)
-    if cfg.data.task == "file" and "expert" in seen:
+    problem = check_stage_order(cfg.pipeline.stages, STAGES)
+    if problem:
+        return problem
+    if cfg.data.task == "file" and "expert" in cfg.pipeline.stages:
         return ("pipeline.stages: the scripted expert plans over the synthetic world (data.task=world_qa); "
                 "with data.task=file run rl and eval_<name> stages (SFT data from your own trajectories)")
     return None

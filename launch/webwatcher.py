@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python launch/webwatcher.py` from a checkout
     sys.path.insert(0, str(ROOT))
 
-from launch.common import main  # noqa: E402
+from launch.common import check_stage_order, main  # noqa: E402
 
 STAGES = ("expert", "sft", "rl")  # and eval_<name>, anywhere
 TOOLS = {"web_search", "VLSearchImage", "visit", "code_interpreter", "ocr"}  # SEEDS 9.1
@@ -95,14 +95,7 @@ def check_stages(cfg) -> str | None:
     missing = TOOLS - set(cfg.env.tools)
     if missing:
         return f"env.tools: WebWatcher's tool set lacks {sorted(missing)} (SEEDS 9.1: {sorted(TOOLS)})"
-    seen = []
-    for s in cfg.pipeline.stages:
-        if s not in STAGES and not (s.startswith("eval_") and len(s) > 5):
-            return f"pipeline.stages: unknown stage {s!r}; allowed: {', '.join(STAGES)} and eval_<name>"
-        if s == "sft" and "expert" not in seen:
-            return "pipeline.stages: 'sft' needs 'expert' before it (the SFT data are the expert's trajectories)"
-        seen.append(s)
-    return None
+    return check_stage_order(cfg.pipeline.stages, STAGES)
 
 
 if __name__ == "__main__":

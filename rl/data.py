@@ -66,6 +66,46 @@ def visual_qa_tasks(world_seed: int, world_size: str, num_tasks: int, seed: int 
             for it in items]
 
 
+def read_rows(path, what: str = "task file") -> list[tuple[str, dict]]:
+    """(where, row) for every row of a .jsonl, .json (a list of rows), .csv or .parquet file; `where` names the
+    file and its line (jsonl) or row. A missing file, text that is not UTF-8 and a line that is not JSON are
+    ValueErrors (FileNotFoundError for the file) naming `what`, the file and the line."""
+    import csv
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} {str(p)!r} does not exist")
+    suffix = p.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return [(f"{p}: row {i + 1}", row) for i, row in enumerate(pq.read_table(p).to_pylist())]
+    data = p.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")  # a byte-order mark is fine
+    except UnicodeDecodeError as err:
+        at = data[:err.start].count(b"\n") + 1
+        raise ValueError(f"{p}: line {at} is not UTF-8 text ({err.reason} at byte {err.start}); "
+                         f"save the file as UTF-8") from None
+    if suffix == ".csv":
+        return [(f"{p}: row {i + 1}", dict(r)) for i, r in enumerate(csv.DictReader(text.splitlines()))]
+    if suffix == ".json":
+        data = json.loads(text)
+        if not isinstance(data, list):
+            raise ValueError(f"{p}: a .json task file holds a list of rows, not a {type(data).__name__}")
+        return [(f"{p}: row {i + 1}", r) for i, r in enumerate(data)]
+    rows = []
+    for i, line in enumerate(text.splitlines()):
+        if line.strip():
+            try:
+                rows.append((f"{p}: line {i + 1}", json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{p}: line {i + 1} is not valid JSON ({err})") from None
+    return rows
+
+
 def file_tasks(path: str, limit: int | None = None) -> list[dict]:
     """Tasks from a jsonl or parquet file of {uid, question, answer[, gold_ids]}.
 
@@ -77,29 +117,7 @@ def file_tasks(path: str, limit: int | None = None) -> list[dict]:
     from pathlib import Path
 
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"data.path {str(p)!r} does not exist")
-    if p.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        rows = [(f"{p}: row {i + 1}", row) for i, row in enumerate(pq.read_table(p).to_pylist())]
-    else:
-        import json
-
-        data = p.read_bytes()
-        try:
-            text = data.decode("utf-8-sig")  # a byte-order mark is fine
-        except UnicodeDecodeError as err:
-            at = data[:err.start].count(b"\n") + 1
-            raise ValueError(f"{p}: line {at} is not UTF-8 text ({err.reason} at byte {err.start}); "
-                             f"save the file as UTF-8") from None
-        rows = []
-        for i, line in enumerate(text.splitlines()):
-            if line.strip():
-                try:
-                    rows.append((f"{p}: line {i + 1}", json.loads(line)))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{p}: line {i + 1} is not valid JSON ({err})") from None
+    rows = read_rows(p, what="data.path")
     tasks, seen = [], set()
     for i, (where, row) in enumerate(rows[:limit] if limit else rows):
         task = _task_row(row, where, default_uid=f"{p.stem}-{i}")

@@ -123,6 +123,29 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("WINDWARD_CACHE", Path.home() / ".cache" / "windward"))
 
 
+def save_model_folder(target: Path, spec: dict, *parts) -> Path:
+    """Write `parts` (model, tokenizer, processor: anything with `save_pretrained`) and the build's `spec`
+    (windward_model.json, the marker of a finished build) into `target`, atomically: a temporary folder beside
+    it renamed into place, so concurrent builders are safe and a crash leaves no half folder."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        for part in parts:
+            if hasattr(part, "config") and hasattr(part, "state_dict"):  # a model: safetensors
+                part.save_pretrained(tmp, safe_serialization=True)
+            else:
+                part.save_pretrained(tmp)
+        (tmp / "windward_model.json").write_text(json.dumps(spec, indent=1))
+        try:
+            tmp.rename(target)
+        except OSError:  # another process won the race: its folder is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
 def build_tiny_model(
     cache_dir: str | os.PathLike | None = None,
     *,
@@ -192,20 +215,7 @@ def build_tiny_model(
     model.generation_config.eos_token_id = config.eos_token_id
     model.generation_config.pad_token_id = config.pad_token_id
 
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=root))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        (tmp / "windward_model.json").write_text(json.dumps(spec, indent=1))
-        try:
-            tmp.rename(target)
-        except OSError:  # another process won the race: its folder is identical
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+    return save_model_folder(target, spec, model, tok)
 
 
 # Qwen2.5-VL's chat template (Qwen/Qwen2.5-VL-7B-Instruct, chat_template.json), videos left out: string
@@ -298,21 +308,7 @@ def build_tiny_vl_model(
     model.generation_config.pad_token_id = tok.pad_token_id
     processor = Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels)
 
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=root))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        (tmp / "windward_model.json").write_text(json.dumps(spec, indent=1))
-        try:
-            tmp.rename(target)
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+    return save_model_folder(target, spec, model, tok, processor)
 
 
 if __name__ == "__main__":

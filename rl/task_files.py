@@ -18,42 +18,15 @@ or import Ray, torch or the engines.
 from __future__ import annotations
 
 import ast
-import csv
 import json
 from pathlib import Path
+
+from rl.data import read_rows
 
 FORMATS = ("auto", "jsonl", "webshaper", "bcvl", "qa")
 QUESTION_KEYS = ("question", "Question", "problem", "prompt")
 ANSWER_KEYS = ("answer", "Final answer", "final_answer", "Answer", "gold")
 ID_KEYS = ("uid", "id", "task_id", "qid")
-
-
-def read_rows(path: str | Path) -> list[tuple[str, dict]]:
-    """(where, row) for every row of a .jsonl, .json, .csv or .parquet file; `where` is 'file: line n' / 'row n'."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"task file {str(p)!r} does not exist")
-    suffix = p.suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return [(f"{p}: row {i + 1}", r) for i, r in enumerate(pq.read_table(p).to_pylist())]
-    text = p.read_text(encoding="utf-8-sig")
-    if suffix == ".csv":
-        return [(f"{p}: row {i + 1}", dict(r)) for i, r in enumerate(csv.DictReader(text.splitlines()))]
-    if suffix == ".json":
-        data = json.loads(text)
-        if not isinstance(data, list):
-            raise ValueError(f"{p}: a .json task file holds a list of rows, not a {type(data).__name__}")
-        return [(f"{p}: row {i + 1}", r) for i, r in enumerate(data)]
-    rows = []
-    for i, line in enumerate(text.splitlines()):
-        if line.strip():
-            try:
-                rows.append((f"{p}: line {i + 1}", json.loads(line)))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{p}: line {i + 1} is not valid JSON ({err})") from None
-    return rows
 
 
 def detect_format(row: dict, where: str) -> str:

@@ -20,6 +20,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Sequence
 
+from envs.dynamicbench.writer import json_span
+
 METRICS = ("accuracy", "completeness", "readability", "applicability", "length")
 VERDICTS = ("correct", "cannot judge", "incorrect")
 _VERDICT_WORDS = {"correct": "correct", "incorrect": "incorrect", "cannot judge": "cannot judge",
@@ -76,21 +78,11 @@ class Grade:
     replies: list[str] = field(default_factory=list)
 
 
-def _json_span(reply: str, open_: str, close: str):
-    start, end = reply.find(open_), reply.rfind(close)
-    if start < 0 or end <= start:
-        return None
-    try:
-        return json.loads(reply[start:end + 1])
-    except ValueError:
-        return None
-
-
 def parse_grade(reply: str | None, num_probes: int) -> tuple[dict[str, int], list[str]] | None:
     """(scores, verdicts) from a judge reply, or None when it cannot be read exactly (module docstring)."""
     if not isinstance(reply, str):
         return None
-    data = _json_span(reply, "{", "}")
+    data = json_span(reply, "{", "}")
     if not isinstance(data, dict) or set(data) != set(METRICS) | {"probes"}:
         return None
     scores = {}
@@ -111,7 +103,7 @@ def parse_grade(reply: str | None, num_probes: int) -> tuple[dict[str, int], lis
 def parse_probes(reply: str | None) -> list[Probe] | None:
     if not isinstance(reply, str):
         return None
-    data = _json_span(reply, "[", "]")
+    data = json_span(reply, "[", "]")
     if not isinstance(data, list) or not data:
         return None
     out = []

@@ -53,7 +53,8 @@ class Report:
     error: str | None = None
 
 
-def _json(reply: str, open_: str, close: str) -> Any:
+def json_span(reply: str, open_: str, close: str) -> Any:
+    """The JSON value from the first `open_` to the last `close` of a model's reply, or None (never a guess)."""
     start, end = reply.find(open_), reply.rfind(close)
     if start < 0 or end <= start:
         return None
@@ -64,14 +65,14 @@ def _json(reply: str, open_: str, close: str) -> Any:
 
 
 def parse_plan(reply: str, n: int) -> list[str] | None:
-    data = _json(reply, "[", "]") if isinstance(reply, str) else None
+    data = json_span(reply, "[", "]") if isinstance(reply, str) else None
     if not (isinstance(data, list) and data and all(isinstance(s, str) and s.strip() for s in data)):
         return None
     return [s.strip() for s in data][:n]
 
 
 def parse_queries(reply: str, k: int) -> list[str] | None:
-    data = _json(reply, "{", "}") if isinstance(reply, str) else None
+    data = json_span(reply, "{", "}") if isinstance(reply, str) else None
     queries = data.get("queries") if isinstance(data, dict) else None
     if not (isinstance(queries, list) and queries and all(isinstance(q, str) and q.strip() for q in queries)):
         return None
