@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from rl.config import ConfigError, describe, load_config, read_yaml
+from rl.evaluate import trend_line
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "launch/configs/smoke.yaml"
@@ -71,7 +72,7 @@ def write_report(run_dir: Path, recipe: str, summary: dict, seconds: float) -> P
         f"- steps: {len(hist)}; final policy_version: {summary['policy_version']}",
         f"- wall time: {seconds:.1f} s",
         f"- reward mean, first {k} steps: {sum(rewards[:k]) / max(k, 1):.4f}; last {k} steps: "
-        f"{sum(rewards[-k:]) / max(k, 1):.4f}", "",
+        f"{sum(rewards[-k:]) / max(k, 1):.4f}", *filter(None, [trend_line(hist)]), "",
         "| step | reward mean | reward std | response length | " + " | ".join(f"{s} s" for s in stages) + " |",
         "|" + "---|" * (4 + len(stages)),
     ]

@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from rl import algos
 from rl.config import Config, to_dict
-from rl.evaluate import evaluate
+from rl.evaluate import evaluate, paired_difference, trend_line
 from rl.sft_data import SFTBatches, rft_filter, write_trajectories
 from rollout.engines.base import derive_seed
 from rollout.trajectory import build_batch, concat, project, scalar_numpy, with_columns
@@ -316,6 +316,22 @@ def _parts(e: dict) -> str:
     return "-" if total is None else f"{total:.3f} ({parts})" if parts else f"{total:.3f}"
 
 
+def paired_lines(evals: dict) -> list[str]:
+    """Each evaluation against the one before it (and the last against the first), on the same questions: the
+    Pass@1 difference with its paired 95% bootstrap interval (rl/evaluate.py paired_difference)."""
+    names = [n for n, e in evals.items() if e.get("per_task")]
+    pairs = list(zip(names, names[1:])) + ([(names[0], names[-1])] if len(names) > 2 else [])
+    if not pairs:
+        return []
+    lines = ["### Paired differences", "", "| after | minus | questions | Pass@1 difference | 95% CI |",
+             "|---|---|---|---|---|"]
+    for before, after in pairs:
+        d = paired_difference(evals[before], evals[after])
+        lines.append(f"| {after} | {before} | {d['num_tasks']} | {d['difference']:+.3f} | "
+                     f"{d['ci'][0]:+.3f} to {d['ci'][1]:+.3f} |")
+    return lines + ["", "Paired: the same questions on both sides, questions resampled together (2,000 resamples).", ""]
+
+
 def report(run_dir: Path, recipe: str, cfg: Config, results: dict, seconds: float) -> Path:
     """report.md: what ran, the evaluation table with confidence intervals, and the numbers per stage."""
     lines = [f"# {recipe} run report", "", f"- run folder: `{run_dir}`", f"- wall time: {seconds / 60:.1f} min",
@@ -339,6 +355,7 @@ def report(run_dir: Path, recipe: str, cfg: Config, results: dict, seconds: floa
         lines.append("")
         lines.append("Intervals: 95% percentile bootstrap over questions (2,000 resamples).")
         lines.append("")
+        lines += paired_lines(evals)
         tagged = {name: e["by_tag"] for name, e in evals.items() if e.get("by_tag")}
         if tagged:
             recall = any(tag in (SEEN, NEW) for by_tag in tagged.values() for tag in by_tag)
@@ -357,8 +374,9 @@ def report(run_dir: Path, recipe: str, cfg: Config, results: dict, seconds: floa
         lines += ["## SFT", "", f"- steps: {len(s)}; loss first {s[0]['sft/loss']:.4f}, last {s[-1]['sft/loss']:.4f}", ""]
     if results.get("rl"):
         h = results["rl"]
+        trend = trend_line(h)
         lines += ["## RL", "", f"- steps: {len(h)}; reward mean first {h[0]['reward/mean']:.4f}, last "
-                  f"{h[-1]['reward/mean']:.4f}; per-step metrics in `metrics.jsonl`", ""]
+                  f"{h[-1]['reward/mean']:.4f}; per-step metrics in `metrics.jsonl`"] + ([trend] if trend else []) + [""]
     lines += ["Plots: `plots/*.png`. Trajectories: `trajectories/*.parquet`. Tasks: `data/*.jsonl`.", ""]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines))

@@ -35,11 +35,13 @@ import numpy as np
 import pyarrow as pa
 
 from reward.base import register_reward
-from reward.formats import evolvesearch_format, masksearch_format, vrag_pattern, webwatcher_format, websailor_format
+from reward.formats import (evolvesearch_format, masksearch_format, strip_observations, vrag_pattern,
+                            webwatcher_format, websailor_format)
 from reward.judge import JudgeItem
 from reward.prompts import JUDGES
 from reward.retrieval import ndcg
-from reward.rules import anls, exact_match, f1_score, mask_spans, span_judge_fraction, token_recall
+from reward.rules import (anls, exact_match, f1_score, last_number, mask_spans, number_match, span_judge_fraction,
+                          token_recall)
 
 __all__ = ["parse_gold", "string_column", "active_mask", "MASKSEARCH_INSTRUCTION", "FORMAT_STYLES"]
 
@@ -122,6 +124,31 @@ class ANLS(_AnswerMetric):
 
     def __init__(self, part: str = "answer", threshold: float = 0.5):
         super().__init__(part, threshold=threshold)
+
+
+@register_reward("number")
+class NumberMatch:
+    """1/0: the answer is the gold number (`reward.rules.number_match`), for verifiable numeric tasks.
+
+    method="strict": the answer is what `<answer></answer>` holds (`answer_text`); none scores 0.
+    method="flexible": where the response has no answer tag, the last number of the model's own text
+    (`response_text`, observations stripped) is its answer: verl's GSM8K "flexible" extraction, for a pretrained
+    model that answers in prose before it has learnt the tags."""
+
+    def __init__(self, part: str = "answer", method: str = "strict"):
+        if method not in ("strict", "flexible"):
+            raise ValueError(f"number: unknown method {method!r}; allowed: 'strict', 'flexible'")
+        self.part, self.parts, self.method = part, (part,), method
+        self.columns = ("answer_text", "gold_answer") + (("response_text",) if method == "flexible" else ())
+
+    def score(self, batch: pa.RecordBatch) -> dict[str, np.ndarray]:
+        preds = string_column(batch, "answer_text")
+        if self.method == "flexible":
+            texts = string_column(batch, "response_text")
+            preds = [p if p is not None else last_number(None if t is None else strip_observations(t))
+                     for p, t in zip(preds, texts)]
+        values = [number_match(p, g) for p, g in zip(preds, _golds(batch))]
+        return {self.part: np.asarray(values, dtype=np.float64)}
 
 
 @register_reward("token_recall")

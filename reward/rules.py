@@ -30,6 +30,8 @@ __all__ = [
     "levenshtein_distance",
     "extract_answer",
     "mask_spans",
+    "number_match",
+    "last_number",
 ]
 
 _PUNCTUATION = frozenset(string.punctuation)
@@ -188,6 +190,40 @@ def anls(pred: str | None, gold: str | Sequence[str], threshold: float = 0.5) ->
         return 1.0 - nld if nld < threshold else 0.0
 
     return _max_over_golds(pred, gold, "anls", score)
+
+
+_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
+
+
+def _as_number(text: str) -> float | None:
+    """The one number `text` is (SQuAD-stripped of surrounding words is not done: "30", "-4", "1,234", "2.50",
+    " 30. " count; "30 apples" does not), else None."""
+    text = text.strip().rstrip(".").strip()
+    if not _NUMBER.fullmatch(text):
+        return None
+    return float(text.replace(",", ""))
+
+
+def last_number(text: str | None) -> str | None:
+    """The last number written in `text` ("... so 56 - 26 = 30." -> "30"), or None if it has none: the
+    "flexible" answer extraction of verl's and TRL's GSM8K rewards, for a model that answers in prose."""
+    if text is None:
+        return None
+    found = _NUMBER.findall(text)
+    return found[-1] if found else None
+
+
+def number_match(pred: str | None, gold: str | Sequence[str]) -> float:
+    """1.0 when `pred` is a number equal to the gold number ("30" == "30.0" == "+30"; "1,234" == "1234"), else 0.0.
+    A gold answer that is not one number is a data error (ValueError names it)."""
+    def score(p: str, g: str) -> float:
+        want = _as_number(g)
+        if want is None:
+            raise ValueError(f"number_match: gold answer {g!r} is not a number")
+        got = _as_number(p)
+        return float(got is not None and abs(got - want) <= 1e-9 * max(1.0, abs(want)))
+
+    return _max_over_golds(pred, gold, "number_match", score)
 
 
 def extract_answer(text: str, tag: str = "answer") -> str | None:

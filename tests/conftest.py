@@ -30,8 +30,15 @@ class LoopThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def close(self):
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
+        """Join the executor threads the loop started (run_in_executor), stop it and close it: nothing of it is
+        left running into interpreter shutdown."""
+        try:
+            self.run(self.loop.shutdown_default_executor(), timeout=30)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=10)
+            if not self.thread.is_alive():
+                self.loop.close()
 
 
 @pytest.fixture(scope="session")

@@ -170,3 +170,33 @@ def test_judge_choice_becomes_config():
     assert judge_overrides(parse_args(["--policy", "tiny"])) == []
     with pytest.raises(SystemExit):
         parse_args(["--policy", "tiny", "--judge", "gaia"])  # an LLM judge needs its endpoint
+
+
+def test_paired_difference_pairs_the_same_questions():
+    from rl.evaluate import paired_difference
+
+    # 3 tasks x 2 runs; after: task 1 learnt (0 -> 1), the others unchanged
+    before = pass_metrics(np.array([1.0, 1, 0, 0, 0, 1]), np.array([0, 0, 1, 1, 2, 2]))
+    after = pass_metrics(np.array([1.0, 1, 1, 1, 0, 1]), np.array([0, 0, 1, 1, 2, 2]))
+    assert before["per_task"] == {0: 1.0, 1: 0.0, 2: 0.5}
+    d = paired_difference(before, after)
+    assert d["difference"] == pytest.approx(1 / 3) and d["num_tasks"] == 3
+    assert 0 <= d["ci"][0] <= d["difference"] <= d["ci"][1] <= 1
+    # a JSON round trip (results.json) keeps the pairing: the keys become strings
+    assert paired_difference(json.loads(json.dumps(before)), json.loads(json.dumps(after)))["difference"] == d["difference"]
+    with pytest.raises(ValueError, match="share no task"):
+        paired_difference(before, {"per_task": {7: 1.0}})
+
+
+def test_window_means_from_per_step_mean_std_and_count():
+    from rl.evaluate import trend_line, window_means
+
+    rng = np.random.default_rng(0)
+    steps = [rng.random(32) < p for p in (0.1, 0.1, 0.1, 0.3, 0.5, 0.5, 0.5)]
+    hist = [{"reward/mean": float(x.mean()), "reward/std": float(x.std()), "num_trajectories": 32} for x in steps]
+    w = window_means(hist, 3)
+    first, last = np.concatenate(steps[:3]).astype(float), np.concatenate(steps[-3:]).astype(float)
+    assert w["first"] == pytest.approx(first.mean()) and w["last"] == pytest.approx(last.mean())
+    assert w["first_se"] == pytest.approx(first.std() / np.sqrt(96)) and w["last_n"] == 96
+    assert w["z"] == pytest.approx((last.mean() - first.mean()) / np.hypot(first.std(), last.std()) * np.sqrt(96))
+    assert "standard errors" in trend_line(hist) and trend_line(hist[:5]) is None

@@ -30,6 +30,7 @@ observations); import anything of the project outside `envs/`; reach the network
 from __future__ import annotations
 
 import asyncio
+import atexit
 import threading
 from typing import Any
 
@@ -194,7 +195,20 @@ def ocr_engine():
             except Exception as err:
                 raise RuntimeError(f"ocr: the RapidOCR engine did not load ({type(err).__name__}: {err}); its "
                                    "models ship inside the rapidocr-onnxruntime wheel: reinstall it") from None
+            atexit.register(release_ocr_engine)
     return _ENGINE
+
+
+def release_ocr_engine() -> None:
+    """Drop the engine's ONNX Runtime sessions while the interpreter is whole (atexit). A session left in module
+    scope is freed during interpreter teardown, in no set order with ONNX Runtime's own process-wide environment,
+    a known way for onnxruntime to crash the process at exit (microsoft/onnxruntime PR 24238's discussion)."""
+    global _ENGINE
+    with _ENGINE_LOCK:
+        _ENGINE = None
+    import gc
+
+    gc.collect()
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -160,6 +160,12 @@ def test_ocr_reads_the_rendered_gold(world, images):
     gold = (page.title + " " + page.passages[0]).split()
     recall = sum(w in read for w in gold) / len(gold)
     assert recall >= 0.9, (recall, gold, read)  # whole document pages: 0.91-0.94 (words run together)
+    # at exit the process's engine is dropped while the interpreter is whole; a later call loads a new one
+    from envs.visual import webwatcher
+
+    first = webwatcher.ocr_engine()
+    webwatcher.release_ocr_engine()
+    assert webwatcher._ENGINE is None and webwatcher.ocr_engine() is not first
 
 
 # --- item 37: the builder and the released format -------------------------------------------------------

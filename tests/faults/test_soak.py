@@ -11,9 +11,9 @@ the 2-rank FSDP2 trainer, 2 env servers, the reward worker) with faults injected
 The run must finish; every task admitted in every step has its n trajectories, each with a finish reason, in the
 step's parquet; every fault class has its counter > 0 in metrics.jsonl (and the restarts equal the kills).
 
-Shortened: 4 RL steps (each page phase once), 3.6-4.7 minutes on 2 shared cores (`pytest -m slow
+Shortened: 4 RL steps (each page phase once), turns of 128 tokens, about 2 minutes on 2 cores (`pytest -m slow
 tests/faults/test_soak.py`). The issue's 10-minute soak cycles the phases over more steps, same command with
-WINDWARD_SOAK_STEPS=16 (about 30 s a step after about 2 minutes of start-up and pre-filter; any number works).
+WINDWARD_SOAK_STEPS=16 (any number works; 4 steps take 114 s with start-up and pre-filter).
 The fast tests below pin the counters and the injections the soak relies on."""
 
 from __future__ import annotations
@@ -64,6 +64,8 @@ def judge_reply(body: dict, seen: int) -> Reply:
 def soak_config(run_dir: Path, judge_url: str, steps: int = STEPS):
     overrides = [f"run.dir={run_dir}", f"run.steps={steps}", "run.progress=false", "run.stage_timeout_s=300",
                  "pipeline.stages=[rl]", "data.batch_size=4", "rollout.request_timeout_s=120",
+                 # the random policy writes every turn to the limit; the faults need turns, not long ones
+                 "agent.max_tokens_per_turn=128",
                  f"env.tools={{search: {{top_k: 1}}, visit: {{timeout_s: {VISIT_TIMEOUT_S}}}}}",
                  "agent.hooks=tests.faults.soak_hooks:hooks",
                  f"reward.judge={{backend: openai, base_url: '{judge_url}', model: judge, timeout_s: 2, "

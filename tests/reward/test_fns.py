@@ -55,6 +55,22 @@ def test_answer_metrics_read_answer_text_and_gold_answer():
                                [1.0, 1 - 1 / 6, 0.0])
 
 
+def test_number_strict_reads_the_answer_tag_flexible_falls_back_to_the_last_number_of_the_model_text():
+    texts = ["56 - 26 = 30.<|im_end|>", "<answer>30</answer>", "It is 1,234<|im_end|>", "no number here",
+             "<tool_response>30</tool_response> so 29"]
+    b = batch(answer_text=[None, "30", None, None, None], response_text=texts,
+              gold_answer=["30", "30.0", "1234", "3", "30"])
+    strict, flexible = make_reward("number"), make_reward("number", method="flexible")
+    assert strict.columns == ("answer_text", "gold_answer") and "response_text" in flexible.columns
+    np.testing.assert_allclose(strict.score(b)["answer"], [0, 1, 0, 0, 0])
+    # the observation's "30" is the environment's, never the model's answer
+    np.testing.assert_allclose(flexible.score(b)["answer"], [1, 1, 1, 0, 0])
+    with pytest.raises(ValueError, match="gold answer 'thirty' is not a number"):
+        strict.score(batch(answer_text=["30"], gold_answer=["thirty"]))
+    with pytest.raises(ValueError, match="unknown method 'loose'"):
+        make_reward("number", method="loose")
+
+
 def test_token_recall_with_and_without_the_length_penalty_item_25():
     b = batch(answer_text=["Paris France", "Paris", "France"], gold_answer=["Paris"] * 3)
     np.testing.assert_allclose(make_reward("token_recall").score(b)["answer"], [1.0, 1.0, 0.0])

@@ -1,4 +1,5 @@
-"""Exact resume: 4 steps straight, against 2 or more steps, SIGKILL, and a resume to step 4: the final
+"""The spine from the command line (launch/configs/spine.yaml: run folder, metrics, report) and exact resume:
+4 steps straight, against 2 or more steps, SIGKILL, and a resume to step 4: the final
 parameters are bitwise equal and so are the metrics (HF engine: deterministic on CPU)."""
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
     p = launch(straight)
     out, _ = p.communicate(timeout=600)
     assert p.returncode == 0, out[-3000:]
+    # the plain RL loop from the command line: the run folder said at start and end, the report
+    assert out.count(f"run folder: {straight}") == 2
+    report = (straight / "report.md").read_text()
+    assert "reward mean" in report and "steps: 4" in report and rows(straight)[-1]["policy_version"] == 4
 
     p = launch(killed)
     deadline = time.time() + 600
