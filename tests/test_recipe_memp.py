@@ -1,6 +1,6 @@
 """The Memp recipe from the command line, `--smoke`, offline, through real Ray actor groups (HF engine, EnvServers,
 rewards, FSDP2 trainer, the shared memory actor): memory built from the expert reaches the workers' prompts, the
-RL step updates it, the checkpoint holds it, and a resumed run continues with the same memory."""
+RL step updates it, and the checkpoint holds it (tests/rl/test_controller_memory.py: resume restores it)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def memp(run_dir, cwd, *overrides) -> str:
 
 
 @pytest.mark.slow
-def test_memp_smoke_and_resume(tmp_path):
+def test_memp_smoke(tmp_path):
     run_dir = tmp_path / "memp"
     memp(run_dir, tmp_path, "pipeline.stages=[expert,eval_expertmem,rl]", "run.steps=1")
     built = json.loads((run_dir / "memory_expert.json").read_text())
@@ -42,17 +42,5 @@ def test_memp_smoke_and_resume(tmp_path):
     assert row["memory/used"] > 0 and row["memory/size"] == len(json.loads((run_dir / "memory.json").read_text())["records"])
 
     saved = json.loads((run_dir / "checkpoints" / "step-1" / "memory.json").read_text())
-    # the same splits (eval.num_tasks read by an evaluation after the resumed RL)
-    out = memp(run_dir, tmp_path, "pipeline.stages=[rl,eval_after]", "run.steps=2", "run.resume=true")
-    assert f"{len(saved['records'])} records" in out and "memory restored from" in out
-    final = json.loads((run_dir / "memory.json").read_text())
-    # ids continue from the checkpoint's (a fresh store would count from 0); what it held and was not deprecated stays
-    assert final["next_id"] >= saved["next_id"]
-    assert all(r["id"] >= saved["next_id"] for r in final["records"] if r["source"] == "online"
-               and r["id"] not in {s["id"] for s in saved["records"]})
-    kept = {r["id"]: r for r in final["records"]}
-    for r in saved["records"]:
-        if r["id"] in kept:
-            assert kept[r["id"]]["query"] == r["query"] and kept[r["id"]]["hit"] >= r["hit"]
-    assert len(metrics_rows(run_dir / "metrics.jsonl")) == 2
-    assert np.isfinite(metrics_rows(run_dir / "metrics.jsonl")[-1]["memory/size"])
+    assert saved == json.loads((run_dir / "memory.json").read_text())  # the store as it was at the checkpoint
+    assert np.isfinite(row["memory/size"])
