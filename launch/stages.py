@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from rl import algos
-from rl.config import Config, to_dict
+from rl.config import TINY_MODELS, Config, to_dict
 from rl.evaluate import evaluate, paired_difference, trend_line
 from rl.sft_data import SFTBatches, rft_filter, write_trajectories
 from rollout.engines.base import derive_seed
@@ -335,7 +335,8 @@ def paired_lines(evals: dict) -> list[str]:
 def report(run_dir: Path, recipe: str, cfg: Config, results: dict, seconds: float) -> Path:
     """report.md: what ran, the evaluation table with confidence intervals, and the numbers per stage."""
     lines = [f"# {recipe} run report", "", f"- run folder: `{run_dir}`", f"- wall time: {seconds / 60:.1f} min",
-             f"- model: `{cfg.model.path}` (tokenizer {cfg.model.tokenizer}); world: {cfg.env.world_size}, "
+             f"- model: `{cfg.model.path}`" + (f" (tokenizer {cfg.model.tokenizer})" if cfg.model.path in TINY_MODELS
+                                              else "") + f"; world: {cfg.env.world_size}, "
              f"seed {cfg.env.world_seed}; stages: {', '.join(cfg.pipeline.stages)}", ""]
     if "rft" in results:
         lines += ["## Expert trajectories and the RFT filter", "",
