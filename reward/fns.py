@@ -95,10 +95,12 @@ class _AnswerMetric:
         self.options = options
         type(self).metric(None, "x", **options)  # a wrong option fails here, not in the middle of a step
 
+    def predictions(self, batch: pa.RecordBatch) -> list[str | None]:
+        return string_column(batch, "answer_text")
+
     def score(self, batch: pa.RecordBatch) -> dict[str, np.ndarray]:
         fn = type(self).metric
-        preds = string_column(batch, "answer_text")
-        values = [fn(pred, gold, **self.options) for pred, gold in zip(preds, _golds(batch))]
+        values = [fn(pred, gold, **self.options) for pred, gold in zip(self.predictions(batch), _golds(batch))]
         return {self.part: np.asarray(values, dtype=np.float64)}
 
 
@@ -127,7 +129,7 @@ class ANLS(_AnswerMetric):
 
 
 @register_reward("number")
-class NumberMatch:
+class NumberMatch(_AnswerMetric):
     """1/0: the answer is the gold number (`reward.rules.number_match`), for verifiable numeric tasks.
 
     method="strict": the answer is what `<answer></answer>` holds (`answer_text`); none scores 0.
@@ -135,20 +137,22 @@ class NumberMatch:
     (`response_text`, observations stripped) is its answer: verl's GSM8K "flexible" extraction, for a pretrained
     model that answers in prose before it has learnt the tags."""
 
+    metric = staticmethod(number_match)
+
     def __init__(self, part: str = "answer", method: str = "strict"):
         if method not in ("strict", "flexible"):
             raise ValueError(f"number: unknown method {method!r}; allowed: 'strict', 'flexible'")
-        self.part, self.parts, self.method = part, (part,), method
-        self.columns = ("answer_text", "gold_answer") + (("response_text",) if method == "flexible" else ())
+        super().__init__(part)
+        self.method = method
+        if method == "flexible":
+            self.columns = (*self.columns, "response_text")
 
-    def score(self, batch: pa.RecordBatch) -> dict[str, np.ndarray]:
-        preds = string_column(batch, "answer_text")
-        if self.method == "flexible":
-            texts = string_column(batch, "response_text")
-            preds = [p if p is not None else last_number(None if t is None else strip_observations(t))
-                     for p, t in zip(preds, texts)]
-        values = [number_match(p, g) for p, g in zip(preds, _golds(batch))]
-        return {self.part: np.asarray(values, dtype=np.float64)}
+    def predictions(self, batch: pa.RecordBatch) -> list[str | None]:
+        preds = super().predictions(batch)
+        if self.method == "strict":
+            return preds
+        return [p if p is not None else last_number(None if t is None else strip_observations(t))
+                for p, t in zip(preds, string_column(batch, "response_text"))]
 
 
 @register_reward("token_recall")

@@ -196,8 +196,8 @@ _NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
 
 
 def _as_number(text: str) -> float | None:
-    """The one number `text` is (SQuAD-stripped of surrounding words is not done: "30", "-4", "1,234", "2.50",
-    " 30. " count; "30 apples" does not), else None."""
+    """The number `text` is, when it is nothing but one number ("30", "-4", "1,234", "2.50", " 30. "), else None
+    ("30 apples": words around a number are not stripped)."""
     text = text.strip().rstrip(".").strip()
     if not _NUMBER.fullmatch(text):
         return None

@@ -195,7 +195,6 @@ def ocr_engine():
             except Exception as err:
                 raise RuntimeError(f"ocr: the RapidOCR engine did not load ({type(err).__name__}: {err}); its "
                                    "models ship inside the rapidocr-onnxruntime wheel: reinstall it") from None
-            atexit.register(release_ocr_engine)
     return _ENGINE
 
 
@@ -205,10 +204,14 @@ def release_ocr_engine() -> None:
     a known way for onnxruntime to crash the process at exit (microsoft/onnxruntime PR 24238's discussion)."""
     global _ENGINE
     with _ENGINE_LOCK:
-        _ENGINE = None
-    import gc
+        held, _ENGINE = _ENGINE is not None, None
+    if held:
+        import gc
 
-    gc.collect()
+        gc.collect()
+
+
+atexit.register(release_ocr_engine)
 
 
 # ----------------------------------------------------------------------------------------------------
