@@ -22,6 +22,7 @@ from envs.tools.visit import FetchGuard, VisitTool, make_visit_tool
 from envs.world import Fault, WorldServer, generate_world, page_url
 from tests.reward.openai_stub import OpenAIStub, Reply
 from tests.local_http import LocalServer
+from tests.vllm_server import VLLMServer
 
 GOOD = {"rational": "the page states it", "evidence": "EVIDENCE-TEXT", "summary": "SUMMARY-TEXT"}
 
@@ -331,43 +332,9 @@ def test_bad_arguments_are_error_observations():
 
 @pytest.fixture(scope="module")
 def vllm_server(tiny_model):
-    """vLLM's OpenAI-compatible server on the tiny model (ASSETS: `vllm serve` fails in the CPU packaging)."""
-    import os
-    import socket
-    import subprocess
-    import sys
-
-    import httpx
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_LOGGING_LEVEL="WARNING")
-    proc = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", tiny_model,
-                             "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port),
-                             "--gpu-memory-utilization", "0.3", "--max-model-len", "1024", "--enforce-eager"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    base = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vLLM server exited {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
-            try:
-                if httpx.get(base + "/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "vLLM server did not start within 300 s"
-            time.sleep(1)
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    """vLLM's OpenAI-compatible server on the tiny model (1,024 tokens of context)."""
+    with VLLMServer(tiny_model, max_model_len=1024) as server:
+        yield server.url
 
 
 @pytest.mark.slow
