@@ -24,8 +24,9 @@ cached on disk), {"kind": "qwen3-embedding", "path", "task", "dim", ...} (`envs.
 {"kind": "server", "model": <name>} (the node's shared embedding server, `envs.embedding.server`).
 
 Rerank stage: any backend's settings may add `rerank: {top_n, model, ...}` (`model`: a local Qwen3-Reranker
-folder; the other keys are `envs.embedding.reranker.Qwen3Reranker`'s): the first stage's top_n hits are
-reordered by p(yes) (SEEDS 11.3).
+folder; the other keys are `envs.embedding.reranker.Qwen3Reranker`'s) or `rerank: {top_n, server: <name>,
+timeout_s}` (reranker `name` of the node's embedding server): the first stage's top_n hits are reordered by p(yes)
+(SEEDS 11.3).
 
 HTTP backends (serper, retrieval) are async (`asearch`, used by the tool) and retry 408/429/5xx and timeouts
 with backoff (`envs.llm.post_json`); a failure raises `envs.llm.HTTPCallError`, which names the backend and
@@ -57,7 +58,7 @@ from envs.llm import api_key_from_env, post_json
 from envs.world.index import SNIPPET_MAX_CHARS, Document, SearchIndex, tokenize
 
 __all__ = ["Hit", "Passage", "load_corpus", "BM25Backend", "DenseBackend", "HashingEmbedder",
-           "SentenceTransformerEmbedder", "make_embedder", "SerperBackend", "RetrievalBackend", "make_backend",
+           "SentenceTransformerEmbedder", "check_embedder", "check_reranker", "make_embedder", "SerperBackend", "RetrievalBackend", "make_backend",
            "check_backend", "BACKENDS"]
 
 
@@ -227,6 +228,15 @@ def make_embedder(spec: str | dict | Embedder) -> Embedder:
     an embedder (module docstring)."""
     if hasattr(spec, "embed_queries"):
         return spec  # type: ignore[return-value]
+    cls, config = check_embedder(spec)
+    return cls(**config)
+
+
+def check_embedder(spec: str | dict) -> tuple[type, dict]:
+    """What `make_embedder` refuses before building anything (an unknown kind, unknown or missing keys); returns
+    the embedder class and its keyword arguments."""
+    if not isinstance(spec, (str, dict)):
+        raise ValueError(f"embedder: expected a kind name or {{kind, ...}}, got {spec!r}")
     config = {"kind": spec} if isinstance(spec, str) else dict(spec)
     kind = config.pop("kind", None)
     from envs.embedding import MiniLMEmbedder, Qwen3Embedder
@@ -237,7 +247,7 @@ def make_embedder(spec: str | dict | Embedder) -> Embedder:
     if kind not in kinds:
         raise ValueError(f"embedder: unknown kind {kind!r}; known: {sorted(kinds)}")
     _check_keys(kinds[kind], config, f"embedder {kind!r}")
-    return kinds[kind](**config)
+    return kinds[kind], config
 
 
 # --------------------------------------------------------------------------------------------------- dense
@@ -476,12 +486,28 @@ def check_backend(name: str, settings: dict) -> None:
 def _check_rerank(rerank: Any) -> None:
     from envs.embedding.reranker import Qwen3Reranker
 
-    if not isinstance(rerank, dict) or "model" not in rerank:
-        raise ValueError(f"search.rerank: expected {{top_n, model: <a local reranker folder>, ...}}, got {rerank!r}")
+    if not isinstance(rerank, dict) or ("model" in rerank) == ("server" in rerank):
+        raise ValueError("search.rerank: expected {top_n, model: <a local reranker folder>, ...} or {top_n, server: "
+                         f"<a reranker of the config's embedding.rerankers>, timeout_s}}, got {rerank!r}")
     if not isinstance(rerank.get("top_n", 50), int) or rerank.get("top_n", 50) < 1:
         raise ValueError(f"search.rerank.top_n: {rerank.get('top_n')!r} must be an integer >= 1")
+    if "server" in rerank:
+        from envs.embedding.server import NodeReranker
+
+        rest = {("model" if k == "server" else k): v for k, v in rerank.items() if k != "top_n"}
+        _check_keys(NodeReranker.__init__, rest, "search.rerank (server)")
+        return
     rest = {("path" if k == "model" else k): v for k, v in rerank.items() if k != "top_n"}
     _check_keys(Qwen3Reranker.__init__, rest, "search.rerank")
+
+
+def check_reranker(settings: dict) -> None:
+    """A served reranker's settings ({path, instruction, max_length, batch_size, device}) before loading it."""
+    from envs.embedding.reranker import Qwen3Reranker
+
+    if not isinstance(settings, dict) or "path" not in settings:
+        raise ValueError(f"reranker: expected {{path: <a local reranker folder>, ...}}, got {settings!r}")
+    _check_keys(Qwen3Reranker.__init__, settings, "reranker")
 
 
 def make_backend(name: str, context: dict | None = None, **settings) -> Any:
@@ -492,7 +518,10 @@ def make_backend(name: str, context: dict | None = None, **settings) -> Any:
     if rerank is None:
         return backend
     from envs.embedding.reranker import Qwen3Reranker, RerankBackend
+    from envs.embedding.server import NodeReranker
 
     rerank = dict(rerank)
     top_n = rerank.pop("top_n", 50)
-    return RerankBackend(backend, Qwen3Reranker(rerank.pop("model"), **rerank), top_n=top_n)
+    scorer = NodeReranker(rerank.pop("server"), **rerank) if "server" in rerank \
+        else Qwen3Reranker(rerank.pop("model"), **rerank)
+    return RerankBackend(backend, scorer, top_n=top_n)

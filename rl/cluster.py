@@ -178,7 +178,8 @@ class _RankMethod:
 
 
 def embedding_servers(models: dict, rerankers: dict | None = None, *, num_cpus: float = 1.0,
-                      max_concurrency: int = 64, timeout_s: float = 600.0) -> list:
+                      max_concurrency: int = 64, timeout_s: float = 600.0, max_batch: int = 64,
+                      max_wait_ms: float = 5.0) -> list:
     """One `envs.embedding.server.EmbeddingServer` actor per alive node (pinned there), named
     `server_name(node_id)` so that the dense backend, reranker, memory and retrievers of every actor on the node
     share it (`make_embedder({"kind": "server", "model": name})`). Returns the handles; `ray.kill` ends them."""
@@ -191,6 +192,8 @@ def embedding_servers(models: dict, rerankers: dict | None = None, *, num_cpus: 
     actor = ray.remote(EmbeddingServer)
     handles = [actor.options(name=server_name(node), num_cpus=num_cpus, max_concurrency=max_concurrency,
                              scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
-               .remote(models, rerankers, build=make_embedder) for node in nodes]
-    wait([h.info.remote() for h in handles], timeout_s, f"{len(handles)} embedding server(s) to load {sorted(models)}")
+               .remote(models, rerankers, build=make_embedder, max_batch=max_batch, max_wait_ms=max_wait_ms)
+               for node in nodes]
+    wait([h.info.remote() for h in handles], timeout_s,
+         f"{len(handles)} embedding server(s) to load {sorted(models)} and rerankers {sorted(rerankers or {})}")
     return handles

@@ -247,6 +247,24 @@ class EvalConfig(_Base):
     top_p: Prob = 0.95
 
 
+class EmbeddingConfig(_Base):
+    """The embedding servers (envs/embedding/server.py): one actor per node, started before the EnvGroup and the
+    memory, holding each model once for every actor on its node. Reached by `{kind: server, model: <name>}` as an
+    embedder spec (env.tools.<tool>.embedder, env.tools.<tool>.rerank is `{top_n, server: <name>}`,
+    memory.embedder) instead of one model copy per EnvServer, memory and retriever."""
+
+    models: Annotated[dict[str, str | dict], Meta(
+        description="name -> envs.search_backends.make_embedder spec (minilm, qwen3-embedding, ...) served")] = \
+        msgspec.field(default_factory=dict)
+    rerankers: Annotated[dict[str, dict], Meta(
+        description="name -> Qwen3Reranker settings {path: <a local folder>, instruction, max_length, batch_size}")] = \
+        msgspec.field(default_factory=dict)
+    num_cpus: NonNegFloat = 1.0
+    max_batch: Annotated[PosInt, Meta(description="texts per coalesced batch at most")] = 64
+    max_wait_ms: Annotated[NonNegFloat, Meta(description="how long a batch waits to fill")] = 5.0
+    start_timeout_s: Annotated[PosFloat, Meta(description="how long the servers may take to load their models")] = 600.0
+
+
 class MemoryConfig(_Base):
     """Memp procedural memory (SEEDS 12; rollout/memory, rl/memory_group.py): one store shared by every rollout
     worker, retrieved memories appended to the agent's system prompt, updated after every RL step (online)."""
@@ -316,6 +334,7 @@ class Config(_Base):
     eval: EvalConfig = msgspec.field(default_factory=EvalConfig)
     pipeline: PipelineConfig = msgspec.field(default_factory=PipelineConfig)
     memory: MemoryConfig = msgspec.field(default_factory=MemoryConfig)
+    embedding: EmbeddingConfig = msgspec.field(default_factory=EmbeddingConfig)
     run: RunConfig = msgspec.field(default_factory=RunConfig)
     ray: RayConfig = msgspec.field(default_factory=RayConfig)
 
@@ -708,6 +727,18 @@ def _unconsumed(cfg: Config, ignored, where) -> None:
               ("memory.threshold", m.retrieve != "random", "memory.retrieve=random has no threshold",
                ("memory.retrieve",)),
               ("memory.update", m.mode == "online", "memory.mode=offline is never updated", ("memory.mode",))]
+    embedders, rerankers = server_references(cfg)
+    served = {"models": set(embedders.values()), "rerankers": set(rerankers.values())}
+    dangling = not served["models"] <= set(cfg.embedding.models) or not served["rerankers"] <= set(cfg.embedding.rerankers)
+    for part in ("models", "rerankers"):  # a reference to a name not served is _dry_run's error (it names both)
+        for name in [] if dangling else getattr(cfg.embedding, part):
+            rules.append((f"embedding.{part}.{name}", multi and name in served[part],
+                          f"no {'embedder' if part == 'models' else 'rerank'} spec of env.tools or memory names "
+                          f"the server's {name!r} ({{kind: server, model: {name}}} or rerank: {{server: {name}}})",
+                          ("env.tools", "memory", "data.task")))
+    rules.append(("embedding", multi and bool(embedders or rerankers),
+                  "no embedder or rerank spec of env.tools or memory reaches the embedding server",
+                  ("env.tools", "memory", "data.task")))
     for prefix, read, why, deciders in rules:
         keys = [] if read else ignored(prefix, deciders)
         if keys:
@@ -775,6 +806,23 @@ def _dry_run(cfg: Config, where, check_inputs: bool, ignored) -> None:
             from rl.memory_group import check_memory
 
             checked("memory", check_memory, cfg)
+        from envs.search_backends import check_embedder, check_reranker
+
+        embedders, rerankers = server_references(cfg)
+        for key, spec in embedder_specs(cfg).items():
+            checked(key, check_embedder, spec)
+        for name, spec in cfg.embedding.models.items():
+            checked(f"embedding.models.{name}", check_embedder, spec)
+            if check_embedder(spec)[0].__name__ == "NodeEmbedder":
+                raise ConfigError(f"bad value for 'embedding.models.{name}' (from the "
+                                  f"{where(f'embedding.models.{name}')}): the server cannot serve itself (kind server)")
+        for name, spec in cfg.embedding.rerankers.items():
+            checked(f"embedding.rerankers.{name}", check_reranker, spec)
+        for refs, part in ((embedders, "models"), (rerankers, "rerankers")):
+            for key, name in refs.items():
+                if name not in getattr(cfg.embedding, part):
+                    raise ConfigError(f"bad value for '{key}' (from the {where(key)}): {name!r} is not served; "
+                                      f"embedding.{part} has {sorted(getattr(cfg.embedding, part))}")
     if cfg.reward.judge is not None:
         checked("reward.judge", check_judge, cfg.reward.judge)
     if cfg.reward.fns is not None and cfg.reward.composition is not None:
@@ -794,6 +842,43 @@ def _dry_run(cfg: Config, where, check_inputs: bool, ignored) -> None:
     if multi and cfg.algo.filter_metric != "reward" and cfg.algo.filter_metric not in parts:
         raise ConfigError(f"bad value for 'algo.filter_metric' (from the {where('algo.filter_metric')}): "
                           f"{cfg.algo.filter_metric!r} is neither 'reward' nor a part the rewards produce {parts}")
+
+
+def embedder_specs(cfg: Config) -> dict[str, Any]:
+    """Every embedder spec the run builds, by config key: an `embedder` anywhere under env.tools (the dense and
+    wiki backends, image_search), and memory.embedder when the memory is on."""
+    found: dict[str, Any] = {}
+
+    def walk(node, key: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == "embedder":
+                    found[f"{key}.{k}"] = v
+                else:
+                    walk(v, f"{key}.{k}")
+
+    walk(cfg.env.tools, "env.tools")
+    if cfg.memory.enabled:
+        found["memory.embedder"] = cfg.memory.embedder
+    return found
+
+
+def server_references(cfg: Config) -> tuple[dict[str, str], dict[str, str]]:
+    """Where the run reaches the embedding servers: config key -> served embedder name ({kind: server, model}),
+    and config key -> served reranker name (rerank: {server})."""
+    embedders = {k: v.get("model") for k, v in embedder_specs(cfg).items()
+                 if isinstance(v, dict) and v.get("kind") == "server"}
+    rerankers: dict[str, str] = {}
+
+    def walk(node, key: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == "rerank" and isinstance(v, dict) and "server" in v:
+                    rerankers[f"{key}.rerank.server"] = v["server"]
+                walk(v, f"{key}.{k}")
+
+    walk(cfg.env.tools, "env.tools")
+    return embedders, rerankers
 
 
 def _check_tiny(model: ModelConfig) -> None:

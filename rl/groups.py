@@ -65,7 +65,8 @@ class RLGroups:
 
         cpus = r.num_engines * r.cpus_per_engine + t.num_ranks * t.cpus_per_rank \
             + cfg.reward.num_workers * cfg.reward.cpus_per_worker \
-            + (cfg.env.num_servers * cfg.env.cpus_per_server if multi_turn else 0)
+            + (cfg.env.num_servers * cfg.env.cpus_per_server if multi_turn else 0) \
+            + (cfg.embedding.num_cpus if multi_turn and (cfg.embedding.models or cfg.embedding.rerankers) else 0)
         self.how = connect(cfg.ray.address, cfg.ray.num_cpus, cpus_needed=cpus)
         gpu = r.gpus_per_engine > 0 or t.gpus_per_rank > 0
         self.placement = resolve_placement(cfg.ray.placement, r.mode, sum(n["Alive"] for n in ray.nodes()))
@@ -81,6 +82,14 @@ class RLGroups:
                                         strategy="PACK", name="windward-colocated")
             wait(shared_pg.ready(), self.timeout, f"the colocated placement group ({bundles} x 1 GPU)")
             engine_gpus, rank_gpus = 0.5, 0.5
+        self.embedding = None  # the embedding servers, one per node, before everything that reaches them
+        em = cfg.embedding
+        if multi_turn and (em.models or em.rerankers):
+            from rl.cluster import embedding_servers
+
+            self.embedding = embedding_servers(em.models, em.rerankers, num_cpus=em.num_cpus,
+                                               timeout_s=em.start_timeout_s, max_batch=em.max_batch,
+                                               max_wait_ms=em.max_wait_ms)
         self.env = None
         if multi_turn:
             from rl.env_group import EnvGroup
@@ -285,6 +294,8 @@ class RLGroups:
                     group.shutdown()
                 except Exception as err:  # shutting down: report, keep going
                     print(f"warning: shutting down {g}: {err}")
+        for handle in getattr(self, "embedding", None) or ():
+            ray.kill(handle)
 
 
 def local_index(rows: np.ndarray, source: np.ndarray) -> np.ndarray:

@@ -3,7 +3,8 @@ search backend, the rerank stage, the memory and the VRAG retriever (instead of 
 
 Owns: `EmbeddingServer` (a plain class; `rl/cluster.py` makes it an actor) and its clients `RemoteEmbedder`
 (the `Embedder` protocol of `envs.search_backends`) and `RemoteReranker` (`score(query, docs)`), which reach an
-actor handle with a timeout on every call.
+actor handle with a timeout on every call; `NodeEmbedder` and `NodeReranker` find the server of their own node by
+its actor name (the config specs `{kind: server, model: <name>}` and `rerank: {server: <name>}`).
 
 Batching: `aembed` (the actor's entry point) coalesces concurrent requests for the same model and role into
 batches of up to `max_batch` texts, waiting at most `max_wait_ms` for a batch to fill; each caller gets its
@@ -22,7 +23,7 @@ import numpy as np
 
 from envs.embedding.base import ROLES
 
-__all__ = ["EmbeddingServer", "RemoteEmbedder", "RemoteReranker"]
+__all__ = ["EmbeddingServer", "NodeEmbedder", "NodeReranker", "RemoteEmbedder", "RemoteReranker", "node_server"]
 
 
 class EmbeddingServer:
@@ -164,20 +165,32 @@ def server_name(node_id: str) -> str:
     return f"windward-embedding-{node_id}"
 
 
+def node_server(what: str):
+    """The embedding server actor of the node this process runs on (found by its actor name); outside Ray, or with
+    no server on this node, a ValueError that says how to start one. `what` names the caller in the message."""
+    import ray
+
+    if not ray.is_initialized():
+        raise ValueError(f"{what}: not inside Ray; the embedding server is an actor (rl.cluster.embedding_servers, "
+                         "started from the config's `embedding` section) reached from actors on its node")
+    node = ray.get_runtime_context().get_node_id()
+    try:
+        return ray.get_actor(server_name(node))
+    except ValueError:
+        raise ValueError(f"{what}: no embedding server on node {node} (the config's `embedding` section starts "
+                         "one per node before the EnvGroup; rl.cluster.embedding_servers)") from None
+
+
 class NodeEmbedder(RemoteEmbedder):
     """`make_embedder({"kind": "server", "model": <name>})`: the embedding server of the node this process runs
-    on (found by its actor name), model `model`. Outside Ray, or with no server on this node, a clear error."""
+    on, model `model`. Outside Ray, or with no server on this node, a clear error."""
 
     def __init__(self, model: str, timeout_s: float = 120.0):
-        import ray
+        super().__init__(node_server(f"embedder 'server' ({model!r})"), model, timeout_s)
 
-        if not ray.is_initialized():
-            raise ValueError("embedder 'server': not inside Ray; the embedding server is an actor "
-                             "(rl.cluster.embedding_servers) reached from actors on its node")
-        node = ray.get_runtime_context().get_node_id()
-        try:
-            handle = ray.get_actor(server_name(node))
-        except ValueError:
-            raise ValueError(f"embedder 'server': no embedding server on node {node} (start them with "
-                             "rl.cluster.embedding_servers before the EnvGroup)") from None
-        super().__init__(handle, model, timeout_s)
+
+class NodeReranker(RemoteReranker):
+    """`search.rerank: {top_n, server: <name>}`: reranker `name` of the node's embedding server."""
+
+    def __init__(self, model: str, timeout_s: float = 120.0):
+        super().__init__(node_server(f"search.rerank server {model!r}"), model, timeout_s)

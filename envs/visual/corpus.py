@@ -21,7 +21,9 @@ table") is needed. That is the retriever's weakness VRAG-RL's reward is meant to
 
 Any embedder with `embed(texts) -> (n, dim) float32 array of unit rows` plugs in (optionally `fit(texts)`
 for corpus statistics; or `embed_pages(pages)`, one vector per page from the page itself, e.g. a
-single-vector image embedder, in which case queries still go through `embed`). Retrieval is exact cosine
+single-vector image embedder, in which case queries still go through `embed`). A retrieval embedder of
+`envs.search_backends` (`embed_documents` / `embed_queries`: MiniLM, Qwen3-Embedding, the node's embedding
+server) embeds the passages as documents and the query as a query. Retrieval is exact cosine
 top-k: numpy by default, faiss (`IndexFlatIP`) when asked or from `FAISS_FROM` vectors if faiss is
 installed. Ties keep corpus order.
 
@@ -143,6 +145,7 @@ class PageCorpus:
         if backend not in ("auto", "numpy", "faiss"):
             raise ValueError(f"PageCorpus: backend {backend!r}; use 'auto', 'numpy' or 'faiss'")
         self.embedder = embedder if embedder is not None else HashingEmbedder()
+        self._retrieval = hasattr(self.embedder, "embed_queries")  # envs.search_backends' Embedder protocol
         if hasattr(self.embedder, "embed_pages"):  # one vector per page, from the page itself
             units, owner = None, list(range(len(pages)))
             vectors = self.embedder.embed_pages(list(pages))
@@ -154,7 +157,7 @@ class PageCorpus:
                     owner.append(i)
             if hasattr(self.embedder, "fit"):
                 self.embedder.fit(units)
-            vectors = self.embedder.embed(units)
+            vectors = self.embedder.embed_documents(units) if self._retrieval else self.embedder.embed(units)
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.owner = np.asarray(owner, dtype=np.int64)  # row of `vectors` -> index of its page in `ids`
         self._starts = np.searchsorted(self.owner, np.arange(len(self.ids)))  # a page's rows are contiguous
@@ -199,7 +202,8 @@ class PageCorpus:
         k = max(0, min(k, len(self.ids)))
         if k == 0:
             return []
-        q = np.asarray(self.embedder.embed([query]), dtype=np.float32)
+        embed = self.embedder.embed_queries if self._retrieval else self.embedder.embed
+        q = np.asarray(embed([query]), dtype=np.float32)
         if not np.any(q):
             return []  # nothing in the query the embedder knows (stopwords only, punctuation)
         if self._faiss is None:

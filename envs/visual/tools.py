@@ -210,10 +210,23 @@ class VisualSession:
     episodes: EpisodeStore
 
 
-def visual_session(context: dict) -> VisualSession:
+def visual_session(context: dict, embedder: str | dict | None = None) -> VisualSession:
     """The session in the build context, made on first use from context["visual_corpus"] (a PageCorpus)
-    or context["world"] (a synthetic World, whose pages are rendered)."""
+    or context["world"] (a synthetic World, whose pages are rendered). `embedder` (image_search's setting: an
+    `envs.search_backends.make_embedder` spec, e.g. {kind: server, model: <name>}) embeds the world's pages in
+    place of the lexical default; the crop tool, built first or not, shares the same corpus."""
     session = context.get("visual_session")
+    if session is not None and embedder is not None:
+        if context.get("visual_embedder") not in (None, embedder):
+            raise ValueError(f"image_search.embedder: {embedder!r}, but this EnvServer's visual corpus was already "
+                             f"embedded with {context['visual_embedder']!r}")
+        if context.get("visual_embedder") is None:  # built by crop with the default: embed it as asked
+            if context.get("world") is None:
+                raise ValueError("image_search.embedder applies to the world's rendered pages; this EnvServer was "
+                                 "given its own visual corpus (context['visual_corpus'])")
+            session.corpus = _world_corpus(context["world"], embedder)
+            context["visual_corpus"], context["visual_embedder"] = session.corpus, embedder
+        return session
     if session is None:
         corpus = context.get("visual_corpus")
         if corpus is None:
@@ -221,10 +234,21 @@ def visual_session(context: dict) -> VisualSession:
             if world is None:
                 raise ValueError("visual tools need context['visual_corpus'] (a PageCorpus) or context['world'] "
                                  "(a synthetic World whose pages are rendered); neither is in the context")
-            corpus = PageCorpus.from_world(world)
-            context["visual_corpus"] = corpus
+            corpus = _world_corpus(world, embedder)
+            context["visual_corpus"], context["visual_embedder"] = corpus, embedder
+        elif embedder is not None:
+            raise ValueError("image_search.embedder applies to the world's rendered pages; this EnvServer was "
+                             "given its own visual corpus (context['visual_corpus'])")
         session = context["visual_session"] = VisualSession(corpus, EpisodeStore())
     return session
+
+
+def _world_corpus(world, embedder: str | dict | None) -> PageCorpus:
+    if embedder is None:
+        return PageCorpus.from_world(world)
+    from envs.search_backends import make_embedder
+
+    return PageCorpus.from_world(world, embedder=make_embedder(embedder))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -416,8 +440,9 @@ class CropTool(_VisualTool):
 def make_image_search_tool(context: dict, top_k: int = 10, min_pixels: int = MIN_PIXELS,
                            max_pixels: int = MAX_PIXELS, factor: int = FACTOR, image_format: str = "png",
                            caption: bool = False, default_episode: str | None = None,
-                           fixed_error: str | None = None) -> ImageSearchTool:
-    return ImageSearchTool(visual_session(context), top_k, min_pixels, max_pixels, factor, image_format, caption,
+                           fixed_error: str | None = None, embedder: str | dict | None = None) -> ImageSearchTool:
+    """`embedder`: None, the lexical default; or a make_embedder spec for the world's pages (visual_session)."""
+    return ImageSearchTool(visual_session(context, embedder), top_k, min_pixels, max_pixels, factor, image_format, caption,
                            default_episode, fixed_error)
 
 

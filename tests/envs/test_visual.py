@@ -331,3 +331,17 @@ def test_registry_builds_the_visual_tools_on_the_world(world):
         build_tools({"crop": {"bbox": 1}}, context)
     with pytest.raises(ValueError, match="context"):
         build_tools({"crop": {}}, {})
+
+
+def test_image_search_embedder_setting_embeds_the_pages_whoever_built_the_session(world, tasks):
+    from envs.search_backends import HashingEmbedder as RetrievalHashing
+
+    context = {"world": world}  # crop first: the session starts with the lexical default ...
+    built = build_tools({"crop": {}, "search": {"kind": "image_search", "top_k": 3, "embedder": "hashing"}}, context)
+    corpus = built[0].session.corpus  # ... and image_search's embedder re-embeds it for both tools
+    assert built[0].session is built[1].session and isinstance(corpus.embedder, RetrievalHashing)
+    assert corpus.vectors.shape[1] == corpus.embedder.dim
+    top3 = np.mean([t["gold_ids"][0] in corpus.search(t["question"], 3) for t in tasks])
+    assert top3 >= 0.9, top3  # 0.97 measured; queries through embed_queries, pages through embed_documents
+    with pytest.raises(ValueError, match="already embedded"):
+        build_tools({"search": {"kind": "image_search", "embedder": {"kind": "hashing", "dim": 64}}}, context)

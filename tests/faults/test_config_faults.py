@@ -208,6 +208,22 @@ BAD_SECTIONS = [
     (["reward.correct_part=answr"], "reward.correct_part", "answer"),
     (["algo.filter_metric=answr"], "algo.filter_metric", "answer"),
     (["reward.fns={format: {}, f1: {part: f1}}"], "reward.correct_part", "f1"),
+    # the embedding servers: a reference must name a served model; the served specs are checked before loading
+    (["env.tools={search: {backend: dense, corpus: c.jsonl, embedder: {kind: server, model: mini}}, visit: {}}"],
+     "env.tools.search.embedder", "'mini' is not served"),
+    (["env.tools={search: {backend: dense, corpus: c.jsonl, embedder: {kind: server, model: mini}}, visit: {}}",
+      "embedding.models={minii: minilm}"], "env.tools.search.embedder", "'mini' is not served"),
+    (["env.tools={search: {backend: bm25, corpus: c.jsonl, rerank: {top_n: 5, server: rr}}, visit: {}}"],
+     "env.tools.search.rerank.server", "'rr' is not served"),
+    (["env.tools={search: {backend: dense, corpus: c.jsonl, embedder: {kind: minilm, dims: 3}}, visit: {}}"],
+     "env.tools.search.embedder", "dims"),
+    (["env.tools={search: {backend: dense, corpus: c.jsonl, embedder: {kind: server, model: m}}, visit: {}}",
+      "embedding.models={m: {kind: bogus}}"], "embedding.models.m", "bogus"),
+    (["env.tools={search: {backend: dense, corpus: c.jsonl, embedder: {kind: server, model: m}}, visit: {}}",
+      "embedding.models={m: {kind: server, model: m}}"], "embedding.models.m", "cannot serve itself"),
+    (["env.tools={search: {backend: bm25, corpus: c.jsonl, rerank: {server: r}}, visit: {}}",
+      "embedding.rerankers={r: {max_length: 64}}"], "embedding.rerankers.r", "path"),
+    (["memory.enabled=true", "memory.embedder={kind: server, model: m}"], "memory.embedder", "'m' is not served"),
 ]
 
 
@@ -264,6 +280,11 @@ UNREAD = [
     (WEBSAILOR, ["model.path=Qwen/Qwen2.5-7B-Instruct", "model.tokenizer=qwen3"]),
     (WEBSAILOR, ["model.path=Qwen/Qwen2.5-7B-Instruct", "model.tiny.num_layers=2"]),
     (MASKSEARCH, ["reward.judge={backend: openai, base_url: 'http://j/v1', model: j}"]),
+    (WEBSAILOR, ["embedding.models={m: minilm}"]),  # served, but nothing reaches the server
+    (WEBSAILOR, ["embedding.num_cpus=2"]),
+    (SPINE, ["embedding.models={m: minilm}"]),
+    (WEBSAILOR, ["env.tools={search: {backend: dense, corpus: c.jsonl, embedder: {kind: server, model: m}}, visit: {}}",
+                 "embedding.models={m: minilm, unused: hashing}"]),
 ]
 
 
@@ -303,6 +324,12 @@ GOOD = [
     (SPINE, ["trainer.lora_rank=8", "trainer.lora_alpha=16"]),
     (SPINE, ["reward.fns={target_token: {token_id: 5}}"]),
     (ROOT / "launch/configs/vrag.yaml", ["model.tiny={hidden_size: 64, vision_depth: 1}"]),
+    (WEBSAILOR, ["env.tools={search: {backend: dense, corpus: c.jsonl, embedder: {kind: server, model: m},"
+                 " rerank: {top_n: 5, server: r}}, visit: {}}", "embedding.models={m: minilm}",
+                 "embedding.rerankers={r: {path: /models/reranker}}", "memory.enabled=true",
+                 "memory.embedder={kind: server, model: m}", "embedding.num_cpus=0.5"]),
+    (ROOT / "launch/configs/vrag.yaml", ["env.tools.image_search.embedder={kind: server, model: m}",
+                                         "embedding.models={m: hashing}"]),
 ]
 
 
