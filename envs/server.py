@@ -38,7 +38,9 @@ import inspect
 import json
 import logging
 import os
+import sys
 import time
+import zlib
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -186,8 +188,19 @@ def latency_summary(samples: list[float]) -> dict:
             "latency_max_s": s[-1]}
 
 
+def world_port(seed: int, size: str | int) -> int:
+    """The world's own port, the same for a (seed, size) in every run on every machine. Its URLs, which search
+    results, the expert's SFT data and every trajectory carry, then stay the same from run to run: a policy
+    trained in one run meets the URLs it learnt in the next and in launch/evaluate.py (with a port drawn per run,
+    a policy that had memorised its run's port visited a server that was gone). 20000-31999: below Linux's
+    ephemeral range, where the OS draws free ports."""
+    return 20000 + zlib.crc32(f"{seed}:{size}".encode()) % 12000
+
+
 class WorldHost:
-    """One synthetic world served over HTTP with `latency_s` added to every page (the slow real web)."""
+    """One synthetic world served over HTTP with `latency_s` added to every page (the slow real web), on the
+    world's own port (`world_port`) where it is free, else on any free port with a warning (its URLs then
+    differ from other runs'; `port_note` says so)."""
 
     def __init__(self, seed: int = 0, size: str | int = "tiny", latency_s: float = 0.1, host: str = "127.0.0.1"):
         self.seed, self.size, self.latency_s = seed, size, latency_s
@@ -195,8 +208,17 @@ class WorldHost:
         self._latency = Fault(delay_s=latency_s) if latency_s > 0 else None
         self.paths = ["/"] + [WIKI_PREFIX + eid for eid in self.world.entities]
         faults = {p: self._latency for p in self.paths} if self._latency else {}
-        self.server = WorldServer(self.world, host=host, faults=faults)
-        self._base_url = self.server.start()
+        own = world_port(seed, size)
+        self.server = WorldServer(self.world, host=host, port=own, faults=faults)
+        self.port_note = None
+        try:
+            self._base_url = self.server.start()
+        except OSError as err:  # another run of the same world on this machine holds it
+            self.server.port = 0
+            self._base_url = self.server.start()
+            self.port_note = (f"the world's own port {own} is taken ({err.strerror}); serving on {self.server.port}, "
+                              "so its URLs differ from other runs' of this world")
+            print(f"warning: {self.port_note}", file=sys.stderr)
 
     def base_url(self) -> str:
         return self._base_url

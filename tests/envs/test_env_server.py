@@ -240,3 +240,31 @@ def test_bad_configuration_names_the_tool_and_key():
         ToolLimits(rate_per_s=0)
     with pytest.raises(ValueError, match="world"):
         EnvServer({"search": {}}, world={"seed": 0, "colour": "red"})
+
+
+def test_the_world_is_served_on_its_own_port_run_after_run():
+    """A world's URLs (in its search results, the expert's SFT data and every trajectory) are the same from run to
+    run: the same port, unless another run of it holds that port, then any free one and a note that says so."""
+    from envs.server import WorldHost, world_port
+
+    own = world_port(7, "tiny")  # a world no other test serves
+    assert 20000 <= own < 32000 and own != world_port(8, "tiny") and own == world_port(7, "tiny")
+    first = WorldHost(7, "tiny", latency_s=0)
+    if first.port_note is not None:  # another process on this machine holds the port: nothing to test here
+        first.stop()
+        pytest.skip(first.port_note)
+    try:
+        second = WorldHost(7, "tiny", latency_s=0)  # the same world while the first still serves it
+        try:
+            assert first.base_url() == f"http://127.0.0.1:{own}" and first.port_note is None
+            assert second.base_url() != first.base_url() and str(own) in second.port_note
+            assert httpx.get(second.base_url() + page_url(next(iter(second.world.entities)))).status_code == 200
+        finally:
+            second.stop()
+    finally:
+        first.stop()
+    again = WorldHost(7, "tiny", latency_s=0)  # the next run: the same URLs as the first
+    try:
+        assert again.base_url() == f"http://127.0.0.1:{own}"
+    finally:
+        again.stop()

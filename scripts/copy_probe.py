@@ -1,0 +1,145 @@
+"""Does a policy copy the answer off the page? A diagnosis of the WebSailor default outside the pipeline.
+
+SFT in one process, as the sft stage does it (next-token NLL on the policy's own tokens only, AdamW, cosine
+learning rate to 0.1x, gradient clip 1), on a run's expert trajectories; then each held-out expert trajectory is
+read teacher-forced, and the argmax at every token of its final turn (`The page says: <sentence>.` then
+`<answer>...</answer>`) is compared with the expert's. Reported apart for the questions whose answer no SFT
+question had ("reading") and the others ("recall"): the whole final turn right, the answer's span right.
+
+    python launch/websailor.py run.dir=/tmp/x 'pipeline.stages=[expert]' sft.expert_tasks=1000
+    python scripts/copy_probe.py --traj /tmp/x/trajectories/expert.parquet --ntrain 800 --steps 400
+
+`--model` defaults to the default's tiny model (world tokenizer); `--show N` prints N failed reading turns token
+by token (expert/argmax). Findings: docs/websailor_runs.md, "Why reading stays near 0".
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def default_model() -> str:
+    from rl.models import build_tiny_model
+
+    return str(build_tiny_model(tokenizer="world", world_seed=0, world_size="small", vocab_size=4096,
+                                hidden_size=256, num_layers=4, intermediate_size=768, max_position_embeddings=8192))
+
+
+def sequence(row: dict) -> tuple[list[int], list[int]]:
+    """Token ids of the whole trajectory and its loss mask (0 over the prompt)."""
+    return list(row["prompt_ids"]) + list(row["response_ids"]), [0] * len(row["prompt_ids"]) + list(row["loss_mask"])
+
+
+def final_turn(row: dict) -> int:
+    """Where the last assistant turn starts: the last run of loss-mask 1 in the response."""
+    mask, i = row["loss_mask"], len(row["loss_mask"]) - 1
+    while i > 0 and mask[i - 1] == 1:
+        i -= 1
+    return len(row["prompt_ids"]) + i
+
+
+def answer_span(tok, ids: list[int], start: int, gold: str) -> tuple[int, int] | None:
+    """The first run of tokens in ids[start:] that decodes to `gold` and does not start with whitespace."""
+    for p in range(start, len(ids)):
+        if not tok.decode(ids[p:p + 1]).strip():
+            continue
+        for q in range(p + 1, min(len(ids), p + 16) + 1):
+            if tok.decode(ids[p:q]).strip() == gold:
+                return p, q
+    return None
+
+
+@torch.no_grad()
+def probe(model, tok, rows: list[dict], seen: set[str], show: int) -> dict:
+    model.eval()
+    counts: dict[str, list[int]] = {"reading": [0, 0, 0], "recall": [0, 0, 0]}
+    for row in rows:
+        ids, mask = sequence(row)
+        pred = model(torch.tensor([ids])).logits[0].argmax(-1).tolist()
+        right = lambda p: pred[p - 1] == ids[p]  # noqa: E731
+        start, gold = final_turn(row), str(row["gold_answer"])
+        kind = "recall" if gold in seen else "reading"
+        span = answer_span(tok, ids, start, gold)
+        turn_ok = all(right(p) for p in range(start, len(ids)) if mask[p])
+        span_ok = span is not None and all(right(p) for p in range(*span))
+        c = counts[kind]
+        c[0], c[1], c[2] = c[0] + turn_ok, c[1] + span_ok, c[2] + 1
+        if show and kind == "reading" and not span_ok:
+            show -= 1
+            print(f"  {row['question']} | gold {gold}")
+            print("   ", " ".join(repr(tok.decode([ids[p]])) + ("" if right(p) else f"/{tok.decode([pred[p - 1]])!r}")
+                              for p in range(start, len(ids))))
+    model.train()
+    return {k: {"final_turn": v[0] / max(v[2], 1), "answer_span": v[1] / max(v[2], 1), "n": v[2]}
+            for k, v in counts.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--traj", required=True, help="a run's trajectories/expert.parquet")
+    ap.add_argument("--model", default=None, help="model folder (default: the WebSailor default's tiny model)")
+    ap.add_argument("--init", default=None, help="a state dict to start from (e.g. a pretraining's)")
+    ap.add_argument("--ntrain", type=int, default=800)
+    ap.add_argument("--neval", type=int, default=200)
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=4e-3)
+    ap.add_argument("--eval-every", type=int, default=200)
+    ap.add_argument("--show", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    path = args.model or default_model()
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    if args.init:
+        model.load_state_dict(torch.load(args.init))
+    rows = [r for r in pq.read_table(args.traj).to_pylist() if r["reward_answer"] == 1.0]
+    if len(rows) < args.ntrain + args.neval:
+        raise SystemExit(f"{args.traj}: {len(rows)} correct trajectories, fewer than --ntrain + --neval")
+    train, held = rows[:args.ntrain], rows[-args.neval:]
+    seen = {str(r["gold_answer"]) for r in train}
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.95))
+    order: list[int] = []
+    t0 = time.time()
+    for step in range(args.steps):
+        if len(order) < args.batch:
+            order += rng.sample(range(len(train)), len(train))
+        batch = [sequence(train[order.pop()]) for _ in range(args.batch)]
+        width = max(len(ids) for ids, _ in batch)
+        ids = torch.full((len(batch), width), tok.pad_token_id)
+        mask = torch.zeros(len(batch), width)
+        att = torch.zeros(len(batch), width, dtype=torch.long)
+        for b, (i, m) in enumerate(batch):
+            ids[b, :len(i)], mask[b, :len(i)], att[b, :len(i)] = torch.tensor(i), torch.tensor(m, dtype=torch.float), 1
+        lr = args.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * step / args.steps))) * min(1.0, (step + 1) / 10)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        logp = torch.log_softmax(model(ids, attention_mask=att).logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]
+        loss = -(logp * mask[:, 1:]).sum() / mask[:, 1:].sum()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % 50 == 0:
+            print(f"step {step} loss {loss.item():.3f} ({time.time() - t0:.0f} s)", flush=True)
+        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
+            last = step + 1 == args.steps
+            print(f"probe after {step + 1} steps:", probe(model, tok, held, seen, args.show if last else 0), flush=True)
+
+
+if __name__ == "__main__":
+    main()
