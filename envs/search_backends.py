@@ -247,6 +247,9 @@ def check_embedder(spec: str | dict) -> tuple[type, dict]:
     if kind not in kinds:
         raise ValueError(f"embedder: unknown kind {kind!r}; known: {sorted(kinds)}")
     _check_keys(kinds[kind], config, f"embedder {kind!r}")
+    timeout = config.get("timeout_s", 120.0)
+    if kind == "server" and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0):
+        raise ValueError(f"embedder 'server': timeout_s={timeout!r} must be a number > 0")
     return kinds[kind], config
 
 
@@ -477,6 +480,9 @@ def check_backend(name: str, settings: dict) -> None:
     if name not in BACKENDS:
         raise ValueError(f"search: unknown backend {name!r}; known: {sorted(BACKENDS)}")
     settings = dict(settings)
+    if name == "wiki" and settings.get("retriever", "bm25") != "dense" and "embedder" in settings:
+        raise ValueError("search backend 'wiki': embedder is read only with retriever: dense (the retriever is "
+                         f"{settings.get('retriever', 'bm25')!r})")
     if settings.get("rerank") is not None:
         _check_rerank(settings.pop("rerank"))
     settings.pop("rerank", None)
@@ -492,10 +498,12 @@ def _check_rerank(rerank: Any) -> None:
     if not isinstance(rerank.get("top_n", 50), int) or rerank.get("top_n", 50) < 1:
         raise ValueError(f"search.rerank.top_n: {rerank.get('top_n')!r} must be an integer >= 1")
     if "server" in rerank:
-        from envs.embedding.server import NodeReranker
-
-        rest = {("model" if k == "server" else k): v for k, v in rerank.items() if k != "top_n"}
-        _check_keys(NodeReranker.__init__, rest, "search.rerank (server)")
+        unknown = sorted(set(rerank) - {"top_n", "server", "timeout_s"})
+        if unknown:
+            raise ValueError(f"search.rerank: unknown key(s) {unknown} with server; allowed: top_n, server, timeout_s")
+        timeout = rerank.get("timeout_s", 120.0)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"search.rerank.timeout_s: {timeout!r} must be a number > 0")
         return
     rest = {("path" if k == "model" else k): v for k, v in rerank.items() if k != "top_n"}
     _check_keys(Qwen3Reranker.__init__, rest, "search.rerank")

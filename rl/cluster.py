@@ -188,12 +188,26 @@ def embedding_servers(models: dict, rerankers: dict | None = None, *, num_cpus: 
     from envs.embedding.server import EmbeddingServer, server_name
     from envs.search_backends import make_embedder
 
-    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    # a node that can never host one (a head started with --num-cpus=0) is skipped, not waited on
+    nodes = [n["NodeID"] for n in alive if n.get("Resources", {}).get("CPU", 0) >= num_cpus]
+    if not nodes:
+        raise ValueError(f"embedding servers: no alive node has {num_cpus} CPU for a server (embedding.num_cpus)")
     actor = ray.remote(EmbeddingServer)
-    handles = [actor.options(name=server_name(node), num_cpus=num_cpus, max_concurrency=max_concurrency,
-                             scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
-               .remote(models, rerankers, build=make_embedder, max_batch=max_batch, max_wait_ms=max_wait_ms)
-               for node in nodes]
-    wait([h.info.remote() for h in handles], timeout_s,
-         f"{len(handles)} embedding server(s) to load {sorted(models)} and rerankers {sorted(rerankers or {})}")
+    handles = []
+    try:
+        for node in nodes:
+            handles.append(actor.options(name=server_name(node), num_cpus=num_cpus, max_concurrency=max_concurrency,
+                                         scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+                           .remote(models, rerankers, build=make_embedder, max_batch=max_batch,
+                                   max_wait_ms=max_wait_ms))
+        wait([h.info.remote() for h in handles], timeout_s,
+             f"{len(handles)} embedding server(s) to load {sorted(models)} and rerankers {sorted(rerankers or {})}")
+    except BaseException:  # none left behind holding its name and its model
+        for h in handles:
+            try:
+                ray.kill(h)
+            except Exception:
+                pass
+        raise
     return handles

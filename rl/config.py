@@ -733,12 +733,13 @@ def _unconsumed(cfg: Config, ignored, where) -> None:
     for part in ("models", "rerankers"):  # a reference to a name not served is _dry_run's error (it names both)
         for name in [] if dangling else getattr(cfg.embedding, part):
             rules.append((f"embedding.{part}.{name}", multi and name in served[part],
+                          single if not multi else
                           f"no {'embedder' if part == 'models' else 'rerank'} spec of env.tools or memory names "
                           f"the server's {name!r} ({{kind: server, model: {name}}} or rerank: {{server: {name}}})",
                           ("env.tools", "memory", "data.task")))
     rules.append(("embedding", multi and bool(embedders or rerankers),
-                  "no embedder or rerank spec of env.tools or memory reaches the embedding server",
-                  ("env.tools", "memory", "data.task")))
+                  single if not multi else "no embedder or rerank spec of env.tools or memory reaches the embedding "
+                                           "server", ("env.tools", "memory", "data.task")))
     for prefix, read, why, deciders in rules:
         keys = [] if read else ignored(prefix, deciders)
         if keys:
@@ -853,7 +854,8 @@ def embedder_specs(cfg: Config) -> dict[str, Any]:
         if isinstance(node, dict):
             for k, v in node.items():
                 if k == "embedder":
-                    found[f"{key}.{k}"] = v
+                    if v is not None:  # None: the tool's own default (image_search: lexical)
+                        found[f"{key}.{k}"] = v
                 else:
                     walk(v, f"{key}.{k}")
 

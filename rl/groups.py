@@ -295,7 +295,10 @@ class RLGroups:
                 except Exception as err:  # shutting down: report, keep going
                     print(f"warning: shutting down {g}: {err}")
         for handle in getattr(self, "embedding", None) or ():
-            ray.kill(handle)
+            try:
+                ray.kill(handle)
+            except Exception as err:  # shutting down: report, keep going
+                print(f"warning: ending an embedding server: {err}")
 
 
 def local_index(rows: np.ndarray, source: np.ndarray) -> np.ndarray:

@@ -110,7 +110,7 @@ def main() -> None:
     rows = [r for r in pq.read_table(args.traj).to_pylist() if r["reward_answer"] == 1.0]
     if len(rows) < args.ntrain + args.neval:
         raise SystemExit(f"{args.traj}: {len(rows)} correct trajectories, fewer than --ntrain + --neval")
-    train, held = rows[:args.ntrain], rows[-args.neval:]
+    train, held = rows[:args.ntrain], rows[len(rows) - args.neval:]
     seen = {str(r["gold_answer"]) for r in train}
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.95))
     order: list[int] = []

@@ -153,6 +153,8 @@ class RemoteReranker:
     """`score(query, docs) -> [p(yes)]` over an `EmbeddingServer` actor handle, a timeout per call."""
 
     def __init__(self, handle, model: str, timeout_s: float = 120.0):
+        if timeout_s <= 0:
+            raise ValueError(f"RemoteReranker: timeout_s={timeout_s} must be > 0")
         self.handle, self.model, self.timeout_s = handle, model, timeout_s
 
     def score(self, query: str, docs: Sequence[str]) -> list[float]:
@@ -186,6 +188,8 @@ class NodeEmbedder(RemoteEmbedder):
     on, model `model`. Outside Ray, or with no server on this node, a clear error."""
 
     def __init__(self, model: str, timeout_s: float = 120.0):
+        if timeout_s <= 0:
+            raise ValueError(f"embedder 'server': timeout_s={timeout_s} must be > 0")
         super().__init__(node_server(f"embedder 'server' ({model!r})"), model, timeout_s)
 
 

@@ -210,23 +210,18 @@ class VisualSession:
     episodes: EpisodeStore
 
 
-def visual_session(context: dict, embedder: str | dict | None = None) -> VisualSession:
+_NOT_ASKED = object()
+
+
+def visual_session(context: dict, embedder: Any = _NOT_ASKED) -> VisualSession:
     """The session in the build context, made on first use from context["visual_corpus"] (a PageCorpus)
-    or context["world"] (a synthetic World, whose pages are rendered). `embedder` (image_search's setting: an
-    `envs.search_backends.make_embedder` spec, e.g. {kind: server, model: <name>}) embeds the world's pages in
-    place of the lexical default; the crop tool, built first or not, shares the same corpus."""
+    or context["world"] (a synthetic World, whose pages are rendered). image_search passes its `embedder` setting
+    (None: the lexical default; or an `envs.search_backends.make_embedder` spec, e.g. {kind: server, model:
+    <name>}) for the world's pages; crop asks for none. The corpus ends up embedded as image_search asked, whichever
+    tool came first; two image_search tools asking for different embedders of one corpus is an error."""
+    asked = embedder is not _NOT_ASKED
+    wanted = embedder if asked else None
     session = context.get("visual_session")
-    if session is not None and embedder is not None:
-        if context.get("visual_embedder") not in (None, embedder):
-            raise ValueError(f"image_search.embedder: {embedder!r}, but this EnvServer's visual corpus was already "
-                             f"embedded with {context['visual_embedder']!r}")
-        if context.get("visual_embedder") is None:  # built by crop with the default: embed it as asked
-            if context.get("world") is None:
-                raise ValueError("image_search.embedder applies to the world's rendered pages; this EnvServer was "
-                                 "given its own visual corpus (context['visual_corpus'])")
-            session.corpus = _world_corpus(context["world"], embedder)
-            context["visual_corpus"], context["visual_embedder"] = session.corpus, embedder
-        return session
     if session is None:
         corpus = context.get("visual_corpus")
         if corpus is None:
@@ -234,12 +229,27 @@ def visual_session(context: dict, embedder: str | dict | None = None) -> VisualS
             if world is None:
                 raise ValueError("visual tools need context['visual_corpus'] (a PageCorpus) or context['world'] "
                                  "(a synthetic World whose pages are rendered); neither is in the context")
-            corpus = _world_corpus(world, embedder)
-            context["visual_corpus"], context["visual_embedder"] = corpus, embedder
-        elif embedder is not None:
+            corpus = context["visual_corpus"] = _world_corpus(world, wanted)
+        elif wanted is not None:
             raise ValueError("image_search.embedder applies to the world's rendered pages; this EnvServer was "
                              "given its own visual corpus (context['visual_corpus'])")
         session = context["visual_session"] = VisualSession(corpus, EpisodeStore())
+        if asked:
+            context["visual_embedder"] = wanted
+        return session
+    if not asked:
+        return session
+    if "visual_embedder" in context:  # an earlier image_search chose
+        if context["visual_embedder"] != wanted:
+            raise ValueError(f"image_search.embedder: {wanted!r}, but this EnvServer's visual corpus was already "
+                             f"embedded for another image_search with {context['visual_embedder']!r}")
+        return session
+    context["visual_embedder"] = wanted  # the session was made by crop, with the default
+    if wanted is not None:
+        if context.get("world") is None:
+            raise ValueError("image_search.embedder applies to the world's rendered pages; this EnvServer was "
+                             "given its own visual corpus (context['visual_corpus'])")
+        session.corpus = context["visual_corpus"] = _world_corpus(context["world"], wanted)
     return session
 
 

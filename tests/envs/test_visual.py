@@ -345,3 +345,8 @@ def test_image_search_embedder_setting_embeds_the_pages_whoever_built_the_sessio
     assert top3 >= 0.9, top3  # 0.97 measured; queries through embed_queries, pages through embed_documents
     with pytest.raises(ValueError, match="already embedded"):
         build_tools({"search": {"kind": "image_search", "embedder": {"kind": "hashing", "dim": 64}}}, context)
+    lexical = {"world": world}  # an image_search that kept the lexical default is not re-embedded by another
+    build_tools({"a": {"kind": "image_search"}}, lexical)
+    with pytest.raises(ValueError, match="already embedded"):
+        build_tools({"b": {"kind": "image_search", "embedder": "hashing"}}, lexical)
+    assert isinstance(lexical["visual_session"].corpus.embedder, HashingEmbedder)

@@ -224,6 +224,12 @@ BAD_SECTIONS = [
     (["env.tools={search: {backend: bm25, corpus: c.jsonl, rerank: {server: r}}, visit: {}}",
       "embedding.rerankers={r: {max_length: 64}}"], "embedding.rerankers.r", "path"),
     (["memory.enabled=true", "memory.embedder={kind: server, model: m}"], "memory.embedder", "'m' is not served"),
+    (["env.tools={search: {backend: wiki, embedder: {kind: server, model: m}}, visit: {}}",
+      "embedding.models={m: minilm}"], "env.tools", "only with retriever: dense"),
+    (["env.tools={search: {backend: bm25, corpus: c.jsonl, rerank: {server: r, timeout_s: 0}}, visit: {}}",
+      "embedding.rerankers={r: {path: /models/reranker}}"], "env.tools", "timeout_s"),
+    (["env.tools={search: {backend: dense, corpus: c.jsonl, embedder: {kind: server, model: m, timeout_s: -1}}, "
+      "visit: {}}", "embedding.models={m: minilm}"], "env.tools.search.embedder", "timeout_s"),
 ]
 
 
@@ -283,6 +289,7 @@ UNREAD = [
     (WEBSAILOR, ["embedding.models={m: minilm}"]),  # served, but nothing reaches the server
     (WEBSAILOR, ["embedding.num_cpus=2"]),
     (SPINE, ["embedding.models={m: minilm}"]),
+    (SPINE, ["embedding.max_batch=8"]),
     (WEBSAILOR, ["env.tools={search: {backend: dense, corpus: c.jsonl, embedder: {kind: server, model: m}}, visit: {}}",
                  "embedding.models={m: minilm, unused: hashing}"]),
 ]
@@ -330,6 +337,7 @@ GOOD = [
                  "memory.embedder={kind: server, model: m}", "embedding.num_cpus=0.5"]),
     (ROOT / "launch/configs/vrag.yaml", ["env.tools.image_search.embedder={kind: server, model: m}",
                                          "embedding.models={m: hashing}"]),
+    (ROOT / "launch/configs/vrag.yaml", ["env.tools.image_search.embedder=null"]),
 ]
 
 
