@@ -247,10 +247,14 @@ def check_embedder(spec: str | dict) -> tuple[type, dict]:
     if kind not in kinds:
         raise ValueError(f"embedder: unknown kind {kind!r}; known: {sorted(kinds)}")
     _check_keys(kinds[kind], config, f"embedder {kind!r}")
-    timeout = config.get("timeout_s", 120.0)
-    if kind == "server" and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0):
-        raise ValueError(f"embedder 'server': timeout_s={timeout!r} must be a number > 0")
+    if kind == "server":
+        _check_timeout(config.get("timeout_s", 120.0), "embedder 'server': timeout_s")
     return kinds[kind], config
+
+
+def _check_timeout(value: Any, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{what}: {value!r} must be a number > 0")
 
 
 # --------------------------------------------------------------------------------------------------- dense
@@ -501,9 +505,7 @@ def _check_rerank(rerank: Any) -> None:
         unknown = sorted(set(rerank) - {"top_n", "server", "timeout_s"})
         if unknown:
             raise ValueError(f"search.rerank: unknown key(s) {unknown} with server; allowed: top_n, server, timeout_s")
-        timeout = rerank.get("timeout_s", 120.0)
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-            raise ValueError(f"search.rerank.timeout_s: {timeout!r} must be a number > 0")
+        _check_timeout(rerank.get("timeout_s", 120.0), "search.rerank.timeout_s")
         return
     rest = {("path" if k == "model" else k): v for k, v in rerank.items() if k != "top_n"}
     _check_keys(Qwen3Reranker.__init__, rest, "search.rerank")

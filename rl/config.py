@@ -814,7 +814,7 @@ def _dry_run(cfg: Config, where, check_inputs: bool, ignored) -> None:
             checked(key, check_embedder, spec)
         for name, spec in cfg.embedding.models.items():
             checked(f"embedding.models.{name}", check_embedder, spec)
-            if check_embedder(spec)[0].__name__ == "NodeEmbedder":
+            if isinstance(spec, dict) and spec.get("kind") == "server" or spec == "server":
                 raise ConfigError(f"bad value for 'embedding.models.{name}' (from the "
                                   f"{where(f'embedding.models.{name}')}): the server cannot serve itself (kind server)")
         for name, spec in cfg.embedding.rerankers.items():

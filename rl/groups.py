@@ -63,10 +63,12 @@ class RLGroups:
             [{"role": "user", "content": first["question"]}], add_generation_prompt=True, tokenize=True)["input_ids"]
         multi_turn = cfg.data.task != "target_token"
 
+        em = cfg.embedding
+        serve_embeddings = multi_turn and bool(em.models or em.rerankers)  # one server per node (rl/cluster.py)
         cpus = r.num_engines * r.cpus_per_engine + t.num_ranks * t.cpus_per_rank \
             + cfg.reward.num_workers * cfg.reward.cpus_per_worker \
             + (cfg.env.num_servers * cfg.env.cpus_per_server if multi_turn else 0) \
-            + (cfg.embedding.num_cpus if multi_turn and (cfg.embedding.models or cfg.embedding.rerankers) else 0)
+            + (cfg.embedding.num_cpus if serve_embeddings else 0)
         self.how = connect(cfg.ray.address, cfg.ray.num_cpus, cpus_needed=cpus)
         gpu = r.gpus_per_engine > 0 or t.gpus_per_rank > 0
         self.placement = resolve_placement(cfg.ray.placement, r.mode, sum(n["Alive"] for n in ray.nodes()))
@@ -83,8 +85,7 @@ class RLGroups:
             wait(shared_pg.ready(), self.timeout, f"the colocated placement group ({bundles} x 1 GPU)")
             engine_gpus, rank_gpus = 0.5, 0.5
         self.embedding = None  # the embedding servers, one per node, before everything that reaches them
-        em = cfg.embedding
-        if multi_turn and (em.models or em.rerankers):
+        if serve_embeddings:
             from rl.cluster import embedding_servers
 
             self.embedding = embedding_servers(em.models, em.rerankers, num_cpus=em.num_cpus,

@@ -211,6 +211,8 @@ class VisualSession:
 
 
 _NOT_ASKED = object()
+_OWN_CORPUS = ("image_search.embedder applies to the world's rendered pages; this EnvServer was given its own "
+               "visual corpus (context['visual_corpus'])")
 
 
 def visual_session(context: dict, embedder: Any = _NOT_ASKED) -> VisualSession:
@@ -231,8 +233,7 @@ def visual_session(context: dict, embedder: Any = _NOT_ASKED) -> VisualSession:
                                  "(a synthetic World whose pages are rendered); neither is in the context")
             corpus = context["visual_corpus"] = _world_corpus(world, wanted)
         elif wanted is not None:
-            raise ValueError("image_search.embedder applies to the world's rendered pages; this EnvServer was "
-                             "given its own visual corpus (context['visual_corpus'])")
+            raise ValueError(_OWN_CORPUS)
         session = context["visual_session"] = VisualSession(corpus, EpisodeStore())
         if asked:
             context["visual_embedder"] = wanted
@@ -247,8 +248,7 @@ def visual_session(context: dict, embedder: Any = _NOT_ASKED) -> VisualSession:
     context["visual_embedder"] = wanted  # the session was made by crop, with the default
     if wanted is not None:
         if context.get("world") is None:
-            raise ValueError("image_search.embedder applies to the world's rendered pages; this EnvServer was "
-                             "given its own visual corpus (context['visual_corpus'])")
+            raise ValueError(_OWN_CORPUS)
         session.corpus = context["visual_corpus"] = _world_corpus(context["world"], wanted)
     return session
 
