@@ -35,6 +35,10 @@ EXTENSION = "rollout.engines.vllm_ext.WindwardWorkerExtension"
 #: default); about 0.3 on the CPU build (shared/ASSETS.md)
 GPU_MEMORY_UTILIZATION = {"gpu": 0.85, "colocated": 0.5, "cpu": 0.3}
 
+# tokens per engine step on CPU, where chunked prefill is off (a step must hold a whole prompt): twice vLLM's CPU
+# default of 4096, which with whole-prompt steps ran about 8% slower than chunked prefill (benchmarks/RESULTS.md)
+CPU_MIN_BATCHED_TOKENS = 8192
+
 
 def default_gpu_memory_utilization(gpu: bool, colocated: bool) -> float:
     """`gpu_memory_utilization` when the configuration leaves it unset."""
@@ -121,6 +125,10 @@ class VLLMEngine:
             enable_sleep_mode=bool(sleep_mode and gpu),
             logprobs_mode="processed_logprobs",
             disable_log_stats=True,
+            # CPU: every prompt prefilled in one step, so no sample is ever discarded and each request's own
+            # seeded generator only moves forward (see vllm_params); a step holds up to max_model_len tokens
+            **({} if gpu else {"enable_chunked_prefill": False,
+                               "max_num_batched_tokens": max(max_model_len, CPU_MIN_BATCHED_TOKENS)}),
         )
         self.model_path = str(model_path)
         self._image_pad_id = None
@@ -143,9 +151,10 @@ class VLLMEngine:
     def vllm_params(self, sampling: SamplingParams):
         """Our SamplingParams as vLLM's (one completion, the sampled token's logprob).
 
-        Per-request seeds are passed on GPU only: vLLM's CPU worker rewinds a request's generator when
-        it discards a sample (a chunked prefill) and CPU generators cannot rewind ("CPU Generator does
-        not use offset": the engine dies). On CPU the engine's own seed applies instead.
+        Every request carries its own seed, so what it samples depends on the seed alone, not on which
+        requests share its batches. vLLM rewinds a request's generator when it discards a sample (the
+        step of a chunked prefill), and a CPU generator cannot rewind ("CPU Generator does not use
+        offset": the engine dies); on CPU chunked prefill is therefore off (`__init__`).
         """
         from vllm import SamplingParams as VSampling
 
@@ -157,7 +166,7 @@ class VLLMEngine:
             top_k=sampling.top_k if sampling.top_k > 0 else 0,
             stop=list(sampling.stop) or None,
             stop_token_ids=list(sampling.stop_token_ids) or None,
-            seed=sampling.seed if self.gpu else None,
+            seed=sampling.seed,
             logprobs=0,
             ignore_eos=sampling.ignore_eos,
             include_stop_str_in_output=sampling.include_stop_str,

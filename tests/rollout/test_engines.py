@@ -90,8 +90,9 @@ def test_weight_update_changes_outputs(vllm_engine, tiny_model, loop_thread):
 
 @pytest.mark.slow
 def test_seeded_requests_survive_chunked_prefill(vllm_engine, loop_thread):
-    """Many seeded requests with long prompts force chunked prefills; on CPU a per-request seed made
-    vLLM's worker rewind a CPU generator and die ("CPU Generator does not use offset")."""
+    """Many seeded requests with long prompts would need chunked prefills, whose discarded samples make vLLM's
+    worker rewind a request's generator; a CPU generator cannot ("CPU Generator does not use offset") and the
+    engine died. On CPU chunked prefill is off, so every seeded request finishes."""
     prompts = [[(7 * i + j) % 400 + 20 for j in range(120)] for i in range(64)]
 
     async def many():
@@ -100,3 +101,25 @@ def test_seeded_requests_survive_chunked_prefill(vllm_engine, loop_thread):
 
     gens = loop_thread.run(many())
     assert len(gens) == 64 and all(len(g.token_ids) >= 1 for g in gens)
+
+
+@pytest.mark.slow
+def test_seeded_request_samples_the_same_whatever_shares_its_batches(vllm_engine, loop_thread):
+    """A request's tokens depend on its seed only: the same 24 seeded requests, once alone in order and once in
+    reverse order among 40 others (so they prefill in other steps beside other requests), sample the same
+    tokens. launch/evaluate.py re-runs a run's rollouts this way; before, on CPU, the engine's one shared
+    stream made them depend on the order requests arrived in."""
+    prompts = [[(11 * i + j) % 450 + 20 for j in range(100 + 7 * i)] for i in range(24)]
+    sp = lambda i: SamplingParams(max_tokens=16, temperature=1.0, seed=5000 + i)  # noqa: E731
+
+    async def alone():
+        return await asyncio.gather(*(vllm_engine.generate(p, sp(i)) for i, p in enumerate(prompts)))
+
+    async def crowded():
+        others = [vllm_engine.generate([(3 * k + j) % 300 + 30 for j in range(150)], sp(100 + k)) for k in range(40)]
+        mine = [vllm_engine.generate(p, sp(i)) for i, p in reversed(list(enumerate(prompts)))]
+        return (await asyncio.gather(*(mine + others)))[:len(prompts)][::-1]
+
+    first, second = loop_thread.run(alone()), loop_thread.run(crowded())
+    assert [g.token_ids for g in first] == [g.token_ids for g in second]
+    assert len({tuple(g.token_ids) for g in first}) > 20  # temperature 1: the seeds really differ
