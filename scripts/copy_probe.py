@@ -10,7 +10,10 @@ question had ("reading") and the others ("recall"): the whole final turn right, 
     python scripts/copy_probe.py --traj /tmp/x/trajectories/expert.parquet --ntrain 800 --steps 400
 
 `--model` defaults to the default's tiny model (world tokenizer); `--show N` prints N failed reading turns token
-by token (expert/argmax). Findings: docs/websailor_runs.md, "Why reading stays near 0".
+by token (expert/argmax). `--mix K` adds K synthetic copy rows to every batch (a random sequence, then the same
+again; loss on the repeat), each drawn from its own random alphabet of the vocabulary, so that a copy circuit
+(an induction head) can form during SFT; `copy` in the probe is the argmax accuracy on held-out such repeats.
+Findings: docs/websailor_runs.md, "Why reading stays near 0".
 """
 
 from __future__ import annotations
@@ -38,6 +41,33 @@ def default_model() -> str:
 def sequence(row: dict) -> tuple[list[int], list[int]]:
     """Token ids of the whole trajectory and its loss mask (0 over the prompt)."""
     return list(row["prompt_ids"]) + list(row["response_ids"]), [0] * len(row["prompt_ids"]) + list(row["loss_mask"])
+
+
+def copy_rows(rng: random.Random, vocab: list[int], count: int, half: int) -> list[tuple[list[int], list[int]]]:
+    """`count` rows of `half` random tokens then the same again, loss on the repeat; each row draws its tokens
+    from its own alphabet (16, 64, 256 tokens or the whole vocabulary), so the only way to predict the repeat
+    is to look back and copy."""
+    out = []
+    for _ in range(count):
+        size = rng.choice([16, 64, 256, len(vocab)])
+        alphabet = rng.sample(vocab, min(size, len(vocab)))
+        first = [rng.choice(alphabet) for _ in range(half)]
+        out.append((first + first, [0] * (half + 1) + [1] * (half - 1)))
+    return out
+
+
+@torch.no_grad()
+def copy_accuracy(model, rows: list[tuple[list[int], list[int]]]) -> float:
+    """Argmax accuracy on the repeated halves (the positions with loss)."""
+    model.eval()
+    right = total = 0
+    for ids, mask in rows:
+        pred = model(torch.tensor([ids])).logits[0].argmax(-1).tolist()
+        for p in range(1, len(ids)):
+            if mask[p]:
+                right, total = right + (pred[p - 1] == ids[p]), total + 1
+    model.train()
+    return right / max(total, 1)
 
 
 def final_turn(row: dict) -> int:
@@ -97,6 +127,9 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=200)
     ap.add_argument("--show", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--mix", type=int, default=0, help="synthetic copy rows added to every batch")
+    ap.add_argument("--mix-half", type=int, default=64, help="length of a copy row's random half")
+    ap.add_argument("--mix-weight", type=float, default=1.0, help="weight of the copy rows' loss")
     args = ap.parse_args()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -112,6 +145,9 @@ def main() -> None:
         raise SystemExit(f"{args.traj}: {len(rows)} correct trajectories, fewer than --ntrain + --neval")
     train, held = rows[:args.ntrain], rows[len(rows) - args.neval:]
     seen = {str(r["gold_answer"]) for r in train}
+    special = set(tok.all_special_ids)
+    vocab = [i for i in range(len(tok)) if i not in special]
+    copy_held = copy_rows(random.Random(args.seed + 1), vocab, 50, args.mix_half)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.95))
     order: list[int] = []
     t0 = time.time()
@@ -119,6 +155,7 @@ def main() -> None:
         if len(order) < args.batch:
             order += rng.sample(range(len(train)), len(train))
         batch = [sequence(train[order.pop()]) for _ in range(args.batch)]
+        batch += copy_rows(rng, vocab, args.mix, args.mix_half)
         width = max(len(ids) for ids, _ in batch)
         ids = torch.full((len(batch), width), tok.pad_token_id)
         mask = torch.zeros(len(batch), width)
@@ -129,7 +166,10 @@ def main() -> None:
         for group in opt.param_groups:
             group["lr"] = lr
         logp = torch.log_softmax(model(ids, attention_mask=att).logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]
-        loss = -(logp * mask[:, 1:]).sum() / mask[:, 1:].sum()
+        m, n = mask[:args.batch, 1:], mask[args.batch:, 1:]
+        loss = -(logp[:args.batch] * m).sum() / m.sum()
+        if args.mix:
+            loss = loss - args.mix_weight * (logp[args.batch:] * n).sum() / n.sum()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -138,7 +178,8 @@ def main() -> None:
             print(f"step {step} loss {loss.item():.3f} ({time.time() - t0:.0f} s)", flush=True)
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             last = step + 1 == args.steps
-            print(f"probe after {step + 1} steps:", probe(model, tok, held, seen, args.show if last else 0), flush=True)
+            print(f"probe after {step + 1} steps: copy {copy_accuracy(model, copy_held):.3f}",
+                  probe(model, tok, held, seen, args.show if last else 0), flush=True)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,13 @@ the evidence it is shown; it reads only what the prompts show it).
 
 `ask(messages) -> text` is any async callable (`envs.llm.ChatClient(...).complete` for a real model). An unreadable
 plan is asked again, then the report fails with a recorded error; an unreadable query list falls back to
-"subject section" and is counted (`Report.query_fallbacks`). The merge is by rule: "# subject" then every section
+"subject section" and is counted (`Report.query_fallbacks`); a call that fails (the client's retries spent, a
+timeout, a retrieval backend's error) fails the report with the error, naming the step and section; it is never
+raised. The merge is by rule: "# subject" then every section
 under "## title" in plan order [M].
 
-Never: import anything of the project outside `envs/`; search in the without-documents setting.
+Never: import anything of the project outside `envs/`; search in the without-documents setting; raise for one
+report's failed call.
 """
 
 from __future__ import annotations
@@ -79,6 +82,10 @@ def parse_queries(reply: str, k: int) -> list[str] | None:
     return [q.strip() for q in queries][:k]
 
 
+class _CallFailed(Exception):
+    """A writer's call that failed for good; `ReportWriter.write` records it as the report's error."""
+
+
 class ReportWriter:
     def __init__(self, ask: Ask, store: ReportStore | None = None, web: Any = None, sections: int = 4,
                  queries_per_section: int = 2, k_local: int = 2, k_web: int = 0, retries: int = 2):
@@ -89,37 +96,58 @@ class ReportWriter:
             k_web, retries
 
     async def write(self, subject: str, with_docs: bool) -> Report:
+        """The report on `subject`; a failure (no readable plan, a failed call) is `Report.ok` False with the
+        error, and what was planned and retrieved before it is kept."""
         report = Report(subject, with_docs, ok=False)
+        try:
+            return await self._write(report, subject, with_docs)
+        except _CallFailed as failed:
+            report.error = str(failed)
+            return report
+
+    async def _call(self, messages: list[dict], step: str) -> str:
+        try:
+            return await self.ask(messages)
+        except Exception as err:  # the client's error names the endpoint or engine; this report's failure
+            raise _CallFailed(f"writer call failed ({step}): {type(err).__name__}: {err}") from None
+
+    async def _write(self, report: Report, subject: str, with_docs: bool) -> Report:
         for _ in range(self.retries + 1):
-            plan = parse_plan(await self.ask([{"role": "user", "content": PLAN_PROMPT.format(
-                subject=subject, n=self.sections)}]), self.sections)
+            reply = await self._call([{"role": "user", "content": PLAN_PROMPT.format(
+                subject=subject, n=self.sections)}], "plan")
+            plan = parse_plan(reply, self.sections)
             if plan:
                 break
         else:
-            report.error = f"no readable section plan in {self.retries + 1} replies"
+            report.error = f"no readable section plan in {self.retries + 1} replies; last: {str(reply)[:300]!r}"
             return report
         report.plan = plan
         parts = [f"# {subject}"]
         for section in plan:
             evidence = ""
             if with_docs:
-                reply = await self.ask([{"role": "user", "content": QUERY_PROMPT.format(
-                    subject=subject, section=section, k=self.k)}])
+                reply = await self._call([{"role": "user", "content": QUERY_PROMPT.format(
+                    subject=subject, section=section, k=self.k)}], f"queries of section {section!r}")
                 queries = parse_queries(reply, self.k)
                 if queries is None:
                     queries, report.query_fallbacks = [f"{subject} {section}"], report.query_fallbacks + 1
                 report.queries[section] = queries
                 hits, seen = [], set()
                 for q in queries:
-                    for h in dual_search(q, self.store, self.web, self.k_local, self.k_web):
+                    try:
+                        found = dual_search(q, self.store, self.web, self.k_local, self.k_web)
+                    except Exception as err:  # an embedder server or web backend that fails: this report's failure
+                        raise _CallFailed(f"retrieval failed (query {q!r} of section {section!r}): "
+                                          f"{type(err).__name__}: {err}") from None
+                    for h in found:
                         if (h.id or h.url) not in seen:
                             seen.add(h.id or h.url)
                             hits.append(h)
                 report.evidence[section] = [h.id or h.url for h in hits]
                 evidence = EVIDENCE_HEAD + "\n" + "\n".join(f"[{i + 1}] {h.title}: {h.text or h.snippet}"
                                                              for i, h in enumerate(hits))
-            text = await self.ask([{"role": "user", "content": SECTION_PROMPT.format(
-                subject=subject, section=section, evidence=evidence)}])
+            text = await self._call([{"role": "user", "content": SECTION_PROMPT.format(
+                subject=subject, section=section, evidence=evidence)}], f"section {section!r}")
             parts.append(f"## {section}\n\n{text.strip()}")
         report.text, report.ok = "\n\n".join(parts) + "\n", True
         return report

@@ -95,3 +95,22 @@ def test_scripted_grader_and_writer_with_and_without_documents():
     assert without.evidence == {} and "## Key facts" in without.text
     grades = [parse_grade(scripted_grade_reply(r.text, probes), len(probes))[0] for r in (with_docs, without)]
     assert grades[0]["accuracy"] > grades[1]["accuracy"]
+
+
+def test_a_failed_call_or_retrieval_fails_the_report_with_its_step_never_raises():
+    async def down_at_section(messages):
+        if messages[-1]["content"].startswith("TASK: section"):
+            raise ConnectionError("endpoint http://127.0.0.1:9/v1 refused")
+        return await ScriptedWriter()(messages)
+
+    class BrokenStore:
+        def search(self, query, k):
+            raise RuntimeError("embedder server gone")
+
+    report = asyncio.run(ReportWriter(down_at_section, sections=2).write("Ada Lovelace", with_docs=False))
+    assert not report.ok and report.plan == ["Overview", "Key facts"]
+    assert report.error == ("writer call failed (section 'Overview'): ConnectionError: endpoint "
+                            "http://127.0.0.1:9/v1 refused")
+    report = asyncio.run(ReportWriter(ScriptedWriter(), store=BrokenStore(), sections=1).write("Ada", with_docs=True))
+    assert not report.ok and report.error.startswith("retrieval failed (query 'Ada' of section 'Overview')")
+    assert "embedder server gone" in report.error
