@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -70,8 +71,10 @@ class CorpusSection(_S):
 
 
 class WriterSection(LLMSection):
+    mode: Literal["chain", "agent"] = "chain"  # chain: plan, queries, sections, merge; agent: one episode
     sections: int = 4
-    queries_per_section: int = 2
+    queries_per_section: int | None = None  # chain (default 2)
+    max_tool_calls: int | None = None  # agent (default 4)
     k_local: int = 2
     k_web: int = 0  # web hits per query (needs corpus.web_search)
 
@@ -129,6 +132,18 @@ def load(path: Path, overrides: list[str], smoke: bool) -> BenchConfig:
         for key in ("timeout_s", "max_tokens", "max_model_len"):
             if getattr(section, key) is not None and getattr(section, key) <= 0:
                 raise ValueError(f"{name}.{key} must be > 0, not {getattr(section, key)}")
+    w = cfg.writer
+    if w.mode == "agent" and w.backend == "openai":
+        raise ValueError("writer.mode=agent runs the writer through the agent loop on an engine of the project: "
+                         "writer.backend scripted or engine, not openai")
+    if w.mode == "agent" and w.queries_per_section is not None:
+        raise ValueError("writer.queries_per_section would be read by nothing: writer.mode is agent (the agent "
+                         "writes its own queries)")
+    if w.mode == "chain" and w.max_tool_calls is not None:
+        raise ValueError("writer.max_tool_calls would be read by nothing: writer.mode is chain (no agent loop)")
+    for key in ("sections", "queries_per_section", "max_tool_calls"):
+        if getattr(w, key) is not None and getattr(w, key) < 1:
+            raise ValueError(f"writer.{key} must be >= 1, not {getattr(w, key)}")
     if cfg.writer.k_web and not cfg.corpus.web_search:
         raise ValueError("writer.k_web would be read by nothing: corpus.web_search is false (no web path)")
     if cfg.corpus.web_search and not cfg.writer.k_web:
@@ -154,11 +169,12 @@ class EngineChats:
         self.engines: dict[tuple, tuple] = {}
         self.calls = 0
 
-    def ask(self, section: LLMSection, service: str):
+    def engine(self, section: LLMSection, service: str):
+        """(engine, tokenizer) of the section's model, started on first use."""
         from transformers import AutoTokenizer
 
         from rl.pretrained import LOCAL_MODELS
-        from rollout.engines import SamplingParams, make_engine
+        from rollout.engines import make_engine
 
         path = str(LOCAL_MODELS[section.model]()) if section.model in LOCAL_MODELS else section.model
         backend, max_len = section.engine or "vllm", section.max_model_len or 4096
@@ -169,7 +185,13 @@ class EngineChats:
             if getattr(tok, "chat_template", None) is None:
                 raise ValueError(f"{service}: model {section.model!r} has no chat template")
             self.engines[key] = (make_engine(backend, path, **kwargs), tok)
-        engine, tok = self.engines[key]
+        return self.engines[key]
+
+    def ask(self, section: LLMSection, service: str):
+        from rollout.engines import SamplingParams
+
+        engine, tok = self.engine(section, service)
+        max_len = section.max_model_len or 4096
         sampling = SamplingParams(max_tokens=section.max_tokens or 512, temperature=section.temperature)
 
         async def ask(messages: list[dict]) -> str:
@@ -193,6 +215,70 @@ class EngineChats:
         for engine, _ in self.engines.values():
             await engine.shutdown()
         self.engines.clear()
+
+
+class AgentWriter:
+    """DynamicBench's writer as one agent episode per report, through the agent loop of training and evaluation
+    (`rollout.agent.run_episode`, the ReAct grammar): the task (`envs.dynamicbench.AGENT_TASK`) asks for the whole
+    report inside <answer>; with documents the episode has the `search` tool over both paths (`DualBackend`: the
+    local store's blocks, then the web's hits), without documents no tool. The policy is the scripted agent writer
+    (`ScriptedAgentWriter` as a `TextPolicyEngine`) or a model on the project's engine. `write` returns a `Report`
+    as the chain writer does; an episode that ends without an answer (tool-call budget, context, an error) is the
+    report's recorded failure. Each episode's trajectory row is kept in `records` (saved as parquet)."""
+
+    def __init__(self, cfg: WriterSection, store, web, engine=None, tokenizer=None):
+        from rl.models import build_tiny_model
+
+        self.cfg, self.store, self.web, self.engine = cfg, store, web, engine
+        # the scripted policy's text is tokenized by a chat tokenizer of its own (the tiny model's Qwen3 one)
+        self.tok = tokenizer or _tokenizer(str(build_tiny_model(tokenizer="qwen3")))
+        self.records: list = []
+
+    async def write(self, subject: str, with_docs: bool):
+        from envs.base import LocalEnv
+        from envs.dynamicbench import AGENT_HOW, AGENT_TASK, DualBackend, Report, ScriptedAgentWriter
+        from envs.tools.search import SearchTool
+        from rollout.agent import AgentConfig, run_episode
+        from rollout.chat import ChatTemplate
+        from rollout.engines import SamplingParams
+        from rollout.formats import ReActFormat
+        from rollout.scripted import TextPolicyEngine
+
+        w = self.cfg
+        tools = [SearchTool(DualBackend(self.store, self.web, w.k_local, w.k_web), top_k=max(1, w.k_local + w.k_web))] \
+            if with_docs else []
+        env = LocalEnv(tools, timeout_s=w.timeout_s)
+        fmt = ReActFormat()
+        template = ChatTemplate(self.tok, tools=env.tool_schemas() or None, system=fmt.system_prompt(env.tool_schemas()))
+        setting = "with_doc" if with_docs else "without_doc"
+        task = {"uid": f"{setting}/{subject}", "group": 0,
+                "question": AGENT_TASK.format(subject=subject, n=w.sections, how=AGENT_HOW[with_docs])}
+        engine = self.engine or TextPolicyEngine(ScriptedAgentWriter(subject, w.sections, with_docs).next_turn, self.tok)
+        max_tokens = w.max_tokens or 1024
+        episode = await run_episode(
+            engine, env, template, task, SamplingParams(max_tokens=max_tokens, temperature=w.temperature),
+            AgentConfig(max_tool_calls=w.max_tool_calls or 4, max_tokens_per_turn=max_tokens,
+                        max_context_tokens=w.max_model_len or 4096), fmt)
+        record = episode.record
+        self.records.append(record)
+        report = Report(subject, with_docs, ok=record.finish == "answer" and bool((record.answer_text or "").strip()))
+        shown = [u for m in episode.messages if m["role"] == "tool" and isinstance(m.get("content"), str)
+                 for u in re.findall(r"^\d+\. \[[^\]\n]*\]\(([^)\n]+)\)", m["content"], re.M)]
+        report.evidence = {"search": shown} if with_docs else {}  # the results' addresses the episode was shown
+        if report.ok:
+            report.text = record.answer_text.strip() + "\n"
+            report.plan = [line[3:].strip() for line in report.text.splitlines() if line.startswith("## ")]
+        else:
+            why = episode.metrics.get("error") or record.answer_text
+            report.error = (f"the writer's episode ended with finish {record.finish!r} after "
+                            f"{record.num_tool_calls} tool calls" + (f": {str(why)[:300]}" if why else ""))
+        return report
+
+
+def _tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
 
 
 async def one(writer, judge, g: GraderSection, subject, setting: str):
@@ -239,11 +325,23 @@ async def run_bench(cfg: BenchConfig, out: Path) -> dict:
         asks = {name: None if section.backend == "scripted" else
                 chat(section, f"dynamicbench {name}") if section.backend == "openai" else
                 engines.ask(section, f"dynamicbench {name}") for name, section in (("writer", w), ("grader", g))}
-        writer = ReportWriter(asks["writer"] or ScriptedWriter(), store, web, w.sections, w.queries_per_section,
-                              w.k_local, w.k_web, g.retries)
+        if w.mode == "agent":
+            writer = AgentWriter(w, store, web, *(engines.engine(w, "dynamicbench writer") if w.backend == "engine"
+                                                  else (None, None)))
+        else:
+            writer = ReportWriter(asks["writer"] or ScriptedWriter(), store, web, w.sections,
+                                  w.queries_per_section or 2, w.k_local, w.k_web, g.retries)
         rows = await asyncio.gather(*(one(writer, asks["grader"], g, s, st) for st in cfg.settings for s in subjects))
     finally:
         await engines.close()
+    if w.mode == "agent":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from rollout.trajectory import build_batch
+
+        (out / "trajectories").mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_batches([build_batch(writer.records)]), out / "trajectories" / "writer.parquet")
 
     (out / "reports").mkdir(parents=True, exist_ok=True)
     per_item, table = [], {}
@@ -251,6 +349,7 @@ async def run_bench(cfg: BenchConfig, out: Path) -> dict:
         (out / "reports" / f"{setting}-{subject.id[:80]}.md").write_text(report.text or f"(failed: {report.error})")
         per_item.append({"subject": subject.title, "setting": setting, "writer_ok": report.ok,
                          "writer_error": report.error, "query_fallbacks": report.query_fallbacks,
+                         "plan": report.plan, "evidence": report.evidence,
                          "probes": [[p.question, p.answer] for p in probes],
                          "grade_ok": bool(grade and grade.ok), "scores": grade.scores if grade else {},
                          "verdicts": grade.verdicts if grade else [], "grade_error": grade.error if grade else None,
@@ -278,7 +377,10 @@ def write_report(out: Path, cfg: BenchConfig, results: dict, seconds: float) -> 
     from envs.dynamicbench import METRICS
 
     lines = ["# dynamicbench run report", "", f"- run folder: `{out}`; wall time {seconds:.1f} s",
-             f"- writer: {who(cfg.writer)}; grader: {who(cfg.grader)}; subjects: {cfg.corpus.subjects}; "
+             f"- writer: {who(cfg.writer)}"
+             + (", as an agent: one episode per report through the agent loop (`trajectories/writer.parquet`)"
+                if cfg.writer.mode == "agent" else ", a chain of calls (plan, queries, sections, merge)")
+             + f"; grader: {who(cfg.grader)}; subjects: {cfg.corpus.subjects}; "
              f"local store: {cfg.corpus.store_docs} Wikipedia leads in blocks of {cfg.corpus.block_words} words "
              f"(embedder {cfg.corpus.embedder}); web path: {'BM25 over all leads' if cfg.corpus.web_search else 'off'}",
              "", "| setting | reports | graded | writer failures | grader failures | "

@@ -1,6 +1,7 @@
 """launch/dynamicbench.py: a table per setting from a small corpus; writer and grader settings that nothing reads are
 refused; a failed call (an endpoint that is down, a model that writes no readable plan) is recorded on its report,
-never raised; the `engine` backend serves writer and grader from one engine of the project's own."""
+never raised; the `engine` backend serves writer and grader from one engine of the project's own; the writer as
+an agent (`writer.mode: agent`) runs one episode per report through the agent loop."""
 
 from __future__ import annotations
 
@@ -58,10 +59,52 @@ def test_scripted_run_writes_a_table_per_setting(tmp_path, corpus):
     (["writer.backend=openai", "writer.model=x", "writer.base_url=http://h/v1", "writer.max_model_len=99"],
      "writer.max_model_len would be read by nothing: writer.backend is openai"),
     (["grader.backend=engine", "grader.model=x", "grader.max_tokens=0"], "grader.max_tokens must be > 0"),
+    (["writer.mode=agent", "writer.backend=openai", "writer.model=x", "writer.base_url=http://h/v1"],
+     "writer.mode=agent runs the writer through the agent loop on an engine"),
+    (["writer.mode=agent", "writer.queries_per_section=3"], "writer.queries_per_section would be read by nothing"),
+    (["writer.max_tool_calls=3"], "writer.max_tool_calls would be read by nothing: writer.mode is chain"),
+    (["writer.mode=agent", "writer.max_tool_calls=0"], "writer.max_tool_calls must be >= 1"),
 ])
 def test_settings_nothing_reads_or_out_of_range_are_refused(overrides, named):
     with pytest.raises(ValueError, match=named.replace(".", r"\.")):
         load(CONFIG, overrides, smoke=False)
+
+
+def test_the_writer_as_an_agent_searches_through_the_agent_loop(tmp_path, corpus):
+    """writer.mode=agent: one episode per report; with documents it calls `search` once and its sections are the
+    blocks the search returned (the subject's own first), without documents it has no tool; every episode's row is
+    in trajectories/writer.parquet."""
+    import pyarrow.parquet as pq
+
+    assert main(["--config", str(CONFIG), f"run_dir={tmp_path / 'run'}", *corpus, "writer.mode=agent"]) == 0
+    results = json.loads((tmp_path / "run/results.json").read_text())
+    items = {(r["setting"], r["subject"]): r for r in results["items"]}
+    assert len(items) == 4 and all(r["writer_ok"] and r["plan"] == ["Overview", "Key facts"] for r in items.values())
+    for (setting, subject), r in items.items():
+        shown = r["evidence"].get("search", [])
+        assert (shown[:1] == [f"local:{subject.replace(' ', '_')}#0"]) if setting == "with_doc" else shown == []
+    rows = pq.read_table(tmp_path / "run/trajectories/writer.parquet").to_pylist()
+    assert sorted((r["uid"].split("/")[0], r["finish"], r["num_tool_calls"]) for r in rows) == \
+        [("with_doc", "answer", 1)] * 2 + [("without_doc", "answer", 0)] * 2
+    table = results["table"]
+    assert table["with_doc"]["accuracy"] > table["without_doc"]["accuracy"]
+    assert "as an agent: one episode per report" in (tmp_path / "run/report.md").read_text()
+
+
+def test_an_agent_episode_that_never_answers_is_the_reports_recorded_failure(corpus):
+    """A policy that only ever searches runs out of tool calls: the report fails with the episode's finish."""
+    from envs.dynamicbench import ReportStore
+    from launch.dynamicbench import AgentWriter
+    from rollout.scripted import TextPolicyEngine
+
+    cfg = load(CONFIG, corpus + ["writer.mode=agent", "writer.max_tool_calls=2"], smoke=False)
+    store = ReportStore.from_documents([(t, t, x) for t, x in SUBJECTS.items()])
+    writer = AgentWriter(cfg.writer, store, None)
+    call = '<tool_call>\n{"name": "search", "arguments": {"query": ["Ada"]}}\n</tool_call>'
+    writer.engine = TextPolicyEngine(lambda observation: call, writer.tok)
+    report = asyncio.run(writer.write("Ada Lovelace", with_docs=True))
+    assert not report.ok and report.text == "" and len(writer.records) == 1
+    assert report.error.startswith(f"the writer's episode ended with finish {writer.records[0].finish!r} after 2 tool")
 
 
 def test_a_failed_call_is_recorded_on_its_report_not_raised(tmp_path, corpus):
@@ -107,3 +150,9 @@ def test_engine_backend_shares_one_engine_and_records_unreadable_replies(tmp_pat
                for r in items)
     assert all(r["grade_ok"] or r["grade_error"] for r in items)
     assert "engine hf" in (tmp_path / "run/report.md").read_text()
+    # the same model as an agent writer (max_model_len bounds its episode): it runs, whatever it writes
+    assert main(["--config", str(CONFIG), f"run_dir={tmp_path / 'agent'}", *corpus, *on_engine, "writer.mode=agent",
+                 "writer.max_model_len=1024"]) == 0
+    items = json.loads((tmp_path / "agent/results.json").read_text())["items"]
+    assert len(items) == 4 and all(r["writer_ok"] or r["writer_error"].startswith("the writer's episode ended")
+                                   for r in items)

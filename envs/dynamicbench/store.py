@@ -91,3 +91,16 @@ def dual_search(query: str, store: ReportStore | None, web: Any = None, k_local:
     if web is not None:
         hits += list(web.search(query, k_web))
     return hits
+
+
+class DualBackend:
+    """Both paths as one search backend for the `search` tool (`envs.tools.search.SearchTool`), when the writer is
+    an agent: a query's hits are the local store's best `k_local` blocks, then the web backend's `k_web` hits."""
+
+    name = "dynamicbench-dual"
+
+    def __init__(self, store: ReportStore | None, web: Any = None, k_local: int = 3, k_web: int = 3):
+        self.store, self.web, self.k_local, self.k_web = store, web, k_local, k_web
+
+    def search(self, query: str, k: int = 10) -> list[Hit]:
+        return dual_search(query, self.store, self.web, self.k_local, self.k_web)[:k]

@@ -42,6 +42,12 @@ it helps. Write the section's text only, without its title.
 
 EVIDENCE_HEAD = "Documents (use them; prefer them to what you remember):"
 
+# the writer as an agent: one episode through the agent loop writes the whole report (launch/dynamicbench.py)
+AGENT_TASK = """Write a report on "{subject}" in {n} sections. {how}Give the whole report in markdown inside \
+<answer></answer>: "# {subject}", then each section under "## <title>"; a markdown table is welcome where it helps."""
+AGENT_HOW = {True: "First search the report store and the web with the search tool, then write from what it returns. ",
+             False: "Write from what you know; there is no tool. "}
+
 
 @dataclass
 class Report:
@@ -177,3 +183,30 @@ class ScriptedWriter:
             pick = docs[i % len(docs)] if docs else ""
             return re.sub(r"^\[\d+\]\s*", "", pick) or f"No document speaks of {subject}."
         raise ValueError(f"ScriptedWriter: unknown prompt {task!r}")
+
+
+_RESULT = re.compile(r"^\d+\. \[[^\]\n]*\]\([^)\n]*\)\n(?:[A-Z][A-Za-z ]*: [^\n]*\n)*\n([^\n]+)", re.M)
+
+
+class ScriptedAgentWriter:
+    """The offline writer as an agent, for one episode (`next_turn(observation) -> str`, the ReAct grammar): with
+    documents, one `search` call for the subject, then the report whose section i is the text of result i (in
+    turn); without, the report written without documents. The plan is `ScriptedWriter.PLAN`. It reads only what
+    the conversation shows it."""
+
+    def __init__(self, subject: str, sections: int, with_docs: bool):
+        self.subject, self.plan, self.with_docs = subject, list(ScriptedWriter.PLAN[:sections]), with_docs
+        self.turns = 0
+
+    def next_turn(self, observation: str | None) -> str:
+        self.turns += 1
+        if self.with_docs and self.turns == 1:
+            call = json.dumps({"name": "search", "arguments": {"query": [self.subject]}})
+            return f"<think>\nI will search for {self.subject}.\n</think>\n<tool_call>\n{call}\n</tool_call>"
+        docs = _RESULT.findall(observation or "") if self.with_docs else []
+        parts = [f"# {self.subject}"]
+        for i, title in enumerate(self.plan):
+            body = docs[i % len(docs)] if docs else \
+                f"This section on {title.lower()} of {self.subject} is written without documents."
+            parts.append(f"## {title}\n\n{body}")
+        return "<think>\nI write the report.\n</think>\n<answer>\n" + "\n\n".join(parts) + "\n</answer>"
