@@ -51,10 +51,12 @@ class LLMSection(_S):
     timeout_s: float = 120.0  # per call
     temperature: float = 0.0
     engine: Literal["vllm", "hf"] | None = None  # engine (default vllm)
-    max_tokens: int | None = None  # engine: tokens per reply (default 512)
-    max_model_len: int | None = None  # engine: prompt + reply (default 4096)
+    max_tokens: int | None = None  # engine: tokens per reply (default MAX_TOKENS)
+    max_model_len: int | None = None  # engine: prompt + reply, an agent's whole episode (default MAX_MODEL_LEN)
 
 
+MAX_TOKENS = {"call": 512, "agent": 1024}  # per reply of a chain's call or a grader's; per turn of the agent writer
+MAX_MODEL_LEN = 4096
 ENGINE_ONLY = ("engine", "max_tokens", "max_model_len")
 OPENAI_ONLY = ("base_url", "api_key_env")
 
@@ -177,7 +179,7 @@ class EngineChats:
         from rollout.engines import make_engine
 
         path = str(LOCAL_MODELS[section.model]()) if section.model in LOCAL_MODELS else section.model
-        backend, max_len = section.engine or "vllm", section.max_model_len or 4096
+        backend, max_len = section.engine or "vllm", section.max_model_len or MAX_MODEL_LEN
         key = (path, backend, max_len)
         if key not in self.engines:
             kwargs = {"max_model_len": max_len, "kv_cache_gib": 2} if backend == "vllm" else {}
@@ -191,8 +193,8 @@ class EngineChats:
         from rollout.engines import SamplingParams
 
         engine, tok = self.engine(section, service)
-        max_len = section.max_model_len or 4096
-        sampling = SamplingParams(max_tokens=section.max_tokens or 512, temperature=section.temperature)
+        max_len = section.max_model_len or MAX_MODEL_LEN
+        sampling = SamplingParams(max_tokens=section.max_tokens or MAX_TOKENS["call"], temperature=section.temperature)
 
         async def ask(messages: list[dict]) -> str:
             text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=False)
@@ -227,11 +229,13 @@ class AgentWriter:
     report's recorded failure. Each episode's trajectory row is kept in `records` (saved as parquet)."""
 
     def __init__(self, cfg: WriterSection, store, web, engine=None, tokenizer=None):
+        from transformers import AutoTokenizer
+
         from rl.models import build_tiny_model
 
         self.cfg, self.store, self.web, self.engine = cfg, store, web, engine
         # the scripted policy's text is tokenized by a chat tokenizer of its own (the tiny model's Qwen3 one)
-        self.tok = tokenizer or _tokenizer(str(build_tiny_model(tokenizer="qwen3")))
+        self.tok = tokenizer or AutoTokenizer.from_pretrained(str(build_tiny_model(tokenizer="qwen3")))
         self.records: list = []
 
     async def write(self, subject: str, with_docs: bool):
@@ -254,11 +258,11 @@ class AgentWriter:
         task = {"uid": f"{setting}/{subject}", "group": 0,
                 "question": AGENT_TASK.format(subject=subject, n=w.sections, how=AGENT_HOW[with_docs])}
         engine = self.engine or TextPolicyEngine(ScriptedAgentWriter(subject, w.sections, with_docs).next_turn, self.tok)
-        max_tokens = w.max_tokens or 1024
+        max_tokens = w.max_tokens or MAX_TOKENS["agent"]
         episode = await run_episode(
             engine, env, template, task, SamplingParams(max_tokens=max_tokens, temperature=w.temperature),
             AgentConfig(max_tool_calls=w.max_tool_calls or 4, max_tokens_per_turn=max_tokens,
-                        max_context_tokens=w.max_model_len or 4096), fmt)
+                        max_context_tokens=w.max_model_len or MAX_MODEL_LEN), fmt)
         record = episode.record
         self.records.append(record)
         report = Report(subject, with_docs, ok=record.finish == "answer" and bool((record.answer_text or "").strip()))
@@ -273,12 +277,6 @@ class AgentWriter:
             report.error = (f"the writer's episode ended with finish {record.finish!r} after "
                             f"{record.num_tool_calls} tool calls" + (f": {str(why)[:300]}" if why else ""))
         return report
-
-
-def _tokenizer(path: str):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)
 
 
 async def one(writer, judge, g: GraderSection, subject, setting: str):
