@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from rl.config import Config, ConfigError, load_config, to_dict  # noqa: E402
+from rl.config import ConfigError, load_config  # noqa: E402
 
 DEFAULT_CONFIG = ROOT / "launch/configs/evaluate.yaml"
 JUDGE_KINDS = ("rule", "gaia", "browsecomp", "simpleqa", "hle")
@@ -72,48 +72,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 # --- the policy ---------------------------------------------------------------------------------------
-
-
-def run_overrides(run_dir: Path) -> list[str]:
-    """The settings of a finished run (its config.json) as dotted overrides: the keys that differ from the
-    defaults, i.e. what the run set (a full dump would set keys the run never read)."""
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir} has no config.json (written when a run's RL stage starts); not a run folder?")
-    ran, default = json.loads(path.read_text()), to_dict(Config())
-    out = []
-    for section, values in ran.items():
-        for key, value in values.items():
-            if default.get(section, {}).get(key) != value and section != "pipeline":
-                out.append(f"{section}.{key}={json.dumps(value)}")
-    return out
-
-
-def export_checkpoint(run_dir: Path, cfg: Config, out: Path) -> tuple[Path, int]:
-    """The newest complete checkpoint of `run_dir` as a model folder under `out` -> (folder, its step)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from rl.checkpoint import CheckpointManager, load_state
-    from rl.groups import resolve_model_path
-
-    found = CheckpointManager(run_dir).latest()
-    if found is None:
-        raise ValueError(f"{run_dir}/checkpoints has no complete checkpoint (run with run.save_every > 0)")
-    step, folder = found
-    if not (folder / "trainer.pt").is_file():
-        raise ValueError(f"{folder}: no trainer.pt (the fsdp2 trainer's checkpoint); other trainers' are not read")
-    base = resolve_model_path(cfg)  # the run's policy before training (tiny and package models built here)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    state = load_state(folder / "trainer.pt")["model"]
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or [m for m in missing if not m.endswith("lm_head.weight")]:
-        raise ValueError(f"{folder}/trainer.pt does not fit {base}: missing {missing[:5]}, unexpected "
-                         f"{unexpected[:5]} (a LoRA run? merge the adapter first)")
-    target = out / "policy"
-    model.save_pretrained(target)
-    AutoTokenizer.from_pretrained(base).save_pretrained(target)
-    return target, step
 
 
 def policy_settings(args, out: Path) -> tuple[list[str], dict]:
@@ -212,6 +170,7 @@ def rescore(folder: Path) -> int:
 
 def run_eval(args) -> int:
     from launch.stages import evaluation
+    from rl.export import export_checkpoint, run_overrides
     from rl.groups import RLGroups
     from rl.task_files import load_task_file, write_tasks
     from rl.tasks import scoring

@@ -15,7 +15,10 @@ Also owns how checkpoint files are read and written: `save_state` (a full disk i
 `CheckpointWriteError` naming the folder and its free space, never torch's opaque writer error;
 `begin` refuses to start when the disk has less room than the last checkpoint took) and
 `load_state` (`torch.load(weights_only=True)`: tensors and plain data only; `plain_rng_state`
-makes numpy's RNG state such data).
+makes numpy's RNG state such data). Sharded state (`save_sharded`, `load_sharded`) is
+torch.distributed.checkpoint's format, every rank writing and reading only its own shards, read
+under the same rule: the metadata through an unpickler that knows only DCP's own record classes, and
+non-tensor entries with weights_only=True (DCP's own reader unpickles both unrestricted).
 
 Never: decide what goes into a checkpoint (the controller and the trainer do).
 """
@@ -91,6 +94,131 @@ def load_state(path: str | Path, map_location="cpu", allow: tuple = ()):
             return torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
         raise CheckpointLoadError(f"checkpoint file {path} does not load with weights_only=True: {err}") from err
+
+
+def save_sharded(state: dict, folder: str | Path) -> None:
+    """Collective: every rank writes its shards of `state` (nested state dicts of DTensors, tensors and
+    plain data) into `folder` (torch.distributed.checkpoint: one `__<rank>_0.distcp` per rank and a
+    `.metadata`). A full disk on any rank is a CheckpointWriteError on every rank."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        dcp.save(state, checkpoint_id=str(folder))
+    except CheckpointException as err:  # DCP gathers every rank's failure and raises the same on each
+        full = _first_failure(err, OSError)
+        if full is None:
+            raise
+        raise disk_full(Path(folder) / "__<rank>_0.distcp", full) from err
+
+
+def load_sharded(state: dict, folder: str | Path, no_dist: bool = False) -> None:
+    """Fill `state` (the same nesting `save_sharded` was given, holding this rank's tensors) in place
+    from `folder`, resharding as needed; `no_dist` reads into one process's full tensors (an export).
+    Unknown classes in the metadata or pickled code in an entry are a CheckpointLoadError."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    folder = Path(folder)
+    if not (folder / ".metadata").is_file():
+        raise CheckpointLoadError(f"{folder} has no .metadata: not a sharded checkpoint (or written in part)")
+    reader_class, planner_class = _safe_dcp()
+    reader, planner = reader_class(str(folder)), planner_class()
+    try:
+        with warnings.catch_warnings():  # no_dist is the intent, not torch's guess
+            warnings.filterwarnings("ignore", "torch.distributed is disabled")
+            dcp.load(state, storage_reader=reader, planner=planner, no_dist=no_dist)
+    except (pickle.UnpicklingError, EOFError, CheckpointException, AssertionError) as err:
+        refused = reader.refused or planner.refused  # DCP rewraps (or only prints) a reader's own error
+        if refused is None:
+            raise
+        raise CheckpointLoadError(f"sharded checkpoint {folder} does not load with weights_only rules: "
+                                  f"{refused}") from err
+
+
+def _first_failure(err, kind):
+    """The first exception of type `kind` among a DCP CheckpointException's per-rank failures."""
+    for failure in getattr(err, "failures", {}).values():
+        exc = failure[0] if isinstance(failure, tuple) else failure
+        if isinstance(exc, kind):
+            return exc
+    return None
+
+
+def read_sharded(folder: str | Path) -> dict:
+    """Every entry of a sharded checkpoint in one process, by its flattened name
+    (`model.lm_head.weight`, `optimizer.state.<param>.exp_avg`, ...): full tensors and plain data."""
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    folder = Path(folder)
+    try:
+        with open(folder / ".metadata", "rb") as fh:
+            entries = _MetadataUnpickler(fh).load().state_dict_metadata
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError) as err:
+        raise CheckpointLoadError(f"sharded checkpoint {folder}: its .metadata does not load: {err}") from err
+    state = {name: torch.empty(md.size, dtype=md.properties.dtype) if isinstance(md, TensorStorageMetadata) else None
+             for name, md in entries.items()}
+    load_sharded(state, folder, no_dist=True)
+    return state
+
+
+_DCP_METADATA = "torch.distributed.checkpoint.metadata"
+_DCP_GLOBALS = {("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
+                ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"), ("collections", "OrderedDict")}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """DCP's `.metadata` holds records of its own dataclasses, torch sizes, dtypes and layouts; any
+    other global (a function to call, a class to build) is refused."""
+
+    def find_class(self, module, name):
+        import importlib
+
+        found = getattr(importlib.import_module(module), name, None) if module in (_DCP_METADATA, "torch") else None
+        if (module, name) in _DCP_GLOBALS or isinstance(found, torch.dtype) or \
+                (module == _DCP_METADATA and isinstance(found, type)):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not part of a checkpoint's metadata")
+
+
+def _safe_dcp():
+    """(reader, planner) classes for `load_sharded`: DCP's file reader and default planner with the
+    two unpickling steps made safe. Built on first use (torch.distributed.checkpoint loads lazily)."""
+    from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
+    from torch.distributed.checkpoint._traverse import set_element
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class SafeReader(FileSystemReader):
+        refused = None  # the unpickling error, kept: DCP turns it into a message-only AssertionError
+
+        def read_metadata(self, *args, **kwargs):
+            rank = kwargs.get("rank")
+            with open(Path(self.path) / (".metadata" if rank is None else f"__{rank}.metadata"), "rb") as fh:
+                try:
+                    metadata = _MetadataUnpickler(fh).load()
+                except (pickle.UnpicklingError, EOFError) as err:
+                    self.refused = self.refused or err
+                    raise
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    class SafeLoadPlanner(DefaultLoadPlanner):
+        refused = None
+
+        def load_bytes(self, read_item, value):  # DCP's own: torch.load(value, weights_only=False)
+            try:
+                obj = torch.load(value, weights_only=True)
+            except (pickle.UnpicklingError, EOFError) as err:
+                self.refused = self.refused or err
+                raise
+            if self.flatten_state_dict:
+                set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+            else:
+                self.state_dict[read_item.dest_index.fqn] = obj
+
+    return SafeReader, SafeLoadPlanner
 
 
 def agree_on_write(error: OSError | None, folder: str | Path, all_reduce) -> None:

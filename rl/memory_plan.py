@@ -29,8 +29,10 @@ The formulas follow the code as it runs (the numbers are per device, in bytes):
   MLP gradient) or at its end when no activation is left (the root unit's gradients and reduce-scatter);
   the plan takes the largest. A huge model on few ranks peaks at the optimizer step instead (AdamW's
   sqrt(v) temporary, foreach on GPU).
-- Loading (rl/trainer/base.py `_load_model`): every rank holds the full fp32 model on its device before
-  `fully_shard` shards it.
+- Loading (rl/trainer/fsdp.py `_load_sharded`): rank 0 reads the full fp32 model into host memory, the other
+  ranks build it on the meta device; `fully_shard` moves one unit at a time to the device and keeps its shard,
+  and rank 0 broadcasts each rank its shards. So a GPU holds the shards plus one unit whole; on CPU, rank 0's
+  memory also holds the full model. DeepSpeed: every rank reads the full fp32 model before ZeRO partitions it.
 - vLLM on GPU takes `gpu_memory_utilization` of the device (weights, activation reserve, KV cache); asleep
   (colocated, sleep level 1) it keeps only its CUDA context and graphs. The vLLM CPU build: weights in fp32
   plus `kv_cache_gib`.
@@ -268,7 +270,8 @@ def trainer_memory(a: Arch, *, ranks: int, tokens: int, row_len: int, compute_by
 
     resident: what stays between steps (parameters, optimizer state, the reference model); step: what a
     training micro-batch adds at its peak (the start of the backward, a layer or its end, whichever holds most;
-    or the optimizer step); load: the full fp32 model on the device before sharding. `tokens`: positions in
+    or the optimizer step); load: while the model is read (FSDP2: rank 0 reads it in host memory, the others
+    start on the meta device and receive their shards; ZeRO: every rank reads it whole). `tokens`: positions in
     one micro-batch (token budget, or rows x row_len); `row_len`: the length attention sees (a packed
     micro-batch is one row of `tokens`)."""
     b, p, n = compute_bytes, param_count(a), max(1, ranks)
@@ -322,7 +325,13 @@ def trainer_memory(a: Arch, *, ranks: int, tokens: int, row_len: int, compute_by
     if opt_temp > sum(step.values()) - grads:  # the optimizer step, not the backward, peaks
         step = {"gradients": grads, "optimizer step temporary": opt_temp}
     runtime = {"CUDA context, NCCL" if gpu else "process": GPU_RUNTIME if gpu else CPU_PROCESS}
-    load = {"full fp32 model before sharding": 4 * p} | ({"parameters": params} if ref else {})  # the policy's shard
+    if backend == "deepspeed":  # every rank reads the whole model, then ZeRO partitions it
+        load = {"full fp32 model before sharding": 4 * p} | ({"parameters": params} if ref else {})
+    elif gpu:  # rank 0 reads into host memory; fully_shard moves one unit at a time and keeps the shard
+        load = {"parameters (shards)": params + ref, "one unit whole on its way to be sharded": 4 * max(root, layer)}
+    else:  # CPU: rank 0 reads the full model into the memory its shards live in, and broadcasts it
+        load = {"full fp32 model (rank 0 reads it, then sends each rank its shards)": 4 * p,
+                "parameters (shards)": params + ref}
     return {"resident": resident | runtime, "step": step, "load": load | runtime}
 
 
@@ -488,8 +497,10 @@ def _devices(cfg, trainer: dict, engine: dict, placement: str) -> list[DevicePla
                 DevicePlan(f"trainer GPU ({k} rank{'s' if k > 1 else ''} of {t.num_ranks})", {
                     "load": tr("load", k), "train": tr("resident", k) | tr("step", k)})]
     e, n = r.num_engines, t.num_ranks  # one host: every engine and rank at once (no sleep on CPU)
+    once = {k: v for k, v in tr("load").items() if "rank 0 reads it" in k}  # FSDP2: only rank 0 reads the model
+    load = {k: v if k in once else v * n for k, v in tr("load").items()}
     return [DevicePlan(f"host ({e} engine{'s' if e > 1 else ''}, {n} trainer rank{'s' if n > 1 else ''})", {
-        "load": en(e) | tr("load", n), "train": en(e) | tr("resident", n) | tr("step", n)})]
+        "load": en(e) | load, "train": en(e) | tr("resident", n) | tr("step", n)})]
 
 
 def _problems(plan: Plan, cfg, engine: dict, arch: Arch, gpu: bool) -> list[tuple[str, str]]:
@@ -516,9 +527,9 @@ def _problems(plan: Plan, cfg, engine: dict, arch: Arch, gpu: bool) -> list[tupl
             what = f"{dev.name}, phase '{phase}': {_gib(total)} GiB > {plan.device_label}"
             if phase == "load":
                 full = 4 * plan.params
-                if full + GPU_RUNTIME > plan.device_bytes:
-                    out.append((f"{what}: every rank loads the full fp32 model ({_gib(full)} GiB) before sharding it",
-                                "model.path"))
+                if full + GPU_RUNTIME > plan.device_bytes and any("full fp32 model" in k for k in parts):
+                    out.append((f"{what}: a rank reads the full fp32 model ({_gib(full)} GiB) before sharding it",
+                                "trainer.backend" if t.backend == "deepspeed" else "model.path"))
                 else:
                     out.append((f"{what}: the engine holds its share while the trainer loads",
                                 "rollout.gpu_memory_utilization"))

@@ -224,14 +224,21 @@ class TrainerBackend:
         text_config = getattr(self.model.config, "text_config", self.model.config)
         self.pad_id = text_config.pad_token_id or getattr(self.model.config, "pad_token_id", None) or 0
 
-    def _load_model(self, trainable: bool = True):
-        """The HF causal LM in fp32 on this rank's device (backends cast for mixed precision); fp64 when
-        dtype is "float64" (exactness tests)."""
-        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+    def _load_model(self, trainable: bool = True, where: str = "device"):
+        """The HF causal LM in fp32 (backends cast for mixed precision; fp64 when dtype is "float64", for
+        exactness tests) on `where`: "device" (this rank's), "host" (CPU memory: FSDP2 moves it to the
+        device one unit at a time as it shards) or "meta" (the modules built from the config without
+        reading a weight: a rank that receives its shards from rank 0)."""
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
         auto = AutoModelForImageTextToText if self.vision is not None else AutoModelForCausalLM
-        model = auto.from_pretrained(self.model_path, attn_implementation=self.attn,
-                                     dtype=torch.float64 if self.dtype == "float64" else torch.float32)
+        dtype = torch.float64 if self.dtype == "float64" else torch.float32
+        if where == "meta":
+            with torch.device("meta"):
+                model = auto.from_config(AutoConfig.from_pretrained(self.model_path), attn_implementation=self.attn,
+                                         dtype=dtype)
+        else:
+            model = auto.from_pretrained(self.model_path, attn_implementation=self.attn, dtype=dtype)
         if trainable and self.grad_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if not trainable:
@@ -244,7 +251,7 @@ class TrainerBackend:
                 r=lo["rank"], lora_alpha=lo.get("alpha", 2 * lo["rank"]), lora_dropout=lo.get("dropout", 0.0),
                 target_modules=lo.get("target_modules", "all-linear"), bias="none"))
         model._windward_selective = install_logprob_head(model)  # else the full log-softmax (logprobs.py)
-        return model.to(self.device)
+        return model.to(self.device) if where == "device" else model
 
     def _make_scheduler(self, optimizer: torch.optim.Optimizer):
         warm = self.warmup_steps

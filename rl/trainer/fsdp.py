@@ -2,8 +2,10 @@
 
 Owns: the FSDP2 wrapping (one unit per decoder layer plus the root; bf16 parameters with fp32
 gradient reduction when dtype is bfloat16), AdamW, gradient clipping over the sharded gradients,
-the full state gathered one tensor at a time for the engines, and checkpoints as full state dicts
-on rank 0 (`trainer.pt`) plus every rank's RNG.
+the full state gathered one tensor at a time for the engines, loading without a full copy per
+rank (rank 0 reads the weights, the others start on the meta device and receive their shards), and
+sharded checkpoints (torch.distributed.checkpoint: each rank writes and reads only its shards) plus
+every rank's RNG.
 
 Never: anything the backends share (`rl/trainer/base.py`: micro-batching, losses, SFT, buckets).
 FSDP1 is not used: on CPU its `sync_module_states` raises, `torch.nn.utils.clip_grad_norm_` sees
@@ -13,12 +15,17 @@ only the local shard and its full state-dict gather with CPU offload segfaults (
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from rl.checkpoint import agree_on_write, load_state, plain_rng_state, rng_state_from_plain, save_state
+from rl.checkpoint import (agree_on_write, load_sharded, load_state, plain_rng_state, rng_state_from_plain,
+                           save_sharded, save_state)
 from rl.trainer.base import TrainerBackend, decoder_layers
+
+
+SHARDED_DIR = "trainer"  # the model's and optimizer's shards in a checkpoint folder
 
 
 class FSDPTrainer(TrainerBackend):
@@ -38,10 +45,30 @@ class FSDPTrainer(TrainerBackend):
             fully_shard(model, mesh=mesh, mp_policy=mp)
             return model
 
-        self.model = self.policy = shard(self._load_model())
-        self.ref_model = self.ref = shard(self._load_model(trainable=False)).eval() if self._wants_ref else None
+        self.model = self.policy = self._load_sharded(shard, trainable=True)
+        self.ref_model = self.ref = self._load_sharded(shard, trainable=False).eval() if self._wants_ref else None
         self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], **self.opt_args)
         self.scheduler = self._make_scheduler(self.optimizer)
+
+    def _load_sharded(self, shard, trainable: bool):
+        """Rank 0 reads the weights into host memory; every other rank builds the model on the meta
+        device. `fully_shard` moves one unit at a time to the device and keeps this rank's shard; rank 0
+        then sends every rank its shards (and the buffers, which FSDP does not shard, such as rotary
+        frequencies). No device ever holds the full model, and no host but rank 0's."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        if self.world_size == 1:
+            return shard(self._load_model(trainable=trainable, where="host"))
+        model = self._load_model(trainable=trainable, where="host" if self.rank == 0 else "meta")
+        full = model.state_dict() if self.rank == 0 else {}  # plain tensors, kept alive past sharding
+        shard(model)
+        if self.rank != 0:
+            model.to_empty(device=self.device)
+        set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+        del full
+        for buf in model.buffers():
+            dist.broadcast(buf, src=0)
+        return model
 
     def _backward(self, loss: torch.Tensor) -> None:
         loss.backward()
@@ -64,31 +91,42 @@ class FSDPTrainer(TrainerBackend):
                 yield name, full.detach().to("cpu", copy=True)
 
     def save_checkpoint(self, folder: str) -> None:
-        """Model, optimizer, LR schedule, step (rank 0, full state) and every rank's RNG (collective)."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+        """Sharded (collective): every rank writes its own shards of the model and optimizer into
+        `<folder>/trainer/` (torch.distributed.checkpoint) and its RNG; rank 0 the LR schedule and
+        step. Nothing is gathered: the full model is written only on request (`rl/export.py`)."""
+        from torch.distributed.checkpoint.state_dict import get_state_dict
 
-        msd, osd = get_state_dict(self.model, self.optimizer,
-                                  options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         error = None
         try:  # a full disk is a CheckpointWriteError naming the folder and its free space
             save_state(plain_rng_state(self._rng_state()), f"{folder}/trainer-rng-rank{self.rank}.pt")
             if self.rank == 0:
-                save_state({"model": msd, "optimizer": osd, "scheduler": self.scheduler.state_dict(),
-                            "step": self.step}, f"{folder}/trainer.pt")
+                save_state({"scheduler": self.scheduler.state_dict(), "step": self.step}, f"{folder}/trainer-state.pt")
         except OSError as err:
             error = err
-        agree_on_write(error, folder, self._all_reduce)  # the barrier: every rank raises if one failed
+        agree_on_write(error, folder, self._all_reduce)  # no rank enters the sharded save alone
+        msd, osd = get_state_dict(self.model, self.optimizer)
+        save_sharded({"model": msd, "optimizer": osd}, f"{folder}/{SHARDED_DIR}")
+        dist.barrier()
 
     def load_checkpoint(self, folder: str) -> int:
-        """Restore what `save_checkpoint` wrote. Every rank reads the full state and keeps its shard
-        (the run folder must be on storage all trainer nodes see). Returns the step."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+        """Restore what `save_checkpoint` wrote, each rank reading only the bytes of its own shards
+        (resharded if the world size changed); a checkpoint from before sharding (`trainer.pt`,
+        the full state on rank 0) still loads. Returns the step."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
-        state = load_state(f"{folder}/trainer.pt")
-        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optimizer"], options=StateDictOptions(full_state_dict=True))
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step = state["step"]
+        if (Path(folder) / "trainer.pt").is_file():
+            state = load_state(f"{folder}/trainer.pt")
+            msd, osd, extra = state["model"], state["optimizer"], state
+            options = StateDictOptions(full_state_dict=True)
+        else:
+            msd, osd = get_state_dict(self.model, self.optimizer)
+            shards = {"model": msd, "optimizer": osd}
+            load_sharded(shards, f"{folder}/{SHARDED_DIR}")
+            msd, osd, extra = shards["model"], shards["optimizer"], load_state(f"{folder}/trainer-state.pt")
+            options = None
+        set_state_dict(self.model, self.optimizer, model_state_dict=msd, optim_state_dict=osd, options=options)
+        self.scheduler.load_state_dict(extra["scheduler"])
+        self.step = extra["step"]
         self._set_rng_state(rng_state_from_plain(load_state(f"{folder}/trainer-rng-rank{self.rank}.pt")))
         dist.barrier()
         return self.step

@@ -5,8 +5,8 @@
 - a mangled marker is "not complete", never a crash;
 - a full disk (a real ENOSPC: the file is a link to /dev/full, or the free space reported low) is a
   CheckpointWriteError naming the folder and its free space, before writing or while writing;
-- every checkpoint file loads with weights_only=True (RNG state included) and a file holding pickled
-  code is refused, not run;
+- every checkpoint file loads with weights_only=True (RNG state included; a sharded checkpoint's
+  metadata and non-tensor entries by the same rule) and a file holding pickled code is refused, not run;
 - a metrics.jsonl row cut by a crash is skipped with a warning, and the next row is appended on a line
   of its own.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pickle
 import random
 import socket
 import warnings
@@ -168,8 +169,11 @@ def _free_port():
 
 @pytest.mark.slow
 def test_trainer_checkpoints_load_weights_only_and_a_full_disk_is_clear(tiny_model, tmp_path):
-    """One FSDP2 rank in process: every file it saves loads with weights_only=True and restores the
-    run bitwise; a rank file holding pickled code is refused; a full disk while saving names the folder."""
+    """One FSDP2 rank in process: the sharded checkpoint restores the run bitwise and every file it
+    reads goes through weights_only rules; a rank file, a shard metadata file or a shard entry holding
+    pickled code is refused, never run; a full disk while saving names the file."""
+    import shutil
+
     from rl.trainer.fsdp import FSDPTrainer
     from tests.rl.test_backends import full_state, make_batch
 
@@ -182,30 +186,56 @@ def test_trainer_checkpoints_load_weights_only_and_a_full_disk_is_clear(tiny_mod
         good = tmp_path / "good"
         good.mkdir()
         t.save_checkpoint(str(good))
-        for f in good.iterdir():
+        assert sorted(p.name for p in good.rglob("*")) == [".metadata", "__0_0.distcp", "trainer",
+                                                          "trainer-rng-rank0.pt", "trainer-state.pt"]
+        for f in good.glob("*.pt"):
             assert torch.serialization.get_unsafe_globals_in_checkpoint(str(f)) == [], f.name
         second = t.train_step(make_batch())["train/loss"], full_state(t)
         t.load_checkpoint(str(good))
         again = t.train_step(make_batch())["train/loss"], full_state(t)
         assert second[0] == again[0] and all(torch.equal(v, again[1][k]) for k, v in second[1].items())
 
+        ran = tmp_path / "ran"
         evil = tmp_path / "evil"
-        evil.mkdir()
-        (evil / "trainer.pt").write_bytes((good / "trainer.pt").read_bytes())
-        torch.save({"torch_rng": torch.get_rng_state(), "x": RunsCode(str(tmp_path / "ran"))},
-                   evil / "trainer-rng-rank0.pt")
+        shutil.copytree(good, evil)
+        torch.save({"torch_rng": torch.get_rng_state(), "x": RunsCode(str(ran))}, evil / "trainer-rng-rank0.pt")
         with pytest.raises(CheckpointLoadError, match="trainer-rng-rank0.pt does not load with weights_only=True"):
             t.load_checkpoint(str(evil))
-        assert not (tmp_path / "ran").exists()
+        shutil.rmtree(evil)
+        shutil.copytree(good, evil)
+        (evil / "trainer/.metadata").write_bytes(pickle.dumps(RunsCode(str(ran))))
+        with pytest.raises(CheckpointLoadError, match="global io.open is not part of a checkpoint.s metadata"):
+            t.load_checkpoint(str(evil))
+        assert not ran.exists()
 
         full = tmp_path / "full"
         full.mkdir()
-        (full / "trainer.pt").symlink_to("/dev/full")
-        with pytest.raises(CheckpointWriteError, match=rf"no space left writing checkpoint file {full}/trainer.pt"):
+        (full / "trainer-rng-rank0.pt").symlink_to("/dev/full")
+        with pytest.raises(CheckpointWriteError, match=rf"no space left writing checkpoint file {full}/trainer-rng-rank0.pt"):
+            t.save_checkpoint(str(full))
+        (full / "trainer-rng-rank0.pt").unlink()
+        (full / "trainer").mkdir()
+        (full / "trainer/__0_0.distcp").symlink_to("/dev/full")
+        with pytest.raises(CheckpointWriteError, match=rf"no space left writing checkpoint file {full}/trainer/__<rank>_0"):
             t.save_checkpoint(str(full))
     finally:
         t.shutdown()
         torch.set_num_threads(before)
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_a_sharded_entry_holding_pickled_code_is_refused(tmp_path):
+    """A non-tensor entry of a sharded checkpoint is read with weights_only=True (DCP's own reader
+    unpickles it unrestricted); plain data still round-trips."""
+    checkpoint.save_sharded({"lr": 0.1, "betas": (0.9, 0.99), "x": RunsCode(str(tmp_path / "ran"))}, tmp_path / "ck")
+    back = {"lr": None, "betas": None}
+    checkpoint.load_sharded(back, tmp_path / "ck", no_dist=True)
+    assert back == {"lr": 0.1, "betas": (0.9, 0.99)}
+    with pytest.raises(CheckpointLoadError, match="does not load with weights_only rules"):
+        checkpoint.load_sharded({"x": None}, tmp_path / "ck", no_dist=True)
+    assert not (tmp_path / "ran").exists()
+    with pytest.raises(CheckpointLoadError, match="has no .metadata: not a sharded checkpoint"):
+        checkpoint.load_sharded({"x": None}, tmp_path, no_dist=True)
 
 
 # --- metrics.jsonl cut by a crash ---------------------------------------------------------------------

@@ -201,8 +201,13 @@ def test_a_config_that_cannot_fit_is_refused_naming_the_key(overrides, key, caps
 def test_the_device_size_changes_the_verdict(capsys):
     assert main("websailor", SEVEN_B, ["--config", str(SEVEN_B), "--dry-run", "--device-gib", "141"]) == 0
     assert "141.0 GiB GPU" in capsys.readouterr().out
-    # 40 GiB: the engine's 0.6 of it and the rank's full fp32 model do not fit together while the rank loads
-    assert main("websailor", SEVEN_B, ["--config", str(SEVEN_B), "--dry-run", "--device-gib", "40"]) == 2
+    # 40 GiB fits: an FSDP2 rank loads its shards and one unit whole, never the full fp32 model (30 GiB)...
+    assert main("websailor", SEVEN_B, ["--config", str(SEVEN_B), "--dry-run", "--device-gib", "40"]) == 0
+    out = capsys.readouterr().out
+    assert "trainer: one unit whole on its way to be sharded" in out and "full fp32" not in out
+    # ...which every DeepSpeed rank reads whole: beside the engine's share it does not fit while loading
+    assert main("websailor", SEVEN_B, ["--config", str(SEVEN_B), "--dry-run", "--device-gib", "40",
+                                       "trainer.backend=deepspeed", "trainer.zero_stage=3"]) == 2
     err = capsys.readouterr().err
     assert "phase 'load'" in err and "'rollout.gpu_memory_utilization'" in err
     for argv in (["--device-gib", "141"], ["--dry-run", "--device-gib", "0"]):  # without --dry-run; not positive
