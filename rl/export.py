@@ -35,6 +35,14 @@ def run_overrides(run_dir: Path) -> list[str]:
     return out
 
 
+def model_overrides(run_dir: Path) -> list[str]:
+    """The run's settings that say which base model it trained (what `resolve_model_path` reads: the model
+    section, and the world a `tokenizer: world` tiny model was built on, with the task that reads it), enough
+    for `export_checkpoint`."""
+    return [o for o in run_overrides(run_dir)
+            if o.startswith("model.") or o.split("=", 1)[0] in ("env.world_seed", "env.world_size", "data.task")]
+
+
 def export_checkpoint(run_dir: Path, cfg: Config, out: Path) -> tuple[Path, int]:
     """The newest complete checkpoint of `run_dir` as a model folder `out/policy` -> (folder, its step)."""
     import torch

@@ -1,6 +1,7 @@
 """The embedder recipe end to end from the command line, `--smoke`, offline: the tiny world's questions and
 pages, BM25 hard negatives, two steps of the improved InfoNCE on the tiny Qwen3 through the Qwen3-Embedding
-path, slerp merge, evaluation against BM25, the hashing stand-in and the untrained model."""
+path on the embedder's trainer group (2 FSDP2 ranks as Ray actors), slerp merge, evaluation against BM25, the
+hashing stand-in and the untrained model."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ def test_embedder_smoke(tmp_path):
         m = results[name]
         assert 0 <= m["recall@1"] <= m["recall@5"] <= m["recall@10"] <= 1 and 0 <= m["ndcg@10"] <= 1
     assert results["heldout_questions"] == 4 and results["pages"] == 60
+    assert "on 2 rank(s) (FSDP2, Ray actors)" in report  # the default's trainer group
     rows = metrics_rows(run_dir / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2] and all(r["train/loss"] > 0 for r in rows)
     # the merged checkpoint is the slerp of the two kept ones

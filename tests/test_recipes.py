@@ -122,7 +122,7 @@ def test_evolvesearch_smoke(tmp_path):
     report, results = common_outputs(run_dir, ["final"])
     print(f"evolvesearch smoke: {seconds:.0f} s; rounds {results['rounds']}")
 
-    assert (run_dir / "base_model" / "trainer.pt").exists()
+    assert (run_dir / "base_model" / "trainer" / ".metadata").exists()  # the base, sharded
     assert results["rft"]["rft/kept"] >= 1  # the warm-up's expert data
     rounds = results["rounds"]
     assert [r["round"] for r in rounds] == [1, 2] and [r["questions"] for r in rounds] == [2, 2]

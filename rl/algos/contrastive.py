@@ -25,12 +25,19 @@ FALSE_NEGATIVE_MARGIN = 0.1  # SEEDS 11.4: INFONCE_MASK_FAKE_NEGATIVE
 def improved_infonce(q: torch.Tensor, d_pos: torch.Tensor, d_neg: torch.Tensor | None = None, *,
                      temperature: float = 0.01, margin: float = FALSE_NEGATIVE_MARGIN,
                      pos_ids: torch.Tensor | None = None, neg_ids: torch.Tensor | None = None,
-                     neg_valid: torch.Tensor | None = None, in_batch: bool = True) -> tuple[torch.Tensor, dict]:
+                     neg_valid: torch.Tensor | None = None, in_batch: bool = True,
+                     batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor] | None = None,
+                     ) -> tuple[torch.Tensor, dict]:
     """q, d_pos [N, D] and d_neg [N, K, D] unit vectors -> (loss, metrics).
 
     pos_ids [N] / neg_ids [N, K]: document ids (equal ids = the same document, masked as false negatives);
     neg_valid [N, K]: 0 for padding negatives (a row with fewer than K mined). `in_batch=False` keeps only the
-    hard negatives (plain InfoNCE). `margin=None` turns the similarity part of the mask off."""
+    hard negatives (plain InfoNCE). `margin=None` turns the similarity part of the mask off.
+
+    `batch` = (q_all [M, D], d_all [M, D], pos_ids_all [M] or None, rows [N]): data parallel, where q, d_pos
+    are this rank's N rows of a batch of M gathered from every rank and `rows` says where they sit in it; the
+    in-batch terms run over all M, the loss is the mean over the N local rows (so the ranks' mean is the
+    one-process loss of the whole batch). None: the batch is q, d_pos themselves."""
     if temperature <= 0:
         raise ValueError(f"improved_infonce: temperature={temperature} must be > 0")
     n = q.shape[0]
@@ -52,10 +59,13 @@ def improved_infonce(q: torch.Tensor, d_pos: torch.Tensor, d_neg: torch.Tensor |
         scores, keep = masked(s_neg, same)
         terms.append(scores / temperature)
         kept["hard"] = keep
-    if in_batch and n > 1:
-        eye = torch.eye(n, dtype=torch.bool, device=q.device)
-        same = eye | ((pos_ids.unsqueeze(0) == pos_ids.unsqueeze(1)) if pos_ids is not None else eye)
-        for name, scores in (("qq", q @ q.T), ("dd", d_pos @ d_pos.T), ("qd", q @ d_pos.T)):
+    q_all, d_all, ids_all, rows = batch if batch is not None else (q, d_pos, pos_ids, torch.arange(n))
+    if in_batch and q_all.shape[0] > 1:
+        same = torch.zeros(n, q_all.shape[0], dtype=torch.bool, device=q.device)
+        same[torch.arange(n), rows.to(q.device)] = True  # each row with itself
+        if pos_ids is not None and ids_all is not None:
+            same = same | (pos_ids.unsqueeze(1) == ids_all.unsqueeze(0))
+        for name, scores in (("qq", q @ q_all.T), ("dd", d_pos @ d_all.T), ("qd", q @ d_all.T)):
             scores, keep = masked(scores, same)
             terms.append(scores / temperature)
             kept[name] = keep

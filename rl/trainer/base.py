@@ -154,6 +154,26 @@ def merge_lora(named: Iterator[tuple[str, torch.Tensor]], scaling: float) -> Ite
         raise ValueError(f"LoRA merge: incomplete adapter entries for {sorted(pending)[:3]}")
 
 
+def join_process_group(rank: int, world_size: int, master_addr: str, master_port: int,
+                       timeout_s: float) -> torch.device:
+    """Join the trainer group's torch.distributed group (NCCL on GPU, gloo on CPU; once per process) and
+    return this rank's device. On GPU the rank's device is set first (else every NCCL communicator lands on
+    cuda:0)."""
+    gpu = torch.cuda.is_available()
+    os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=os.environ.get("LOCAL_RANK", "0"))
+    if gpu:
+        local, count = int(os.environ["LOCAL_RANK"]), torch.cuda.device_count()
+        if not 0 <= local < count:
+            raise RuntimeError(f"trainer rank {rank}: LOCAL_RANK={local} but this process sees {count} "
+                               f"GPU(s) (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if gpu else "gloo", rank=rank, world_size=world_size,
+                                timeout=timedelta(seconds=timeout_s))
+    return torch.device("cuda", torch.cuda.current_device()) if gpu else torch.device("cpu")
+
+
 class TrainerBackend:
     """One rank of the TrainerGroup. Subclasses: FSDPTrainer (default), DeepSpeedTrainer."""
 
@@ -200,19 +220,8 @@ class TrainerBackend:
 
     def init_distributed(self, master_addr: str, master_port: int) -> None:
         """Join the process group, load and wrap the policy (and the reference when kl_coef > 0)."""
-        gpu = torch.cuda.is_available()
-        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
-                          WORLD_SIZE=str(self.world_size), LOCAL_RANK=os.environ.get("LOCAL_RANK", "0"))
-        if gpu:  # this rank's GPU before NCCL starts: else every rank's communicator lands on cuda:0
-            local, count = int(os.environ["LOCAL_RANK"]), torch.cuda.device_count()
-            if not 0 <= local < count:
-                raise RuntimeError(f"trainer rank {self.rank}: LOCAL_RANK={local} but this process sees {count} "
-                                   f"GPU(s) (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
-            torch.cuda.set_device(local)
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if gpu else "gloo", rank=self.rank, world_size=self.world_size,
-                                    timeout=timedelta(seconds=self.timeout_s))
-        self.device = torch.device("cuda", torch.cuda.current_device()) if gpu else torch.device("cpu")
+        self.device = join_process_group(self.rank, self.world_size, master_addr, master_port, self.timeout_s)
+        gpu = self.device.type == "cuda"
         if self.threads:  # colocated on CPU: this rank trains on its share of every core (rl/placement.py)
             torch.set_num_threads(self.threads)
         if self.dtype == "bfloat16" and gpu and not torch.cuda.is_bf16_supported():

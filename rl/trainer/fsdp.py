@@ -28,22 +28,40 @@ from rl.trainer.base import TrainerBackend, decoder_layers
 SHARDED_DIR = "trainer"  # the model's and optimizer's shards in a checkpoint folder
 
 
+def fsdp_wrap(model, layers, device: torch.device, world_size: int, dtype: str = "float32"):
+    """FSDP2 as every trainer here wraps: one unit per layer of `layers`, then the root; bf16 parameters with
+    fp32 gradient reduction when dtype is bfloat16. Parameters not on `device` move there unit by unit."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(device.type, (world_size,))
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+        if dtype == "bfloat16" else MixedPrecisionPolicy()
+    for layer in layers:
+        fully_shard(layer, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=mp)
+    return model
+
+
+def clip_and_step(optimizer, params, grad_clip: float) -> float:
+    """Clip the gradients of `params` to `grad_clip` (0: no clipping), step, zero them; the global grad
+    norm before clipping (DTensor-aware: over the full gradients, not the local shards)."""
+    params = [p for p in params if p.grad is not None]
+    if grad_clip > 0:
+        gn = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    else:
+        gn = torch.nn.utils.get_total_norm([p.grad for p in params])
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)
+
+
 class FSDPTrainer(TrainerBackend):
     name = "fsdp2"
 
     def _build(self) -> None:
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-        mesh = init_device_mesh(self.device.type, (self.world_size,))
-        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
-            if self.dtype == "bfloat16" else MixedPrecisionPolicy()
-
         def shard(model):
-            for layer in decoder_layers(model):
-                fully_shard(layer, mesh=mesh, mp_policy=mp)
-            fully_shard(model, mesh=mesh, mp_policy=mp)
-            return model
+            return fsdp_wrap(model, decoder_layers(model), self.device, self.world_size, self.dtype)
 
         self.model = self.policy = self._load_sharded(shard, trainable=True)
         self.ref_model = self.ref = self._load_sharded(shard, trainable=False).eval() if self._wants_ref else None
@@ -74,14 +92,7 @@ class FSDPTrainer(TrainerBackend):
         loss.backward()
 
     def _optimizer_step(self) -> float:
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        if self.grad_clip > 0:  # DTensor-aware: the norm is over the full gradients, not the local shard
-            gn = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
-        else:
-            gn = torch.nn.utils.get_total_norm([p.grad for p in params])
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)
+        return clip_and_step(self.optimizer, self.model.parameters(), self.grad_clip)
 
     def named_full_state(self, bucket_bytes: int = 64 << 20) -> Iterator[tuple[str, torch.Tensor]]:
         """One all-gather per state-dict entry (every rank, same order); rank 0 keeps a CPU copy."""
