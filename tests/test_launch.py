@@ -29,9 +29,12 @@ def check_run_dir(run_dir: Path, steps: int):
     return rows, report
 
 
-# smaller than --smoke where the checks do not need its sizes: 2 held-out questions, 4 expert questions, one
-# evaluation (after RL; the evaluation stage is the same function before and after each stage)
-JOB_SIZES = ["eval.num_tasks=2", "sft.expert_tasks=4", "pipeline.stages=[expert,sft,rl,eval_rl]"]
+# smaller than --smoke where the checks do not need its sizes: 2 held-out questions, 4 expert and 4 RL questions
+# (the pre-filter generates for each), episodes of at most 4 turns (the expert needs 3: search, visit, answer;
+# the near-random policy otherwise writes 6 turns of 256 tokens), one evaluation (after RL; the evaluation stage
+# is the same function before and after each stage)
+JOB_SIZES = ["eval.num_tasks=2", "sft.expert_tasks=4", "data.num_tasks=4", "agent.max_turns=4",
+             "pipeline.stages=[expert,sft,rl,eval_rl]"]
 
 
 def check_websailor_run(run_dir: Path):

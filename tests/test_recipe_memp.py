@@ -15,7 +15,7 @@ from launch.common import ROOT
 from test_recipes import metrics_rows, table
 
 SMALL = ["run.progress=false", "rollout.backend=hf", "eval.num_tasks=2", "data.num_tasks=4", "data.batch_size=2",
-         "rollout.n=2", "agent.max_tokens_per_turn=256", "run.save_every=1"]
+         "rollout.n=2", "agent.max_tokens_per_turn=256", "agent.max_turns=4", "run.save_every=1"]  # the expert needs 3
 
 
 def memp(run_dir, cwd, *overrides) -> str:

@@ -65,7 +65,8 @@ def test_webdancer_smoke(tmp_path):
     """CRAWLQA + E2HQA -> expert -> three-stage filter -> SFT -> DAPO RL -> evaluation, from the command line."""
     run_dir = tmp_path / "webdancer"
     seconds = run_recipe("webdancer.py", run_dir, SMALL + [
-        "pipeline.stages=[expert,sft,rl,eval_rl]", "data.num_tasks=4", "algo.max_gen_rounds=1"], tmp_path)
+        "pipeline.stages=[expert,sft,rl,eval_rl]", "data.num_tasks=4", "algo.max_gen_rounds=1",
+        "agent.max_turns=5"], tmp_path)  # the expert's longest episode (RL episodes of 10 turns double the time)
     report, results = common_outputs(run_dir, ["rl"])
     print(f"webdancer smoke: {seconds:.0f} s")
 
@@ -118,7 +119,7 @@ def test_evolvesearch_smoke(tmp_path):
     run_dir = tmp_path / "evolve"
     seconds = run_recipe("evolvesearch.py", run_dir, SMALL + [
         "pipeline.stages=[warmup,rl,harvest,sft,rl,harvest,sft,eval_final]", "run.steps=1", "data.num_tasks=4",
-        "sft.expert_tasks=4", "sft.batch_size=2"], tmp_path)
+        "sft.expert_tasks=4", "sft.batch_size=2", "agent.max_turns=4"], tmp_path)  # the expert needs 3 turns
     report, results = common_outputs(run_dir, ["final"])
     print(f"evolvesearch smoke: {seconds:.0f} s; rounds {results['rounds']}")
 
