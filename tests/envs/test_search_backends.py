@@ -105,6 +105,17 @@ def test_dense_backend_finds_the_gold_page(world, passages, index):
         assert hits[0].id == eid and hits[0].score >= hits[1].score, name
 
 
+def test_the_dense_default_is_a_real_embedding_model(corpus, world):
+    """`backend: dense` without an embedder is all-MiniLM-L6-v2 from its registry package (not the hashing
+    stand-in), and a page's name finds the page."""
+    from envs.embedding import MiniLMEmbedder
+
+    backend = make_backend("dense", corpus=corpus)
+    assert isinstance(backend.embedder, MiniLMEmbedder)
+    for eid, name in golds(world):
+        assert backend.search(name, 1)[0].id == eid, name
+
+
 def test_dense_numpy_and_faiss_agree_and_a_prebuilt_faiss_index_loads(passages, tmp_path):
     faiss = pytest.importorskip("faiss")
     embedder = HashingEmbedder(dim=256)
@@ -174,8 +185,11 @@ def test_retrieval_server_command_line(corpus, world):
                              "--backend", "dense"], stderr=subprocess.PIPE, text=True,
                             cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     try:
-        line = proc.stderr.readline()
-        assert "60 documents (dense)" in line, line
+        lines = [proc.stderr.readline()]  # the dense default, MiniLM, may say it loads its weights first
+        while "documents (" not in lines[-1] and lines[-1] and len(lines) < 20:
+            lines.append(proc.stderr.readline())
+        line = lines[-1]
+        assert "60 documents (dense)" in line, lines
         url = line.rsplit(" at ", 1)[1].strip()
         eid, name = golds(world)[3]
         result = httpx.post(url, json={"queries": [name], "topk": 1, "return_scores": True}, timeout=10).json()
