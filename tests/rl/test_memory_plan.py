@@ -80,7 +80,7 @@ def test_unknown_model_names_model_path():
 #: of one training step with two micro-batches (so the gradients exist in full, as in a real step) is measured.
 #: Large frees return to the OS at once (MALLOC_MMAP_THRESHOLD_), so the resident set follows the live tensors.
 CHILD = r'''
-import json, os, re, socket, sys
+import gc, json, os, re, socket, sys
 import numpy as np
 import torch
 torch.set_num_threads(1)
@@ -105,6 +105,7 @@ for case in json.loads(sys.argv[1]):
         port = s.getsockname()[1]
     trainer = FSDPTrainer(case["folder"], rank=0, world_size=1, lr=1e-3, micro_batch_size=case["rows"] // 2,
                           dtype=case["dtype"], grad_checkpointing=case["ckpt"], algo={"kl_coef": 0.0})
+    gc.collect()  # the previous case's trainer, if a reference cycle kept it: else when it goes depends on gc timing
     base = rss("VmRSS")
     trainer.init_distributed("127.0.0.1", port)
     trainer.train_step(batch(2, 16, case["vocab"], 0), on_policy=True)
