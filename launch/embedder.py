@@ -91,9 +91,8 @@ def pipeline(cfg: EmbedRecipeConfig, run_dir: Path) -> dict:
         trained = train_embedder(ranks, corpus, train, cfg.train, cfg.run.seed, run_dir,
                                  log=print if cfg.run.progress else (lambda *_: None))
     finally:
-        if hasattr(ranks, "shutdown"):
-            ranks.call("shutdown")
-            ranks.shutdown()
+        ranks.call("shutdown")
+        ranks.shutdown()
     results["time/train_s"] = time.perf_counter() - t0
     results["final_loss"] = trained["history"][-1]["train/loss"]
     results["checkpoints"], results["merged_checkpoint"] = trained["checkpoints"], trained["merged"]

@@ -152,8 +152,7 @@ def read_sharded(folder: str | Path) -> dict:
 
     folder = Path(folder)
     try:
-        with open(folder / ".metadata", "rb") as fh:
-            entries = _MetadataUnpickler(fh).load().state_dict_metadata
+        entries = _safe_dcp()[0](str(folder)).read_metadata().state_dict_metadata
     except (OSError, pickle.UnpicklingError, EOFError, AttributeError) as err:
         raise CheckpointLoadError(f"sharded checkpoint {folder}: its .metadata does not load: {err}") from err
     state = {name: torch.empty(md.size, dtype=md.properties.dtype) if isinstance(md, TensorStorageMetadata) else None

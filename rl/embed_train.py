@@ -225,7 +225,7 @@ class EmbedderRank:
     `rl.trainer.fsdp.fsdp_wrap`, one unit per transformer layer; `clip_and_step`). Each rank embeds its share
     of the batch; queries and positives are all-gathered with their gradients, so the in-batch terms span the
     whole batch and the ranks' mean loss, gradient and update are the one-process ones
-    (tests/test_recipe_embedder.py checks 2 ranks against 1). The forward is the embedder's own `encode`, so
+    (tests/rl/test_embedder_ranks.py checks 2 ranks against 1). The forward is the embedder's own `encode`, so
     training and serving embed the same way."""
 
     def __init__(self, model: dict, train: dict, *, rank: int = 0, world_size: int = 1, seed: int = 0,
@@ -249,7 +249,6 @@ class EmbedderRank:
         if self.threads:
             torch.set_num_threads(self.threads)
         torch.manual_seed(self.seed)
-        self.device = device
         self.embedder = load_embedder(self.spec, cache_dir="", device=str(device))  # no cache: weights change
         model = self.embedder.model
         model.train()
@@ -313,7 +312,7 @@ class EmbedderRank:
 
 
 class InProcess:
-    """One EmbedderRank in this process, driven like an ActorGroup (`num`, `call`, `call_split`)."""
+    """One EmbedderRank in this process, driven like an ActorGroup (`num`, `call`, `call_split`, `shutdown`)."""
 
     def __init__(self, rank: EmbedderRank):
         self.rank, self.num = rank, 1
@@ -323,6 +322,9 @@ class InProcess:
 
     def call_split(self, method: str, shards: list, *args) -> list:
         return [getattr(self.rank, method)(shards[0], *args)]
+
+    def shutdown(self) -> None:
+        """Nothing to release: the rank lives in this process (ActorGroup.shutdown kills its actors)."""
 
 
 def _share(corpus, batch: list, k: int) -> dict:

@@ -50,6 +50,7 @@ def export_checkpoint(run_dir: Path, cfg: Config, out: Path) -> tuple[Path, int]
 
     from rl.checkpoint import CheckpointManager, load_state, read_sharded
     from rl.groups import resolve_model_path
+    from rl.trainer.fsdp import SHARDED_DIR
 
     found = CheckpointManager(run_dir).latest()
     if found is None:
@@ -57,8 +58,8 @@ def export_checkpoint(run_dir: Path, cfg: Config, out: Path) -> tuple[Path, int]
     step, folder = found
     base = resolve_model_path(cfg)  # the run's policy before training (tiny and package models built here)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    if (folder / "trainer" / ".metadata").is_file():  # sharded (the FSDP2 trainer)
-        state = {k[len("model."):]: v for k, v in read_sharded(folder / "trainer").items() if k.startswith("model.")}
+    if (folder / SHARDED_DIR / ".metadata").is_file():  # sharded (the FSDP2 trainer)
+        state = {k[len("model."):]: v for k, v in read_sharded(folder / SHARDED_DIR).items() if k.startswith("model.")}
     elif (folder / "trainer.pt").is_file():  # written before checkpoints were sharded
         state = load_state(folder / "trainer.pt")["model"]
     else:

@@ -262,6 +262,10 @@ def layer_activation_bytes(a: Arch, tokens: int, b: int, *, attn: str = "sdpa", 
     return tokens * (per_token + scores)
 
 
+#: the FSDP2 load phase on CPU: the full model, held once per node (rank 0's), not once per rank
+READ_BY_RANK_0 = "full fp32 model (rank 0 reads it, then sends each rank its shards)"
+
+
 def trainer_memory(a: Arch, *, ranks: int, tokens: int, row_len: int, compute_bytes: int,
                    grad_checkpointing: bool, backend: str = "fsdp2", zero_stage: int = 2, lora_rank: int = 0,
                    reference: bool = False, attn: str = "sdpa", chunk_bytes: int = DEFAULT_CHUNK_BYTES,
@@ -330,8 +334,7 @@ def trainer_memory(a: Arch, *, ranks: int, tokens: int, row_len: int, compute_by
     elif gpu:  # rank 0 reads into host memory; fully_shard moves one unit at a time and keeps the shard
         load = {"parameters (shards)": params + ref, "one unit whole on its way to be sharded": 4 * max(root, layer)}
     else:  # CPU: rank 0 reads the full model into the memory its shards live in, and broadcasts it
-        load = {"full fp32 model (rank 0 reads it, then sends each rank its shards)": 4 * p,
-                "parameters (shards)": params + ref}
+        load = {READ_BY_RANK_0: 4 * p, "parameters (shards)": params + ref}
     return {"resident": resident | runtime, "step": step, "load": load | runtime}
 
 
@@ -497,8 +500,8 @@ def _devices(cfg, trainer: dict, engine: dict, placement: str) -> list[DevicePla
                 DevicePlan(f"trainer GPU ({k} rank{'s' if k > 1 else ''} of {t.num_ranks})", {
                     "load": tr("load", k), "train": tr("resident", k) | tr("step", k)})]
     e, n = r.num_engines, t.num_ranks  # one host: every engine and rank at once (no sleep on CPU)
-    once = {k: v for k, v in tr("load").items() if "rank 0 reads it" in k}  # FSDP2: only rank 0 reads the model
-    load = {k: v if k in once else v * n for k, v in tr("load").items()}
+    load = {k: v if k == f"trainer: {READ_BY_RANK_0}" else v * n  # FSDP2: only rank 0 reads the model
+            for k, v in tr("load").items()}
     return [DevicePlan(f"host ({e} engine{'s' if e > 1 else ''}, {n} trainer rank{'s' if n > 1 else ''})", {
         "load": en(e) | load, "train": en(e) | tr("resident", n) | tr("step", n)})]
 

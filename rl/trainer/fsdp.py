@@ -75,9 +75,9 @@ class FSDPTrainer(TrainerBackend):
         frequencies). No device ever holds the full model, and no host but rank 0's."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-        if self.world_size == 1:
-            return shard(self._load_model(trainable=trainable, where="host"))
         model = self._load_model(trainable=trainable, where="host" if self.rank == 0 else "meta")
+        if self.world_size == 1:
+            return shard(model)
         full = model.state_dict() if self.rank == 0 else {}  # plain tensors, kept alive past sharding
         shard(model)
         if self.rank != 0:
