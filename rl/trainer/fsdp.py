@@ -14,14 +14,15 @@ only the local shard and its full state-dict gather with CPU offload segfaults (
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from rl.checkpoint import (agree_on_write, load_sharded, load_state, plain_rng_state, rng_state_from_plain,
-                           save_sharded, save_state)
+from rl.checkpoint import (CheckpointLoadError, agree_on_write, load_sharded, load_state, plain_rng_state,
+                           rng_state_from_plain, save_sharded, save_state)
 from rl.trainer.base import TrainerBackend, decoder_layers
 
 
@@ -138,6 +139,13 @@ class FSDPTrainer(TrainerBackend):
         set_state_dict(self.model, self.optimizer, model_state_dict=msd, optim_state_dict=osd, options=options)
         self.scheduler.load_state_dict(extra["scheduler"])
         self.step = extra["step"]
-        self._set_rng_state(rng_state_from_plain(load_state(f"{folder}/trainer-rng-rank{self.rank}.pt")))
+        rng = Path(folder) / f"trainer-rng-rank{self.rank}.pt"
+        if rng.is_file():
+            self._set_rng_state(rng_state_from_plain(load_state(rng)))
+        elif any(Path(folder).glob("trainer-rng-rank*.pt")):  # written by fewer ranks: resharded onto more
+            warnings.warn(f"{rng.name} is not in {folder}: the checkpoint was written by fewer ranks; "
+                          f"rank {self.rank} keeps its own seeded random state", stacklevel=2)
+        else:
+            raise CheckpointLoadError(f"{folder} holds no trainer-rng-rank<k>.pt: written in part")
         dist.barrier()
         return self.step

@@ -4,7 +4,8 @@ FSDP2 (fixed micro-batches of 2 rows), DeepSpeed ZeRO-2 (token-budget micro-batc
 ZeRO-3 (token budget, packed), each on 2 ranks holding whole groups (`balance_groups`, as the
 controller splits): the loss, the grad norm, the updated parameters (gathered through
 `state_buckets`, i.e. the weight-sync path) match the reference within 1e-5; save, step, load, step
-again repeats the second step bitwise (model, optimizer, LR schedule, RNG restored).
+again repeats the second step bitwise (model, optimizer, LR schedule, RNG restored); the FSDP2 checkpoint
+loads into one rank, resharded, and that rank's next step is the 2-rank second step.
 
 The ranks run in two spawned processes that build the three backends one after the other on one
 process group, so imports and the rendezvous are paid once (DeepSpeed's shm comm op is never built).
@@ -13,6 +14,7 @@ process group, so imports and the rendezvous are paid once (DeepSpeed's shm comm
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 
 import numpy as np
@@ -22,6 +24,7 @@ import torch.multiprocessing as mp
 from transformers import AutoModelForCausalLM
 
 from rl import algos
+from rl.checkpoint import CheckpointLoadError
 from tests.rl.dist_ranks import leave_rank, start_rank
 from rl.trainer.collate import padded_microbatch, row_lengths
 from rl.trainer.logprobs import reference_token_logprobs as token_logprobs
@@ -107,7 +110,8 @@ def two_rank_runs(tiny_model, tmp_path_factory):
     per_rank = algos.balance_groups(row_lengths(batch), batch.column("group").to_numpy(), 2)
     shards = [batch.take(rows) for rows in per_rank]
     mp.start_processes(_rank, args=(free_port(), tiny_model, shards, str(out)), nprocs=2, start_method="spawn")
-    return {name: torch.load(out / f"{name}.pt", weights_only=False) for name in [*RUNS, "zero3-lora"]}
+    runs = {name: torch.load(out / f"{name}.pt", weights_only=False) for name in [*RUNS, "zero3-lora"]}
+    return {**runs, "dir": out}
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +155,39 @@ def test_load_checkpoint_repeats_the_next_step_bitwise(two_rank_runs, name):
     assert run["second"]["train/kl_ref"] > 0  # the second step moved away from the reference
     for key, t in run["after_second"].items():
         assert torch.equal(t, run["after_again"][key]), f"{name} {key}"
+
+
+@pytest.mark.slow
+def test_fsdp2_checkpoint_reshards_onto_one_rank(two_rank_runs, tiny_model):
+    """The 2-rank FSDP2 checkpoint (saved after the first step) loads into one rank, resharded, and that rank's
+    next step over the whole batch is the 2-rank second step."""
+    from rl.trainer.fsdp import FSDPTrainer
+
+    run = two_rank_runs["fsdp2"]
+    t = FSDPTrainer(tiny_model, rank=0, world_size=1, lr=LR, grad_clip=0.0, algo=ALGO, micro_batch_size=2)
+    t.init_distributed("127.0.0.1", free_port())
+    try:
+        assert t.load_checkpoint(str(two_rank_runs["dir"] / "ckpt-fsdp2")) == 1
+        loaded = full_state(t)
+        for key, want in run["after_first"].items():
+            assert torch.equal(loaded[key], want), key
+        second = t.train_step(make_batch())
+        after = full_state(t)
+        # a rank the checkpoint has no random state for keeps its own, and says so; none at all is refused
+        other = two_rank_runs["dir"] / "ckpt-fsdp2-rng"
+        shutil.copytree(two_rank_runs["dir"] / "ckpt-fsdp2", other)
+        (other / "trainer-rng-rank0.pt").unlink()
+        with pytest.warns(UserWarning, match="trainer-rng-rank0.pt is not in .*written by fewer ranks"):
+            t.load_checkpoint(str(other))
+        (other / "trainer-rng-rank1.pt").unlink()
+        with pytest.raises(CheckpointLoadError, match="no trainer-rng-rank"):
+            t.load_checkpoint(str(other))
+    finally:
+        t.shutdown()
+    for key in ("train/loss", "train/grad_norm", "train/kl_ref"):
+        assert second[key] == pytest.approx(run["second"][key], rel=1e-5, abs=1e-6), key
+    for key, want in run["after_second"].items():
+        torch.testing.assert_close(after[key], want, atol=1e-5, rtol=0, msg=lambda s, key=key: f"{key}: {s}")
 
 
 @pytest.mark.slow
