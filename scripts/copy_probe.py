@@ -120,6 +120,21 @@ def copy_accuracy(model, rows: list[tuple[list[int], list[int]]], space: int | N
     return right / max(total, 1)
 
 
+def token_logp(model, ids: torch.Tensor, att: torch.Tensor | None = None) -> torch.Tensor:
+    """log p(ids[:, t + 1] | ids[:, :t + 1]) for every position t: [rows, length - 1]."""
+    return torch.log_softmax(model(ids, attention_mask=att).logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]
+
+
+def optimizer_step(model, opt, loss: torch.Tensor, lr: float) -> None:
+    """AdamW at `lr`, the gradient clipped to norm 1 (as the sft stage)."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+
+
 def assistant_turns(row: dict) -> list[tuple[int, int]]:
     """(start, end) of every run of loss-mask 1 in the response, as positions in the whole sequence."""
     mask, base, out, start = row["loss_mask"], len(row["prompt_ids"]), [], None
@@ -133,11 +148,8 @@ def assistant_turns(row: dict) -> list[tuple[int, int]]:
 
 
 def final_turn(row: dict) -> int:
-    """Where the last assistant turn starts: the last run of loss-mask 1 in the response."""
-    mask, i = row["loss_mask"], len(row["loss_mask"]) - 1
-    while i > 0 and mask[i - 1] == 1:
-        i -= 1
-    return len(row["prompt_ids"]) + i
+    """Where the last assistant turn starts."""
+    return assistant_turns(row)[-1][0]
 
 
 def answer_span(tok, ids: list[int], start: int, gold: str) -> tuple[int, int] | None:
@@ -229,16 +241,10 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.95))
     t0 = time.time()
     for step in range(args.copy_steps):  # copy rows alone: a copy circuit first
-        for group in opt.param_groups:
-            group["lr"] = args.copy_lr * min(1.0, (step + 1) / 10)
         rows = copy_rows(rng, vocab, args.batch, args.mix_half, space, args.varied)
         ids, mask = torch.tensor([i for i, _ in rows]), torch.tensor([m for _, m in rows], dtype=torch.float)[:, 1:]
-        logp = torch.log_softmax(model(ids).logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]
-        loss = -(logp * mask).sum() / mask.sum()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        loss = -(token_logp(model, ids) * mask).sum() / mask.sum()
+        optimizer_step(model, opt, loss, args.copy_lr * min(1.0, (step + 1) / 10))
         if (step + 1) % 100 == 0:
             print(f"copy step {step + 1} loss {loss.item():.3f} copy {copy_accuracy(model, copy_held, space):.3f} "
                   f"({time.time() - t0:.0f} s)", flush=True)
@@ -257,17 +263,12 @@ def main() -> None:
         for b, (i, m) in enumerate(batch):
             ids[b, :len(i)], mask[b, :len(i)], att[b, :len(i)] = torch.tensor(i), torch.tensor(m, dtype=torch.float), 1
         lr = args.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * step / args.steps))) * min(1.0, (step + 1) / 10)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        logp = torch.log_softmax(model(ids, attention_mask=att).logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]
+        logp = token_logp(model, ids, att)
         m, n = mask[:args.batch, 1:], mask[args.batch:, 1:]
         loss = -(logp[:args.batch] * m).sum() / m.sum()
         if args.mix:
             loss = loss - args.mix_weight * (logp[args.batch:] * n).sum() / n.sum()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        optimizer_step(model, opt, loss, lr)
         if step % 50 == 0:
             print(f"step {step} loss {loss.item():.3f} ({time.time() - t0:.0f} s)", flush=True)
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
