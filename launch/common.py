@@ -106,6 +106,22 @@ def dry_run(cfg, device_gib: float | None) -> int:
     return 0
 
 
+def memory_warning(cfg, device_gib: float | None = None) -> str | None:
+    """A run's memory plan checked before anything starts (the --dry-run plan, rl/memory_plan.py): a warning
+    naming the key to change when the worst case (every row at agent.max_context_tokens) does not fit, or
+    saying why there is no plan; None when it fits. A warning, not an error: real rows are usually shorter."""
+    from rl.memory_plan import plan_config
+
+    try:
+        plan = plan_config(cfg, device_gib)
+    except (ValueError, OSError) as err:
+        return f"no memory plan for this run ({err}); --dry-run says more"
+    if plan.fits:
+        return None
+    return ("the memory plan does not fit in the worst case (--dry-run prints it): " + "; ".join(
+        f"{what}: change '{key}'" for what, key in plan.problems))
+
+
 def check_stage_order(stages: list[str], allowed: tuple[str, ...]) -> str | None:
     """The stage-list mistakes every recipe with an expert and SFT refuses: an unknown stage (besides
     eval_<name>), and 'sft' before 'expert' (the SFT data are the expert's trajectories). None if fine."""
@@ -162,6 +178,9 @@ def main(recipe: str, default_config: Path, argv: list[str], pipeline=None, chec
         return 2
     if args.dry_run:
         return dry_run(cfg, args.device_gib)
+    warning = memory_warning(cfg)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     run_dir = Path(cfg.run.dir) if cfg.run.dir else ROOT / "runs" / f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)

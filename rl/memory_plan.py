@@ -37,7 +37,8 @@ The formulas follow the code as it runs (the numbers are per device, in bytes):
   (colocated, sleep level 1) it keeps only its CUDA context and graphs. The vLLM CPU build: weights in fp32
   plus `kv_cache_gib`.
 - A GPU process also holds its CUDA context and NCCL buffers (`GPU_RUNTIME`); a CPU process its interpreter
-  and libraries (`CPU_PROCESS`). These and the engine's reserve are estimates, not measurements.
+  and libraries (`CPU_PROCESS`). These and the engine's reserve are estimates, not measurements. A one-host plan also
+  counts the driver and Ray's other processes, caps the host at Ray's OOM threshold (95 %) and keeps a 10 % margin.
 
 tests/rl/test_memory_plan.py pins the trainer formula against the measured peak memory of FSDP2 steps of small
 models on CPU (fp32 and bf16 compute, with and without checkpointing, a 65k vocabulary): the plan is 1-10 %
@@ -68,6 +69,17 @@ DEFAULT_DEVICE_GIB = 80.0
 GPU_RUNTIME = 1 * GiB
 #: interpreter, torch, transformers (and vLLM's) code and buffers of one CPU process (an estimate)
 CPU_PROCESS = 1 * GiB
+#: vLLM's CPU build beyond weights and KV cache: the rollout actor, EngineCore and the worker process (measured
+#: 2.5 GiB with SmolLM2-135M on 2026-12-06: 0.58 + 0.45 + 1.5 GiB)
+CPU_ENGINE_PROCESS = 5 * GiB // 2
+#: a one-host run's other processes: the driver, Ray's daemons, env servers, reward workers, the mailbox and the
+#: world host (measured 1.6 GiB of actors in the same run, plus the daemons)
+HOST_RUNTIME = 2 * GiB
+#: the share of host memory past which Ray's memory monitor kills workers (RAY_memory_usage_threshold)
+RAY_OOM_SHARE = float(os.environ.get("RAY_memory_usage_threshold", "0.95"))
+#: a one-host plan keeps this share of the host free: its rows are estimates, and a worker past Ray's threshold
+#: is killed, not slowed (SmolLM2 with 2 rows of 2,000 tokens a rank planned 96 % of the threshold and was killed)
+HOST_MARGIN = 0.10
 #: what vLLM keeps outside weights and KV cache: the profile run's activations, CUDA graphs (an estimate)
 ENGINE_RESERVE = 2 * GiB
 #: a sleeping vLLM engine (level 1: weights in host memory, KV cache freed): context and CUDA graphs
@@ -346,7 +358,7 @@ def engine_memory(a: Arch, *, gpu: bool, device_bytes: int, utilization: float, 
     p = param_count(a)
     if not gpu:
         return {"weights (fp32)": 4 * p // tensor_parallel, "KV cache (kv_cache_gib)": int(max(1, kv_cache_gib)) * GiB,
-                "process": CPU_PROCESS}
+                "processes": CPU_ENGINE_PROCESS}
     total = int(utilization * device_bytes)
     weights = 2 * p // tensor_parallel
     reserve = ENGINE_RESERVE + 2 * ENGINE_MAX_SEQS * a.vocab * 4
@@ -409,7 +421,7 @@ def plan_config(cfg, device_gib: float | None = None) -> Plan:
         notes.append("no GPU asked (rollout.gpus_per_engine = trainer.gpus_per_rank = 0): every role shares this "
                      "host's memory (--device-gib to plan for another host)")
     device_gib = device_gib or DEFAULT_DEVICE_GIB
-    device = int(device_gib * GiB)
+    device = int(device_gib * GiB * (1 if gpu else RAY_OOM_SHARE))  # on a host, Ray kills workers past its threshold
     placement = "host"
     if gpu:
         gpus = max(r.num_engines * r.gpus_per_engine, t.num_ranks * t.gpus_per_rank)
@@ -419,8 +431,9 @@ def plan_config(cfg, device_gib: float | None = None) -> Plan:
     trainer = _trainer_of(cfg, arch, gpu, notes)
     engine = _engine_of(cfg, arch, gpu, device, placement == "colocated", notes)
     plan = Plan(model=cfg.model.path, arch=arch, params=param_count(arch), device_bytes=device,
-                device_label=f"{device_gib:.1f} GiB" + (" GPU" if gpu else " host memory"), placement=placement,
-                devices=_devices(cfg, trainer, engine, placement), notes=notes)
+                device_label=f"{device_gib:.1f} GiB" + (" GPU" if gpu else f" host memory x {RAY_OOM_SHARE:g} (Ray's OOM "
+                                                                             f"threshold)"), placement=placement,
+                devices=_devices(cfg, trainer, engine, placement, device), notes=notes)
     plan.problems = _problems(plan, cfg, engine, arch, gpu)
     return plan
 
@@ -480,7 +493,7 @@ def _engine_of(cfg, arch: Arch, gpu: bool, device: int, colocated: bool, notes: 
                          tensor_parallel=r.tensor_parallel_size)
 
 
-def _devices(cfg, trainer: dict, engine: dict, placement: str) -> list[DevicePlan]:
+def _devices(cfg, trainer: dict, engine: dict, placement: str, device_bytes: int) -> list[DevicePlan]:
     """Which roles share a device, and what each phase holds there (ARCHITECTURE.md section 3)."""
     r, t = cfg.rollout, cfg.trainer
     tr = lambda part, k=1: {f"trainer: {n}": v * k for n, v in trainer[part].items()}  # noqa: E731
@@ -502,8 +515,10 @@ def _devices(cfg, trainer: dict, engine: dict, placement: str) -> list[DevicePla
     e, n = r.num_engines, t.num_ranks  # one host: every engine and rank at once (no sleep on CPU)
     load = {k: v if k == f"trainer: {READ_BY_RANK_0}" else v * n  # FSDP2: only rank 0 reads the model
             for k, v in tr("load").items()}
+    others = {"driver, Ray, env servers, reward workers": HOST_RUNTIME,
+              f"margin for the estimates ({HOST_MARGIN:.0%})": int(HOST_MARGIN * device_bytes)}
     return [DevicePlan(f"host ({e} engine{'s' if e > 1 else ''}, {n} trainer rank{'s' if n > 1 else ''})", {
-        "load": en(e) | load, "train": en(e) | tr("resident", n) | tr("step", n)})]
+        "load": en(e) | load | others, "train": en(e) | tr("resident", n) | tr("step", n) | others})]
 
 
 def _problems(plan: Plan, cfg, engine: dict, arch: Arch, gpu: bool) -> list[tuple[str, str]]:

@@ -199,6 +199,22 @@ def test_a_config_that_cannot_fit_is_refused_naming_the_key(overrides, key, caps
     assert err.startswith("configuration error:") and key in err, err
 
 
+def test_a_run_warns_before_it_starts_when_its_plan_does_not_fit():
+    """A run (not only --dry-run) checks the plan first. SmolLM2 without gradient checkpointing was OOM-killed by
+    Ray at its first RL step, after 22 minutes of SFT and evaluation, with 4 rows of 3,000 tokens a micro-batch and
+    again with 2 rows of 2,000 (which the plan put at 96 % before it counted Ray's threshold, the other processes
+    and a margin)."""
+    from launch.common import memory_warning
+
+    path = ROOT / "launch/configs/websailor_smollm2.yaml"
+    assert memory_warning(load_config(path, check_inputs=False), device_gib=23.5) is None
+    for oom in (["trainer.micro_batch_size=4", "agent.max_context_tokens=3000"], ["trainer.micro_batch_size=2"]):
+        warning = memory_warning(load_config(path, oom, check_inputs=False), device_gib=23.5)
+        assert warning.startswith("the memory plan does not fit") and "'trainer.grad_checkpointing'" in warning, oom
+    unknown = load_config(path, ["model.path=someorg/unknown-model"], check_inputs=False)
+    assert memory_warning(unknown, device_gib=23.5).startswith("no memory plan for this run")
+
+
 def test_the_device_size_changes_the_verdict(capsys):
     assert main("websailor", SEVEN_B, ["--config", str(SEVEN_B), "--dry-run", "--device-gib", "141"]) == 0
     assert "141.0 GiB GPU" in capsys.readouterr().out
