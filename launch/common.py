@@ -100,10 +100,14 @@ def dry_run(cfg, device_gib: float | None) -> int:
         return 2
     print(format_plan(plan), flush=True)
     if not plan.fits:
-        print("configuration error: the memory plan does not fit: " + "; ".join(
-            f"{what}: change '{key}'" for what, key in plan.problems), file=sys.stderr)
+        print(f"configuration error: the memory plan does not fit: {what_to_change(plan)}", file=sys.stderr)
         return 2
     return 0
+
+
+def what_to_change(plan) -> str:
+    """A plan's problems, each with the key to change (--dry-run's error, a run's warning)."""
+    return "; ".join(f"{what}: change '{key}'" for what, key in plan.problems)
 
 
 def memory_warning(cfg, device_gib: float | None = None) -> str | None:
@@ -118,8 +122,7 @@ def memory_warning(cfg, device_gib: float | None = None) -> str | None:
         return f"no memory plan for this run ({err}); --dry-run says more"
     if plan.fits:
         return None
-    return ("the memory plan does not fit in the worst case (--dry-run prints it): " + "; ".join(
-        f"{what}: change '{key}'" for what, key in plan.problems))
+    return f"the memory plan does not fit in the worst case (--dry-run prints it): {what_to_change(plan)}"
 
 
 def check_stage_order(stages: list[str], allowed: tuple[str, ...]) -> str | None:

@@ -422,6 +422,7 @@ def plan_config(cfg, device_gib: float | None = None) -> Plan:
                      "host's memory (--device-gib to plan for another host)")
     device_gib = device_gib or DEFAULT_DEVICE_GIB
     device = int(device_gib * GiB * (1 if gpu else RAY_OOM_SHARE))  # on a host, Ray kills workers past its threshold
+    host_label = f"host memory x {RAY_OOM_SHARE:g} (Ray's OOM threshold)"
     placement = "host"
     if gpu:
         gpus = max(r.num_engines * r.gpus_per_engine, t.num_ranks * t.gpus_per_rank)
@@ -431,8 +432,7 @@ def plan_config(cfg, device_gib: float | None = None) -> Plan:
     trainer = _trainer_of(cfg, arch, gpu, notes)
     engine = _engine_of(cfg, arch, gpu, device, placement == "colocated", notes)
     plan = Plan(model=cfg.model.path, arch=arch, params=param_count(arch), device_bytes=device,
-                device_label=f"{device_gib:.1f} GiB" + (" GPU" if gpu else f" host memory x {RAY_OOM_SHARE:g} (Ray's OOM "
-                                                                             f"threshold)"), placement=placement,
+                device_label=f"{device_gib:.1f} GiB " + ("GPU" if gpu else host_label), placement=placement,
                 devices=_devices(cfg, trainer, engine, placement, device), notes=notes)
     plan.problems = _problems(plan, cfg, engine, arch, gpu)
     return plan
