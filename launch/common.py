@@ -138,23 +138,26 @@ def check_stage_order(stages: list[str], allowed: tuple[str, ...]) -> str | None
     return None
 
 
-#: keys only one recipe reads (rl/config.py cannot tell recipes apart): set elsewhere they would be ignored
-RECIPE_ONLY = {"data.shaper_layers": "webshaper", "data.shaper_expander": "webshaper",
-               "data.shaper_writer": "webshaper", "data.shaper_llm": "webshaper"}
+#: keys only some recipes read (rl/config.py cannot tell recipes apart): set elsewhere they would be ignored
+WORLD_EXPERT = ("websailor", "webshaper", "webdancer", "evolvesearch", "memp")  # envs/world/expert.py's users
+RECIPE_ONLY = {"data.shaper_layers": ("webshaper",), "data.shaper_expander": ("webshaper",),
+               "data.shaper_writer": ("webshaper",), "data.shaper_llm": ("webshaper",),
+               "sft.expert_thoughts": WORLD_EXPERT}
 
 
 def recipe_only_keys(cfg, recipe: str) -> str | None:
-    """A setting another recipe reads, changed from its default under this one (None if none)."""
+    """A setting only other recipes read, changed from its default under this one (None if none)."""
     import msgspec
 
     from rl.config import Config
 
     defaults = Config()
-    for key, owner in RECIPE_ONLY.items():
+    for key, owners in RECIPE_ONLY.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
-        if owner != recipe and value != getattr(getattr(defaults, section), name):
-            return (f"{key}={msgspec.json.encode(value).decode()}: only launch/{owner}.py reads it; "
+        if recipe not in owners and value != getattr(getattr(defaults, section), name):
+            only = " and ".join(f"launch/{o}.py" for o in owners)
+            return (f"{key}={msgspec.json.encode(value).decode()}: only {only} read it; "
                     f"launch/{recipe}.py would ignore it")
     return None
 

@@ -113,7 +113,8 @@ def expert_trajectories(cfg: Config, groups, world, items: list[dict], run_dir: 
 
     async def one(i, item):
         task = dict(as_tasks([item])[0], group=i)
-        engine = TextPolicyEngine(expert_cls(world, item, groups.env.base_url).next_turn, tok)
+        kwargs = {"thoughts": cfg.sft.expert_thoughts} if issubclass(expert_cls, WorldExpert) else {}
+        engine = TextPolicyEngine(expert_cls(world, item, groups.env.base_url, **kwargs).next_turn, tok)
         ep = await run_episode(engine, client, template, task, sampling, agent, fmt)
         bar.update(1)
         return _task_columns(build_batch([ep.record], with_images=vision is not None), task)
@@ -197,10 +198,18 @@ def rft_expert(cfg: Config, data: dict, run_dir: Path, expert_cls=None):
     return expert
 
 
+PIPELINE_STATE = "pipeline_state.json"  # in the run folder: the stages done, their results, the policy_version
+SFT_CHECKPOINT = "stage_checkpoints/sft"  # in the run folder: the trainer as the sft stage left it
+
+
 def run_pipeline(cfg: Config, run_dir: Path, data: dict, expert, results: dict | None = None) -> dict:
     """`cfg.pipeline.stages` in order on one set of actor groups: expert (`expert(groups) -> (sft data,
     results to add)`), sft, rl (on data["rl"]), eval_<name> (on data["heldout"]); then the plots.
-    Returns the results (`results` plus what each stage added)."""
+    Returns the results (`results` plus what each stage added).
+
+    With `run.save_every` > 0 the trainer is checkpointed at the end of the sft stage (the rl stage
+    checkpoints itself) and every finished stage is recorded with its results; `run.resume` then skips the
+    stages done (see `resumable_prefix`) and restores the trainer as the last of them left it."""
     from rl.controller import train
     from rl.groups import RLGroups
 
@@ -210,22 +219,90 @@ def run_pipeline(cfg: Config, run_dir: Path, data: dict, expert, results: dict |
     print(f"actor groups up after {time.perf_counter() - t0:.0f} s", flush=True)
     results, version, sft_data = dict(results or {}), 0, None
     try:
+        done, version = resume_pipeline(cfg, run_dir, groups, results)
         for stage in cfg.pipeline.stages:
+            if stage in done:
+                print(f"--- stage {stage}: done in an earlier run of {run_dir} (run.resume)", flush=True)
+                continue
             print(f"--- stage {stage} (at {time.perf_counter() - t0:.0f} s)", flush=True)
             if stage == "expert":
                 sft_data, found = expert(groups)
                 results |= found
             elif stage == "sft":
                 results["sft"], version = sft(cfg, groups, sft_data, run_dir, version)
+                if cfg.run.save_every:
+                    save_stage_checkpoint(groups, run_dir / SFT_CHECKPOINT)
             elif stage == "rl":
                 summary = train(cfg, run_dir, groups=groups, tasks=as_tasks(data["rl"]), start_version=version)
                 results["rl"], version = summary["history"], summary["policy_version"]
             else:
                 results[stage] = evaluation(cfg, groups, heldout, stage[5:], run_dir, data.get("heldout_tags"))
+            done.append(stage)
+            if cfg.run.save_every:
+                write_json_atomic(run_dir / PIPELINE_STATE, {"done": done, "policy_version": version,
+                                                              "results": results})
     finally:
         groups.shutdown()
     plots(run_dir, results.get("rl", []), results.get("sft", []))
     return results
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else float(o)))
+    tmp.replace(path)
+
+
+def save_stage_checkpoint(groups, folder: Path) -> None:
+    """The trainer's sharded state (model, optimizer, schedule, RNG) into `folder`, written beside it and
+    renamed into place, so a crash leaves the previous one or none, never half of one."""
+    import shutil
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    groups.trainer.call("save_checkpoint", str(tmp))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
+def resumable_prefix(stages: list[str], done: list[str], has: dict[str, bool]) -> list[str]:
+    """The stages a resumed run skips: the longest prefix of `stages` that an earlier run finished (`done`)
+    and whose trainer state can be restored (`has[stage]`: a checkpoint of the state it left, for sft and rl).
+    expert is skipped only with the sft after it (its trajectories are sft's input, not kept)."""
+    prefix = []
+    for stage in stages:
+        if stage not in done or (stage in has and not has[stage]):
+            break
+        prefix.append(stage)
+    if "expert" in prefix and "sft" in stages[len(prefix):]:
+        prefix.remove("expert")
+    return prefix
+
+
+def resume_pipeline(cfg: Config, run_dir: Path, groups, results: dict) -> tuple[list[str], int]:
+    """run.resume: (the stages to skip, the policy_version served). Their results go into `results`, the
+    trainer gets the state the last training stage of them left (the rl stage's final checkpoint, or the
+    sft stage's) and the engines its weights. Nothing to skip: ([], 0)."""
+    from rl.checkpoint import CheckpointManager
+
+    path = run_dir / PIPELINE_STATE
+    if not (cfg.run.resume and path.is_file()):
+        return [], 0
+    state = json.loads(path.read_text())
+    rl_ckpt = CheckpointManager(run_dir, cfg.run.keep_last).latest()
+    rl_final = rl_ckpt is not None and rl_ckpt[0] >= cfg.run.steps
+    has = {"sft": (run_dir / SFT_CHECKPOINT / "trainer-state.pt").is_file(), "rl": rl_final}
+    skip = resumable_prefix(cfg.pipeline.stages, state["done"], has)
+    trained = [s for s in skip if s in has]
+    if trained:
+        folder = rl_ckpt[1] if trained[-1] == "rl" else run_dir / SFT_CHECKPOINT
+        groups.trainer.call("load_checkpoint", str(folder))
+        groups.sync_weights(state["policy_version"])
+        print(f"resumed the pipeline after {trained[-1]} from {folder} (policy_version {state['policy_version']})",
+              flush=True)
+    results |= {k: v for k, v in state["results"].items() if k in skip or k not in cfg.pipeline.stages}
+    return skip, state["policy_version"] if trained else 0
 
 
 # --- evaluation -----------------------------------------------------------------------------------

@@ -113,7 +113,7 @@ class RLGroups:
         if r.backend == "vllm":
             engine_kwargs |= dict(max_model_len=r.max_model_len, gpu_memory_utilization=r.gpu_memory_utilization,
                                   kv_cache_gib=r.kv_cache_gib, enforce_eager=r.enforce_eager,
-                                  tensor_parallel_size=r.tensor_parallel_size)
+                                  tensor_parallel_size=r.tensor_parallel_size, dtype=r.dtype)
         per_actor, time_scale = 1, 1.0
         if r.backend == "sim":  # the latency model; many simulated engines share one actor process
             sim = dict(r.sim)
@@ -221,10 +221,10 @@ class RLGroups:
 
         t, r = cfg.trainer, cfg.rollout
         opts = {"timeout_s": self.timeout}
-        if r.backend == "vllm" and r.gpus_per_engine > 0:  # buckets packed in the engines' serving dtype
-            from rollout.engines.vllm_engine import serving_dtype
+        if r.backend == "vllm" and (r.gpus_per_engine > 0 or r.dtype != "auto"):  # buckets packed in the engines'
+            from rollout.engines.vllm_engine import serving_dtype  # serving dtype
 
-            opts["dtype"] = serving_dtype(gpu=True)
+            opts["dtype"] = serving_dtype(gpu=r.gpus_per_engine > 0, dtype=r.dtype)
         if t.weight_transport in ("object_store", "disk"):
             opts["window"] = t.weight_window
         if t.weight_transport == "disk":

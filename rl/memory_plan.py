@@ -351,18 +351,22 @@ def trainer_memory(a: Arch, *, ranks: int, tokens: int, row_len: int, compute_by
 
 
 def engine_memory(a: Arch, *, gpu: bool, device_bytes: int, utilization: float, kv_cache_gib: float,
-                  tensor_parallel: int = 1) -> dict[str, int]:
+                  tensor_parallel: int = 1, dtype: str = "auto") -> dict[str, int]:
     """Bytes of one vLLM engine on its device (component -> bytes). GPU: `utilization` x device, of which the
-    weights (bf16), the reserve (activations, CUDA graphs, sampled logits) and the rest is KV cache. CPU build:
-    fp32 weights + `kv_cache_gib` (VLLM_CPU_KVCACHE_SPACE, whole GiB, at least 1)."""
-    p = param_count(a)
+    weights (bf16 unless `dtype` says otherwise), the reserve (activations, CUDA graphs, sampled logits) and the
+    rest is KV cache. CPU build: weights (fp32 unless `dtype` says otherwise) + `kv_cache_gib`
+    (VLLM_CPU_KVCACHE_SPACE, whole GiB, at least 1)."""
+    from rollout.engines.vllm_engine import serving_dtype
+
+    p, served = param_count(a), serving_dtype(gpu, dtype)
+    b, short = (4, "fp32") if served == "float32" else (2, "bf16" if served == "bfloat16" else "fp16")
     if not gpu:
-        return {"weights (fp32)": 4 * p // tensor_parallel, "KV cache (kv_cache_gib)": int(max(1, kv_cache_gib)) * GiB,
-                "processes": CPU_ENGINE_PROCESS}
+        return {f"weights ({short})": b * p // tensor_parallel,
+                "KV cache (kv_cache_gib)": int(max(1, kv_cache_gib)) * GiB, "processes": CPU_ENGINE_PROCESS}
     total = int(utilization * device_bytes)
-    weights = 2 * p // tensor_parallel
+    weights = b * p // tensor_parallel
     reserve = ENGINE_RESERVE + 2 * ENGINE_MAX_SEQS * a.vocab * 4
-    return {"weights (bf16)": weights, "reserve (activations, CUDA graphs)": reserve,
+    return {f"weights ({short})": weights, "reserve (activations, CUDA graphs)": reserve,
             "KV cache": max(0, total - weights - reserve)}  # 0: vLLM refuses to start (_problems says why)
 
 
@@ -490,7 +494,7 @@ def _engine_of(cfg, arch: Arch, gpu: bool, device: int, colocated: bool, notes: 
                      f"({'a GPU shared with a trainer rank' if colocated else 'a GPU of its own'})")
     # per device: an engine of tensor_parallel_size GPUs holds 1/TP of the weights on each
     return engine_memory(arch, gpu=gpu, device_bytes=device, utilization=util or 0.0, kv_cache_gib=r.kv_cache_gib,
-                         tensor_parallel=r.tensor_parallel_size)
+                         tensor_parallel=r.tensor_parallel_size, dtype=r.dtype)
 
 
 def _devices(cfg, trainer: dict, engine: dict, placement: str, device_bytes: int) -> list[DevicePlan]:

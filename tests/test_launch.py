@@ -162,3 +162,6 @@ def test_a_setting_only_another_recipe_reads_is_refused():
     assert "data.shaper_layers" in recipe_only_keys(cfg, "websailor")
     assert recipe_only_keys(cfg, "webshaper") is None
     assert recipe_only_keys(load_config(ROOT / "launch/configs/websailor.yaml"), "websailor") is None
+    thoughts = load_config(ROOT / "launch/configs/websailor.yaml", ["sft.expert_thoughts=explicit"])
+    assert recipe_only_keys(thoughts, "websailor") is None and recipe_only_keys(thoughts, "webdancer") is None
+    assert "sft.expert_thoughts" in recipe_only_keys(thoughts, "vrag")  # its visual expert has no such thoughts

@@ -156,3 +156,46 @@ def test_evolvesearch_smoke(tmp_path):
     assert [(m["round"], m["step"]) for m in all_rows] == [(1, 1), (2, 2)]
     for section in ("## Rounds", "Expert trajectories and the RFT filter", "| 1 | 2 | 1 |", "| 2 | 2 | 1 |"):
         assert section in report, section
+
+
+def test_resumable_prefix_skips_only_what_can_be_restored():
+    from launch.stages import resumable_prefix
+
+    stages = ["expert", "eval_base", "sft", "eval_sft", "rl", "eval_rl"]
+    done = ["expert", "eval_base", "sft", "eval_sft"]
+    assert resumable_prefix(stages, done, {"sft": True, "rl": False}) == done
+    # no sft checkpoint (run.save_every was 0): sft runs again, and so does the expert that feeds it
+    assert resumable_prefix(stages, done, {"sft": False, "rl": False}) == ["eval_base"]
+    # an unfinished rl stage continues from its own checkpoints (rl/controller.py); what follows it runs again
+    assert resumable_prefix(stages, done + ["rl"], {"sft": True, "rl": False}) == done
+    assert resumable_prefix(stages, stages, {"sft": True, "rl": True}) == stages
+    assert resumable_prefix(stages, [], {"sft": True, "rl": True}) == []
+
+
+@pytest.mark.slow
+def test_a_resumed_pipeline_skips_its_finished_stages_and_serves_the_sft_weights(tmp_path):
+    """run.save_every > 0: the sft stage's trainer state is checkpointed and each finished stage recorded;
+    run.resume skips them and restores the state. The evaluation after SFT, run again in the resumed run (its
+    record removed), samples exactly the trajectories it sampled before (the HF engine is deterministic on
+    CPU): the engines serve the SFT weights, not the base model's."""
+    run_dir = tmp_path / "run"
+    args = ["rollout.backend=hf", "run.save_every=1", "pipeline.stages=[expert,sft,eval_sft]", *SMALL]
+    run_recipe("websailor.py", run_dir, args, tmp_path)
+    state_path = run_dir / "pipeline_state.json"
+    state = json.loads(state_path.read_text())
+    assert state["done"] == ["expert", "sft", "eval_sft"] and (run_dir / "stage_checkpoints/sft/trainer").is_dir()
+    first = table(run_dir / "trajectories" / "eval_sft.parquet")["response_ids"]
+    first_sft = state["results"]["sft"]
+
+    state["done"] = ["expert", "sft"]
+    state_path.write_text(json.dumps(state))
+    proc = subprocess.run([sys.executable, str(ROOT / "launch/websailor.py"), "--smoke", f"run.dir={run_dir}",
+                           "run.progress=false", "run.resume=true", *args], capture_output=True, text=True,
+                          timeout=900, cwd=tmp_path)
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+    assert "--- stage sft: done in an earlier run" in proc.stdout and "--- stage eval_sft (at" in proc.stdout
+    assert "resumed the pipeline after sft from" in proc.stdout
+    again = table(run_dir / "trajectories" / "eval_sft.parquet")["response_ids"]
+    assert [list(r) for r in again] == [list(r) for r in first]
+    assert json.loads(state_path.read_text())["results"]["sft"] == first_sft  # kept, not re-trained
+    assert "## SFT" in (run_dir / "report.md").read_text()

@@ -74,10 +74,22 @@ def plan_path(world: World, subgraph: list, start: str, goal: str) -> list[str]:
     return path[::-1]
 
 
-class WorldExpert:
-    """One instance per episode (it remembers its plan and where it is)."""
+#: how much the expert's thoughts say (sft.expert_thoughts)
+THOUGHTS = ("brief", "explicit")
 
-    def __init__(self, world: World, task: dict, base_url: str):
+
+class WorldExpert:
+    """One instance per episode (it remembers its plan and where it is).
+
+    thoughts: "brief" names the page it reads next, and quotes the page's sentence that gives the answer;
+    "explicit" also restates the question and quotes the sentence of the page just read that leads on, before
+    every step that follows a page (which link to follow, or the answer): the choice of a page's line is then
+    made next to the question's words it depends on, in text the policy can copy."""
+
+    def __init__(self, world: World, task: dict, base_url: str, thoughts: str = "brief"):
+        if thoughts not in THOUGHTS:
+            raise ValueError(f"expert thoughts must be one of {THOUGHTS}, got {thoughts!r}")
+        self.thoughts = thoughts
         self.world, self.task, self.base_url = world, task, base_url.rstrip("/")
         answer = task["answer_entity"]
         nodes = sorted({x for s, _, o in task["subgraph"] for x in (s, o)})
@@ -124,6 +136,7 @@ class WorldExpert:
         return self._answer()
 
     def _visit(self, entity_id: str) -> str:
+        following = bool(self.read)  # a link of the page just read, not a search result
         self.step = self.path.index(entity_id) + 1 if entity_id in self.path else self.step + 1
         self.read[entity_id] = ""
         name = self.world.entity(entity_id).name
@@ -131,7 +144,15 @@ class WorldExpert:
         goal = "the answer" if last else "the next clue"
         thought = (f"{name} matches the clues; its page gives the answer." if last else
                    f"I will read the page of {name}.")
+        if following:
+            thought = self._restated(evidence_sentence(self.last_observation, name)) + thought
         return self._call(thought, "visit", {"url": [self.url(entity_id)], "goal": goal})
+
+    def _restated(self, evidence: str | None) -> str:
+        """explicit thoughts: the question, then the page's sentence the next step rests on ("" when brief)."""
+        if self.thoughts == "brief":
+            return ""
+        return f"The question: {self.task['question']}\n" + (f"The page says: {evidence}\n" if evidence else "")
 
     def _answer(self) -> str:
         """The task's answer (a name, or an attribute value the answer page shows), stated only if the
@@ -143,7 +164,7 @@ class WorldExpert:
                     "<answer>unknown</answer>")
         evidence = evidence_sentence(self.last_observation, answer)
         if evidence:  # quote the page: the answer is read off a sentence the tool returned
-            what = f"The page says: {evidence}"
+            what = self._restated(evidence).rstrip("\n") if self.thoughts == "explicit" else f"The page says: {evidence}"
         else:
             what = f"The page of {entity} confirms every clue of the question"
             what += "." if answer == entity else f" and gives the value asked for: {answer}."

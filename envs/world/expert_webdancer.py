@@ -53,8 +53,8 @@ def count_listed(observation: str, sentences: list[tuple[str, str]]) -> int | No
 class WebDancerExpert(WorldExpert):
     """`WorldExpert` for CRAWLQA and E2HQA items; COUNT items are answered by counting on the page."""
 
-    def __init__(self, world: World, task: dict, base_url: str):
-        super().__init__(world, task, base_url)
+    def __init__(self, world: World, task: dict, base_url: str, thoughts: str = "brief"):
+        super().__init__(world, task, base_url, thoughts)
         self.counting = task.get("type") == "count"
         if self.counting:  # the way in is the page the question names; nothing to follow from there
             self.start = task["answer_entity"]

@@ -281,6 +281,7 @@ UNREAD = [
     (WEBSAILOR, ["pipeline.stages=[expert,sft,rl]", "eval.num_tasks=8"]),
     (WEBSAILOR, ["rollout.max_staleness=2"]),
     (WEBSAILOR, ["rollout.partial_rollout=abort"]),
+    (WEBSAILOR, ["rollout.backend=hf", "rollout.dtype=bfloat16"]),
     (WEBSAILOR, ["trainer.lora_alpha=32"]),
     (WEBSAILOR, ["trainer.lora_target_modules=[q_proj]"]),
     (WEBSAILOR, ["model.path=Qwen/Qwen2.5-7B-Instruct", "model.tokenizer=qwen3"]),

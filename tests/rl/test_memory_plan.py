@@ -338,3 +338,19 @@ def test_tensor_parallel_engines_hold_a_share_of_the_weights_per_gpu():
                        (["rollout.gpus_per_engine=2", "rollout.backend=hf"], "vLLM setting")):
         with pytest.raises(ConfigError, match=key):
             load_config(gpu, base + ["rollout.tensor_parallel_size=2"] + extra)
+
+
+def test_rollout_dtype_sets_what_a_cpu_engine_holds_and_is_refused_off_vllm():
+    """rollout.dtype=bfloat16 on CPU: the engine's weights count 2 bytes a parameter in the plan (4 in float32,
+    the CPU default), the weight transport packs buckets in it; a backend that takes no serving dtype refuses it."""
+    from rl.config import ConfigError
+
+    cfg = ROOT / "launch/configs/websailor_smollm2.yaml"
+    weights = lambda plan: {k: v for k, v in plan.devices[0].phases["train"].items()  # noqa: E731
+                            if k.startswith("engine: weights")}
+    fp32 = weights(plan_config(load_config(cfg, ["rollout.dtype=float32"])))
+    bf16 = weights(plan_config(load_config(cfg, ["rollout.dtype=bfloat16"])))
+    assert list(bf16) == ["engine: weights (bf16)"] and list(fp32) == ["engine: weights (fp32)"]
+    assert 2 * bf16["engine: weights (bf16)"] == fp32["engine: weights (fp32)"]
+    with pytest.raises(ConfigError, match="rollout.dtype.*only vLLM"):
+        load_config(cfg, ["rollout.backend=hf", "rollout.dtype=bfloat16"])

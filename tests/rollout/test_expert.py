@@ -62,3 +62,36 @@ def test_expert_solves_through_the_tools(world_env):
 
 async def _all(fn, items):
     return await asyncio.gather(*(fn(t) for t in items))
+
+
+def test_explicit_thoughts_restate_the_question_and_quote_the_line_each_step_rests_on(world_env):
+    """sft.expert_thoughts=explicit: every turn after a page read restates the question and quotes a sentence
+    of the page just read: the one naming the page it follows next, or the one stating the answer. The
+    actions (calls and answers) are the brief expert's."""
+    world, base_url, env = world_env
+    tok = AutoTokenizer.from_pretrained(str(build_tiny_model(tokenizer="qwen3")))
+    fmt = ReActFormat()
+    template = ChatTemplate(tok, tools=env.tool_schemas(), system=fmt.system_prompt(env.tool_schemas()))
+    tasks = sailorfog_qa(world, n=8, seed=5)
+
+    async def episode(task, thoughts):
+        engine = TextPolicyEngine(WorldExpert(world, task, base_url, thoughts=thoughts).next_turn, tok)
+        return await run_episode(engine, env, template, task, SamplingParams(max_tokens=512),
+                                 AgentConfig(max_tool_calls=12, max_context_tokens=16000), fmt)
+
+    brief = asyncio.run(_all(lambda t: episode(t, "brief"), tasks))
+    explicit = asyncio.run(_all(lambda t: episode(t, "explicit"), tasks))
+    followed = 0
+    for b, e, task in zip(brief, explicit, tasks):
+        assert e.record.answer_text == b.record.answer_text and e.record.num_tool_calls == b.record.num_tool_calls
+        msgs = [m for m in e.messages if m["role"] in ("assistant", "tool")]
+        for before, after in zip(msgs, msgs[1:]):
+            if before["role"] == "tool" and "The useful information" in before["content"]:  # after a page read
+                before, turn = before["content"], after["content"]
+                assert f"The question: {task['question']}" in turn
+                quoted = turn.split("The page says: ")[1].split("\n")[0]
+                assert quoted in before and quoted.endswith(".")
+                followed += '"name": "visit"' in turn
+    assert followed >= 1  # at least one episode follows a link from a page (2 pages read)
+    with pytest.raises(ValueError, match="brief"):
+        WorldExpert(world, tasks[0], base_url, thoughts="verbose")

@@ -28,3 +28,8 @@ def test_vl_policy_never_samples_image_placeholders(tiny_model):
 def test_serving_dtype():
     assert serving_dtype(gpu=True) == "bfloat16" and serving_dtype(gpu=False) == "float32"
     assert serving_dtype(gpu=True, dtype="float16") == "float16"
+
+
+def test_a_cpu_engine_serves_the_dtype_asked_for():
+    assert serving_dtype(gpu=False, dtype="bfloat16") == "bfloat16"
+    assert serving_dtype(gpu=False, dtype="auto") == "float32"
