@@ -208,7 +208,9 @@ def test_a_run_warns_before_it_starts_when_its_plan_does_not_fit():
 
     path = ROOT / "launch/configs/websailor_smollm2.yaml"
     assert memory_warning(load_config(path, check_inputs=False), device_gib=23.5) is None
-    for oom in (["trainer.micro_batch_size=4", "agent.max_context_tokens=3000"], ["trainer.micro_batch_size=2"]):
+    fp32 = ["model.dtype=float32", "rollout.dtype=auto"]  # both killed runs trained in fp32; the config is bf16 now
+    for oom in (fp32 + ["trainer.micro_batch_size=4", "agent.max_context_tokens=3000"],
+                fp32 + ["trainer.micro_batch_size=2"]):
         warning = memory_warning(load_config(path, oom, check_inputs=False), device_gib=23.5)
         assert warning.startswith("the memory plan does not fit") and "'trainer.grad_checkpointing'" in warning, oom
     unknown = load_config(path, ["model.path=someorg/unknown-model"], check_inputs=False)
