@@ -41,10 +41,12 @@ def paired_difference(before: dict, after: dict, seed: int = 0, rounds: int = 20
     """Pass@1 after minus before on the tasks both evaluations saw (their `per_task`), with the 95% percentile
     bootstrap interval of the mean difference over tasks: resampling tasks keeps each task's pair together, so
     what the same question contributes to both sides cancels (tighter than two independent intervals)."""
-    common = sorted(set(before["per_task"]) & set(after["per_task"]), key=int)
+    # task keys as ints: an evaluation read back from JSON (results.json, a resumed pipeline) has them as strings
+    b, a = ({int(g): v for g, v in e["per_task"].items()} for e in (before, after))
+    common = sorted(set(b) & set(a))
     if not common:
         raise ValueError("paired_difference: the two evaluations share no task")
-    diff = np.array([after["per_task"][g] - before["per_task"][g] for g in common], dtype=np.float64)
+    diff = np.array([a[g] - b[g] for g in common], dtype=np.float64)
     return {"difference": float(diff.mean()), "ci": bootstrap_ci(diff, seed, rounds), "num_tasks": len(common)}
 
 

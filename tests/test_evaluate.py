@@ -184,6 +184,8 @@ def test_paired_difference_pairs_the_same_questions():
     assert 0 <= d["ci"][0] <= d["difference"] <= d["ci"][1] <= 1
     # a JSON round trip (results.json) keeps the pairing: the keys become strings
     assert paired_difference(json.loads(json.dumps(before)), json.loads(json.dumps(after)))["difference"] == d["difference"]
+    # one read back (a resumed pipeline's evaluation after SFT), one fresh (its evaluation after RL)
+    assert paired_difference(json.loads(json.dumps(before)), after)["difference"] == d["difference"]
     with pytest.raises(ValueError, match="share no task"):
         paired_difference(before, {"per_task": {7: 1.0}})
 
