@@ -164,7 +164,7 @@ class WorldExpert:
                     "<answer>unknown</answer>")
         evidence = evidence_sentence(self.last_observation, answer)
         if evidence:  # quote the page: the answer is read off a sentence the tool returned
-            what = self._restated(evidence).rstrip("\n") if self.thoughts == "explicit" else f"The page says: {evidence}"
+            what = self._restated(None) + f"The page says: {evidence}"
         else:
             what = f"The page of {entity} confirms every clue of the question"
             what += "." if answer == entity else f" and gives the value asked for: {answer}."
