@@ -172,11 +172,15 @@ class CollectiveTransport(Transport):
     def _taken(self, pg, device, what: str) -> None:
         """The consumer is done with the bucket (nothing to say for a broadcast payload)."""
 
+    def _open(self, pg, device, what: str) -> None:
+        """Both sides, before a version's first bucket (nothing to agree on for a broadcast)."""
+
     # --- the two sides ----------------------------------------------------------------------
 
     def send(self, version: int, buckets: Iterable) -> SendStats:
         pg, device = self._group(0)
         t0 = time.perf_counter()
+        self._open(pg, device, f"opening version {version}")
         count = nbytes = largest = 0
         pending, what = None, ""
         for data in buckets:  # packing this bucket overlapped the previous one's transfer
@@ -197,6 +201,7 @@ class CollectiveTransport(Transport):
     def receive(self, version: int, receiver: int = 0, as_tensors: bool = False) -> Iterator:
         self._check_receiver(receiver)
         pg, device = self._group(receiver + 1)
+        self._open(pg, device, f"opening version {version} (receiver {receiver})")
         index = 0
         while True:
             what = f"bucket {index} of version {version} (receiver {receiver})"

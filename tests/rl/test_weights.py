@@ -262,31 +262,62 @@ def test_collective_gloo_checks_the_version_of_every_bucket():
 # --- ipc (shared memory on CPU; CUDA IPC on GPU runs the same framing) ---------------------------
 
 
-def test_ipc_hands_over_shared_buckets_and_leaves_no_file(tmp_path):
-    """Sender and receiver as threads of one process: each bucket is a file both map; the sender packs it
-    in place (`allocate`), the receiver reads it without a copy, and the file goes once it is loaded."""
+def test_ipc_hands_over_shared_buckets_in_reused_slots_and_leaves_no_file(tmp_path):
+    """Sender and receiver as threads of one process: each bucket is packed in place (`allocate`) into a
+    shared file both map, the receiver reads it without a copy, and the files are slots reused from bucket
+    to bucket and from version to version; `close` removes them."""
     transport = IPCTransport("127.0.0.1", free_port(), num_receivers=1, timeout_s=30, shm_dir=str(tmp_path))
     got, alive = [], []
 
-    def receive():
-        for data in transport.receive(4, 0):
+    def receive(version):
+        for data in transport.receive(version, 0):
             got.extend(contents([data]))
             alive.append(len(glob.glob(str(tmp_path / "windward-ipc-*"))))
 
     try:
-        r = threading.Thread(target=receive)
+        for version in (4, 5):
+            r = threading.Thread(target=receive, args=(version,))
+            r.start()
+            stats = transport.send(version, iter_buckets(named_state(6), bucket_bytes=MB, allocate=transport.allocate))
+            r.join(timeout=30)
+            assert got[-6:] == expected(6) and stats.buckets == 6
+        assert max(alive) <= 3  # the bucket being loaded, the one acknowledged meanwhile, the next one packed
+        files = sorted(tmp_path.iterdir())
+        assert 2 <= len(files) <= 3  # the second version reused the first one's files
+        # a bucket from elsewhere (not packed in place) is copied into a one-off file, removed once loaded
+        r = threading.Thread(target=lambda: got.extend(contents(transport.receive(6, 0))))
         r.start()
-        stats = transport.send(4, iter_buckets(named_state(6), bucket_bytes=MB, allocate=transport.allocate))
+        transport.send(6, [encode_bucket([("x", torch.ones(3))])])
         r.join(timeout=30)
-        assert got == expected(6) and stats.buckets == 6
-        assert max(alive) <= 2  # the bucket being loaded and the next one being packed
-        assert list(tmp_path.iterdir()) == []
-        # a bucket from elsewhere (not packed in place) is copied into a shared file first
-        r = threading.Thread(target=lambda: got.extend(contents(transport.receive(5, 0))))
+        assert got[-1] == ("x", 1.0) and sorted(tmp_path.iterdir()) == files
+    finally:
+        transport.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ipc_never_packs_into_a_slot_a_receiver_still_holds(tmp_path):
+    """An engine keeps views of a bucket until a layer's other shards arrive: here the receiver keeps
+    every bucket of a version to the end. No slot it holds is packed again, so what it kept still reads
+    as sent; the next version, once those views are gone, reuses the slots."""
+    transport = IPCTransport("127.0.0.1", free_port(), num_receivers=1, timeout_s=30, shm_dir=str(tmp_path))
+    kept: list = []
+
+    def receive(version):
+        kept.extend(transport.receive(version, 0, as_tensors=True))
+
+    try:
+        r = threading.Thread(target=receive, args=(1,))
         r.start()
-        transport.send(5, [encode_bucket([("x", torch.ones(3))])])
+        transport.send(1, iter_buckets(named_state(5), bucket_bytes=MB, allocate=transport.allocate))
         r.join(timeout=30)
-        assert got[-1] == ("x", 1.0) and list(tmp_path.iterdir()) == []
+        assert contents(kept) == expected(5)  # read at the end: no bucket was overwritten
+        assert len(list(tmp_path.iterdir())) == 5  # one slot each, since every one stayed held
+        kept.clear()
+        r = threading.Thread(target=lambda: kept.extend(contents(transport.receive(2, 0))))
+        r.start()
+        transport.send(2, iter_buckets(named_state(5), bucket_bytes=MB, allocate=transport.allocate))
+        r.join(timeout=30)
+        assert kept == expected(5) and len(list(tmp_path.iterdir())) == 5  # reused, none added
     finally:
         transport.close()
 
@@ -389,7 +420,10 @@ def test_between_processes_memory_stays_bounded(kind):
                 p.kill()
     state_mb = 48 * 4
     assert results[0][0] == 48, results[0]
-    assert not glob.glob("/dev/shm/windward-ipc-*")
+    if kind == "ipc":  # slots reused over 48 buckets, two receivers
+        assert len(glob.glob(f"/dev/shm/windward-ipc-{transport.port}-*")) <= 4
+    transport.close()
+    assert not glob.glob(f"/dev/shm/windward-ipc-{transport.port}-*")
     for rank in (1, 2):
         assert results[rank][0] == expected(48), f"receiver {rank}: {str(results[rank][0])[:300]}"
     for rank, (_, growth) in results.items():
