@@ -286,9 +286,11 @@ class TrainerBackend:
         raise NotImplementedError
 
     def named_full_state(self, bucket_bytes: int = 64 << 20) -> Iterator[tuple[str, torch.Tensor]]:
-        """(HF name, full CPU tensor) for every entry of the model's state dict, tied weights under
-        both names. Collective: every rank runs it to the end; only rank 0 yields. Gathers about
-        `bucket_bytes` at a time."""
+        """(HF name, full tensor) for every entry of the model's state dict, tied weights under both
+        names, on the trainer's device and possibly the live parameter itself: read each at once (the
+        bucket packer copies it where its bucket lives: host, shared or GPU memory, with no round trip
+        through the host for a GPU bucket) and never keep or modify it. Collective: every rank runs it
+        to the end; only rank 0 yields. Gathers about `bucket_bytes` at a time."""
         raise NotImplementedError
 
     def save_checkpoint(self, folder: str) -> None:

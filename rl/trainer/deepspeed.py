@@ -100,13 +100,14 @@ class DeepSpeedTrainer(TrainerBackend):
         return float(gn) if gn is not None else 0.0
 
     def named_full_state(self, bucket_bytes: int = 64 << 20) -> Iterator[tuple[str, torch.Tensor]]:
-        """Stage 1/2: every rank holds the full parameters; rank 0 copies them. Stage 3: chunks of
-        about `bucket_bytes` gathered with `zero.GatheredParameters` on every rank, copied on rank 0."""
+        """Stage 1/2: every rank holds the full parameters; rank 0 yields them as they are. Stage 3: chunks
+        of about `bucket_bytes` gathered with `zero.GatheredParameters` on every rank, copied on rank 0 (on
+        the device)."""
         entries = list(self.model.state_dict(keep_vars=True).items())  # tied weights under both names
         if self.zero_stage < 3:
             if self.rank == 0:
                 for name, t in entries:
-                    yield name, t.detach().to("cpu", copy=True)
+                    yield name, t.detach()
             return
         import deepspeed
 
@@ -119,7 +120,8 @@ class DeepSpeedTrainer(TrainerBackend):
                 continue
             params = list({id(p): p for _, p in chunk if hasattr(p, "ds_id")}.values())
             with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-                copies = [(n, p.detach().to("cpu", copy=True)) for n, p in chunk] if self.rank == 0 else []
+                # copies on the device: the gathered parameters are gone when the context ends
+                copies = [(n, p.detach().clone()) for n, p in chunk] if self.rank == 0 else []
             yield from copies
             chunk, size = [], 0
 

@@ -96,11 +96,12 @@ class FSDPTrainer(TrainerBackend):
         return clip_and_step(self.optimizer, self.model.parameters(), self.grad_clip)
 
     def named_full_state(self, bucket_bytes: int = 64 << 20) -> Iterator[tuple[str, torch.Tensor]]:
-        """One all-gather per state-dict entry (every rank, same order); rank 0 keeps a CPU copy."""
+        """One all-gather per state-dict entry (every rank, same order); rank 0 yields the gathered tensor
+        where it is (the trainer's device; with one rank, the parameter itself)."""
         for name, t in self.model.state_dict().items():
             full = t.full_tensor() if hasattr(t, "full_tensor") else t
             if self.rank == 0:
-                yield name, full.detach().to("cpu", copy=True)
+                yield name, full.detach()
 
     def save_checkpoint(self, folder: str) -> None:
         """Sharded (collective): every rank writes its own shards of the model and optimizer into
