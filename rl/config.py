@@ -113,9 +113,11 @@ class TrainerConfig(_Base):
     cpus_per_rank: NonNegFloat = 1.0
     gpus_per_rank: NonNegFloat = 0.0
     seed: int = 0
-    weight_transport: Annotated[Literal["object_store", "disk", "collective", "ipc"], Meta(
+    weight_transport: Annotated[Literal["auto", "object_store", "disk", "collective", "ipc"], Meta(
         description="how weights reach the engines: Ray object store; files in run.dir/weights; a torch.distributed "
-                    "broadcast into the engines' workers (NCCL on GPU, gloo on CPU); ipc (colocated: CUDA IPC / shared memory)")] = "object_store"
+                    "broadcast into the engines' workers (NCCL on GPU, gloo on CPU); ipc (colocated: CUDA IPC / shared "
+                    "memory). auto: ipc on CPU on one node, collective for GPU engines on GPUs of their own, else "
+                    "object_store (rl/groups.py weight_transport_for)")] = "auto"
     weight_bucket_mb: Annotated[int, Meta(ge=1, description="size of one weight bucket")] = 64
     weight_window: Annotated[int, Meta(ge=1, description="buckets in flight at most (bounded memory)")] = 2
     logprob_chunk_mb: Annotated[int, Meta(ge=1, description="memory of one chunk of the logprob kernel (rows x "

@@ -17,7 +17,7 @@ import ray
 from rl import algos
 from rl.cluster import ActorGroup, connect, wait
 from rl.config import Config, to_dict
-from rl.placement import Colocation, cpu_threads, node_cores, resolve_placement
+from rl.placement import Colocation, cpu_threads, node_cores, resolve_placement, weight_transport_for
 from rl.rollout_queue import Dispatcher
 from rl.tasks import load_tasks
 from rl.trainer.collate import TRAIN_COLUMNS
@@ -220,18 +220,21 @@ class RLGroups:
         from rl.weights import make_transport
 
         t, r = cfg.trainer, cfg.rollout
+        kind = weight_transport_for(t.weight_transport, gpu=r.gpus_per_engine > 0 or t.gpus_per_rank > 0,
+                                    placement=self.placement, num_nodes=sum(n["Alive"] for n in ray.nodes()),
+                                    simulated="sim" in (r.backend, t.backend))
         opts = {"timeout_s": self.timeout}
         if r.backend == "vllm" and (r.gpus_per_engine > 0 or r.dtype != "auto"):  # buckets packed in the engines'
             from rollout.engines.vllm_engine import serving_dtype  # serving dtype
 
             opts["dtype"] = serving_dtype(gpu=r.gpus_per_engine > 0, dtype=r.dtype)
-        if t.weight_transport in ("object_store", "disk"):
+        if kind in ("object_store", "disk"):
             opts["window"] = t.weight_window
-        if t.weight_transport == "disk":
+        if kind == "disk":
             opts["folder"] = str(Path(cfg.run.dir or "runs").resolve() / "weights")
-        if t.weight_transport in ("collective", "ipc"):
+        if kind in ("collective", "ipc"):
             opts["host"], opts["port"] = self.trainer.rendezvous()
-        return make_transport(t.weight_transport, num_receivers=self.rollout.num, **opts)
+        return make_transport(kind, num_receivers=self.rollout.num, **opts)
 
     def sync_weights(self, version: int, abort: bool = False) -> int:
         """Trainer full state -> every engine through the weight transport, bucket by bucket (at most

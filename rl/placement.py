@@ -34,6 +34,24 @@ def resolve_placement(requested: str, mode: str, num_nodes: int) -> str:
     return "colocated" if mode == "sync" and num_nodes == 1 else "split"
 
 
+def weight_transport_for(requested: str, *, gpu: bool, placement: str, num_nodes: int, simulated: bool) -> str:
+    """The weight transport a run uses (`trainer.weight_transport`, rl/weights/): `requested` unless it is
+    "auto". auto: straight into the engines' processes where that path serves every engine:
+    - CPU on one node: ipc (shared-memory buckets, packed in place, mapped by the engine's worker:
+      benchmarks/trainer.py measured it fastest here);
+    - GPU engines on GPUs of their own (split): collective (an NCCL broadcast from trainer rank 0);
+    - GPU colocated: object_store. CUDA IPC reaches only the engine on rank 0's GPU and NCCL refuses two
+      ranks on one GPU, so neither serves several colocated engines yet;
+    - CPU on several nodes: collective (gloo); simulated engines or trainer: object_store."""
+    if requested != "auto":
+        return requested
+    if simulated:
+        return "object_store"
+    if gpu:
+        return "collective" if placement == "split" else "object_store"
+    return "ipc" if num_nodes == 1 else "collective"
+
+
 def node_cores() -> int:
     """CPU cores this process may run on (its affinity mask, not the machine's count)."""
     return len(os.sched_getaffinity(0))

@@ -1,11 +1,11 @@
-"""Placement (rl/placement.py): which placement a run gets, the CPU thread shares, and the order of the phase
-switch of a colocated GPU run."""
+"""Placement (rl/placement.py): which placement and weight transport a run gets, the CPU thread shares, and the
+order of the phase switch of a colocated GPU run."""
 
 from __future__ import annotations
 
 import pytest
 
-from rl.placement import Colocation, cpu_threads, resolve_placement
+from rl.placement import Colocation, cpu_threads, resolve_placement, weight_transport_for
 
 
 def test_auto_is_colocated_for_a_sync_run_on_one_node_and_split_otherwise():
@@ -15,6 +15,19 @@ def test_auto_is_colocated_for_a_sync_run_on_one_node_and_split_otherwise():
     assert resolve_placement("split", "sync", 1) == "split"
     with pytest.raises(ValueError, match="ray.placement=colocated with rollout.mode=async"):
         resolve_placement("colocated", "async", 1)
+
+
+def test_auto_weight_transport_goes_straight_into_the_engines_where_that_serves_them_all():
+    def auto(**kw):
+        return weight_transport_for("auto", **({"gpu": False, "placement": "colocated", "num_nodes": 1,
+                                                "simulated": False} | kw))
+
+    assert auto() == "ipc" and auto(placement="split") == "ipc"  # CPU, one node: shared memory
+    assert auto(num_nodes=2) == "collective"
+    assert auto(gpu=True, placement="split") == "collective"  # NCCL into engines on GPUs of their own
+    assert auto(gpu=True) == "object_store"  # colocated GPUs: neither direct path serves every engine yet
+    assert auto(simulated=True) == "object_store"
+    assert weight_transport_for("disk", gpu=True, placement="split", num_nodes=4, simulated=False) == "disk"
 
 
 def test_colocated_cpu_roles_each_get_every_core_split_keeps_rays_threads():
