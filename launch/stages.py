@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from rl import algos
-from rl.config import TINY_MODELS, Config, to_dict
+from rl.config import TINY_MODELS, Config, ConfigError, to_dict
 from rl.evaluate import evaluate, paired_difference, trend_line
 from rl.sft_data import SFTBatches, rft_filter, write_trajectories
 from rollout.engines.base import derive_seed
@@ -240,7 +240,7 @@ def run_pipeline(cfg: Config, run_dir: Path, data: dict, expert, results: dict |
             done.append(stage)
             if cfg.run.save_every:
                 write_json_atomic(run_dir / PIPELINE_STATE, {"done": done, "policy_version": version,
-                                                              "results": results})
+                                                              "results": results, "config": to_dict(cfg)})
     finally:
         groups.shutdown()
     plots(run_dir, results.get("rl", []), results.get("sft", []))
@@ -264,6 +264,51 @@ def save_stage_checkpoint(groups, folder: Path) -> None:
     groups.trainer.call("save_checkpoint", str(tmp))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
+
+
+# settings that may differ in a resumed run: read by no stage, or only by the rl stage when it runs now
+RESUME_FREE = ("run.resume", "run.dir", "run.name", "run.progress", "run.stage_timeout_s", "run.loggers",
+               "run.save_trajectories", "run.save_every", "run.keep_last", "ray.", "pipeline.")
+RESUME_RL = ("algo.", "trainer.", "rollout.", "run.steps")
+RESUME_FROZEN_RL = ("trainer.lora", "trainer.backend")  # the trained state's own shape: never after sft
+
+
+def flat_settings(d: dict, prefix: str = "") -> dict:
+    """{"section.key[.sub]": value} of a config dict (`to_dict`)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out |= flat_settings(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def resume_changes(before: dict, now: dict, skipped: list[str]) -> list[str]:
+    """The settings that differ between the run that finished the `skipped` stages (its config, `before`)
+    and this one, as lines to print; raises ConfigError, naming the key and both values, for a change the
+    skipped stages' results depend on (the world, the questions, the model, SFT, evaluation), or one that
+    would be silently ignored (an rl setting when the rl stage is done)."""
+    if not skipped or not before:
+        return []
+    old, new = flat_settings(before), flat_settings(now)
+    lines, refused = [], []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) == new.get(key) or key.startswith(RESUME_FREE):
+            continue
+        change = f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+        if key.startswith(RESUME_RL) and not key.startswith(RESUME_FROZEN_RL) and "rl" not in skipped:
+            lines.append(f"{change} (read by the stages that run now)")
+        elif key.startswith(RESUME_RL) and "rl" in skipped and not key.startswith(("rollout.", "trainer.lora")):
+            refused.append(f"{change}: the rl stage is done, so it would be ignored")
+        elif key.startswith("rollout.") and "rl" in skipped:
+            lines.append(f"{change} (read by the evaluations that run now)")
+        else:
+            refused.append(f"{change}: the stages done ({', '.join(skipped)}) ran with the first")
+    if refused:
+        raise ConfigError("run.resume: settings changed since the earlier run of this folder:\n  "
+                          + "\n  ".join(refused) + "\nresume with the earlier values, or start a new run.dir")
+    return lines
 
 
 def resumable_prefix(stages: list[str], done: list[str], has: dict[str, bool]) -> list[str]:
@@ -294,6 +339,11 @@ def resume_pipeline(cfg: Config, run_dir: Path, groups, results: dict) -> tuple[
     rl_final = rl_ckpt is not None and rl_ckpt[0] >= cfg.run.steps
     has = {"sft": (run_dir / SFT_CHECKPOINT / "trainer-state.pt").is_file(), "rl": rl_final}
     skip = resumable_prefix(cfg.pipeline.stages, state["done"], has)
+    if skip and "config" not in state:
+        print(f"warning: {path} does not record its run's settings (written before 2026-12-06): whether the "
+              "stages skipped ran with the settings given now is not checked", flush=True)
+    for line in resume_changes(state.get("config", {}), to_dict(cfg), skip):
+        print(f"run.resume: {line}", flush=True)
     trained = [s for s in skip if s in has]
     if trained:
         folder = rl_ckpt[1] if trained[-1] == "rl" else run_dir / SFT_CHECKPOINT

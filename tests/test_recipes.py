@@ -172,6 +172,34 @@ def test_resumable_prefix_skips_only_what_can_be_restored():
     assert resumable_prefix(stages, [], {"sft": True, "rl": True}) == []
 
 
+def test_a_resumed_pipeline_refuses_a_setting_its_finished_stages_depend_on():
+    """The settings recorded with the stages done are compared with the resumed run's: a change the skipped
+    stages' results depend on (here the questions' seed, SFT's learning rate) is refused by name, an rl
+    setting is printed when the rl stage runs now and refused as ignored when it is done."""
+    from launch.stages import resume_changes
+    from rl.config import Config, ConfigError, to_dict
+
+    before = to_dict(Config())
+    after_sft = ["expert", "sft", "eval_sft"]
+
+    def now(**changes):
+        d = to_dict(Config())
+        for key, value in changes.items():
+            section, name = key.split("__")
+            d[section][name] = value
+        return d
+
+    assert resume_changes(before, now(run__dir="/elsewhere", run__resume=True), after_sft) == []
+    assert resume_changes(before, now(trainer__lr=1e-4), after_sft) == [
+        f"trainer.lr: {before['trainer']['lr']!r} -> 0.0001 (read by the stages that run now)"]
+    for key, value in (("run__seed", 7), ("sft__lr", 1.0), ("eval__num_tasks", 5), ("trainer__lora_rank", 4)):
+        with pytest.raises(ConfigError, match=key.replace("__", ".") + ".*the stages done"):
+            resume_changes(before, now(**{key: value}), after_sft)
+    with pytest.raises(ConfigError, match="algo.kl_coef.*rl stage is done"):
+        resume_changes(before, now(algo__kl_coef=0.5), after_sft + ["rl"])
+    assert resume_changes(before, now(run__seed=7), []) == []  # nothing skipped: nothing to compare
+
+
 @pytest.mark.slow
 def test_a_resumed_pipeline_skips_its_finished_stages_and_serves_the_sft_weights(tmp_path):
     """run.save_every > 0: the sft stage's trainer state is checkpointed and each finished stage recorded;
