@@ -437,7 +437,7 @@ def plan_config(cfg, device_gib: float | None = None) -> Plan:
     engine = _engine_of(cfg, arch, gpu, device, placement == "colocated", notes)
     plan = Plan(model=cfg.model.path, arch=arch, params=param_count(arch), device_bytes=device,
                 device_label=f"{device_gib:.1f} GiB " + ("GPU" if gpu else host_label), placement=placement,
-                devices=_devices(cfg, trainer, engine, placement, device), notes=notes)
+                devices=_devices(cfg, trainer, engine, placement, device, _ipc_slots(cfg, arch, gpu)), notes=notes)
     plan.problems = _problems(plan, cfg, engine, arch, gpu)
     return plan
 
@@ -497,7 +497,26 @@ def _engine_of(cfg, arch: Arch, gpu: bool, device: int, colocated: bool, notes: 
                          tensor_parallel=r.tensor_parallel_size, dtype=r.dtype)
 
 
-def _devices(cfg, trainer: dict, engine: dict, placement: str, device_bytes: int) -> list[DevicePlan]:
+IPC_SLOTS = 4  # shared-memory slots the ipc transport keeps in steady state (rl/weights/ipc.py; tests see 3-4)
+
+
+def _ipc_slots(cfg, arch: Arch, gpu: bool) -> int:
+    """Host bytes the ipc weight transport keeps between syncs on CPU (`trainer.weight_transport` auto on one
+    host): IPC_SLOTS slots, each as large as the largest bucket (a bucket, or the word embedding alone in the
+    serving dtype: fp32 on CPU unless rollout.dtype says bfloat16). 0 for any other transport."""
+    from rl.placement import weight_transport_for
+
+    r, t = cfg.rollout, cfg.trainer
+    kind = weight_transport_for(t.weight_transport, gpu=gpu, placement="colocated", num_nodes=1,
+                                simulated="sim" in (r.backend, t.backend))
+    if gpu or kind != "ipc":
+        return 0
+    serving = 2 if r.dtype in ("bfloat16", "float16") else 4
+    return IPC_SLOTS * max(t.weight_bucket_mb << 20, arch.vocab * arch.hidden * serving)
+
+
+def _devices(cfg, trainer: dict, engine: dict, placement: str, device_bytes: int, sync_bytes: int = 0
+             ) -> list[DevicePlan]:
     """Which roles share a device, and what each phase holds there (ARCHITECTURE.md section 3)."""
     r, t = cfg.rollout, cfg.trainer
     tr = lambda part, k=1: {f"trainer: {n}": v * k for n, v in trainer[part].items()}  # noqa: E731
@@ -521,6 +540,8 @@ def _devices(cfg, trainer: dict, engine: dict, placement: str, device_bytes: int
             for k, v in tr("load").items()}
     others = {"driver, Ray, env servers, reward workers": HOST_RUNTIME,
               f"margin for the estimates ({HOST_MARGIN:.0%})": int(HOST_MARGIN * device_bytes)}
+    if sync_bytes:  # kept from the first sync on
+        others[f"weight sync: ipc shared-memory slots ({IPC_SLOTS} x the largest bucket)"] = sync_bytes
     return [DevicePlan(f"host ({e} engine{'s' if e > 1 else ''}, {n} trainer rank{'s' if n > 1 else ''})", {
         "load": en(e) | load | others, "train": en(e) | tr("resident", n) | tr("step", n) | others})]
 

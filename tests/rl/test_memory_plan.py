@@ -217,6 +217,20 @@ def test_a_run_warns_before_it_starts_when_its_plan_does_not_fit():
     assert memory_warning(unknown, device_gib=23.5).startswith("no memory plan for this run")
 
 
+def test_a_one_host_plan_counts_the_ipc_transports_shared_memory_slots():
+    """On CPU `trainer.weight_transport: auto` is ipc, whose slots stay in shared memory between syncs: four
+    of the largest bucket (SmolLM2's word embedding in bf16, 49,152 x 576 x 2 bytes, is below 64 MiB)."""
+    path = ROOT / "launch/configs/websailor_smollm2.yaml"
+    line = "weight sync: ipc shared-memory slots (4 x the largest bucket)"
+
+    def host(overrides):
+        return plan_config(load_config(path, overrides, check_inputs=False), device_gib=23.5).devices[0].phases["train"]
+
+    assert host([])[line] == 4 * (64 << 20)
+    assert host(["trainer.weight_bucket_mb=16"])[line] == 4 * 49152 * 576 * 2
+    assert line not in host(["trainer.weight_transport=object_store"])
+
+
 def test_the_device_size_changes_the_verdict(capsys):
     assert main("websailor", SEVEN_B, ["--config", str(SEVEN_B), "--dry-run", "--device-gib", "141"]) == 0
     assert "141.0 GiB GPU" in capsys.readouterr().out
