@@ -450,12 +450,18 @@ def paired_lines(evals: dict) -> list[str]:
     pairs = list(zip(names, names[1:])) + ([(names[0], names[-1])] if len(names) > 2 else [])
     if not pairs:
         return []
-    lines = ["### Paired differences", "", "| after | minus | questions | Pass@1 difference | 95% CI |",
-             "|---|---|---|---|---|"]
+    lines = ["### Paired differences", "", "| after | minus | questions | n | Pass@1 difference | 95% CI |",
+             "|---|---|---|---|---|---|"]
     for before, after in pairs:
-        d = paired_difference(evals[before], evals[after])
-        lines.append(f"| {after} | {before} | {d['num_tasks']} | {d['difference']:+.3f} | "
-                     f"{d['ci'][0]:+.3f} to {d['ci'][1]:+.3f} |")
+        sides = [("all", evals[before], evals[after])]  # then each kind of question (by_tag: reading, recall)
+        for tag, b in (evals[before].get("by_tag") or {}).items():
+            a = (evals[after].get("by_tag") or {}).get(tag)
+            if a and a.get("per_task") and b.get("per_task"):
+                sides.append((tag, b, a))
+        for tag, b, a in sides:
+            d = paired_difference(b, a)
+            lines.append(f"| {after} | {before} | {tag} | {d['num_tasks']} | {d['difference']:+.3f} | "
+                         f"{d['ci'][0]:+.3f} to {d['ci'][1]:+.3f} |")
     return lines + ["", "Paired: the same questions on both sides, questions resampled together (2,000 resamples).", ""]
 
 

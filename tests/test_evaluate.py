@@ -190,6 +190,22 @@ def test_paired_difference_pairs_the_same_questions():
         paired_difference(before, {"per_task": {7: 1.0}})
 
 
+def test_the_report_pairs_each_kind_of_question_apart():
+    """The paired table has the difference over all questions and over each kind (reading, recall) apart:
+    reading is the issue's headline."""
+    from launch.stages import paired_lines
+
+    group, tags = np.array([0, 0, 1, 1, 2, 2]), ["new", "new", "seen"]
+    before = pass_metrics(np.array([0.0, 0, 0, 0, 1, 1]), group)
+    after = pass_metrics(np.array([1.0, 1, 1, 0, 0, 0]), group)
+    for e, c in ((before, [0.0, 0, 0, 0, 1, 1]), (after, [1.0, 1, 1, 0, 0, 0])):
+        row_tags = np.asarray(tags, dtype=object)[group]
+        e["by_tag"] = {t: pass_metrics(np.array(c)[row_tags == t], group[row_tags == t]) for t in ("new", "seen")}
+    rows = [line for line in paired_lines({"sft": before, "rl": after}) if line.startswith("| rl | sft |")]
+    assert [r.split(" | ")[2:5] for r in rows] == [["all", "3", "+0.167"], ["new", "2", "+0.750"],
+                                                    ["seen", "1", "-1.000"]]
+
+
 def test_window_means_from_per_step_mean_std_and_count():
     from rl.evaluate import trend_line, window_means
 
