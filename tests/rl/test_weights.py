@@ -295,6 +295,25 @@ def test_ipc_hands_over_shared_buckets_in_reused_slots_and_leaves_no_file(tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
+def test_ipc_removes_the_slot_files_a_dead_sender_left(tmp_path):
+    """A run killed before `close` leaves its slot files; the next transport to create a slot removes those
+    whose sending process is gone, and no other."""
+    import subprocess
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = tmp_path / f"windward-ipc-1234-{dead.pid}-0123abcd"
+    alive = tmp_path / "windward-ipc-1234-1-4567ef"  # pid 1 never ends
+    left.write_bytes(b"x")
+    alive.write_bytes(b"x")
+    transport = IPCTransport("127.0.0.1", free_port(), num_receivers=1, timeout_s=30, shm_dir=str(tmp_path))
+    try:
+        transport.allocate(1024)
+        assert not left.exists() and alive.exists()
+    finally:
+        transport.close()
+
+
 def test_ipc_never_packs_into_a_slot_a_receiver_still_holds(tmp_path):
     """An engine keeps views of a bucket until a layer's other shards arrive: here the receiver keeps
     every bucket of a version to the end. No slot it holds is packed again, so what it kept still reads
