@@ -53,7 +53,8 @@ def wait(refs, timeout_s: float, what: str):
         raise TimeoutError(f"waited {timeout_s:.0f}s for {what}; no answer") from None
 
 
-def _free_port() -> tuple[str, int]:
+def node_free_port() -> tuple[str, int]:
+    """(this process's node address, a free port there)."""
     with socket.socket() as s:
         s.bind(("", 0))
         port = s.getsockname()[1]
@@ -124,7 +125,7 @@ class ActorGroup:
 
     def rendezvous(self) -> tuple[str, int]:
         """Address and free port on rank 0's node, for torch.distributed."""
-        return wait(ray.remote(num_cpus=0)(_free_port).options(
+        return wait(ray.remote(num_cpus=0)(node_free_port).options(
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=0),
         ).remote(), self.timeout_s, f"a free port on the node of {self.name} rank 0")
 

@@ -116,8 +116,9 @@ class TrainerConfig(_Base):
     weight_transport: Annotated[Literal["auto", "object_store", "disk", "collective", "ipc"], Meta(
         description="how weights reach the engines: Ray object store; files in run.dir/weights; a torch.distributed "
                     "broadcast into the engines' workers (NCCL on GPU, gloo on CPU); ipc (colocated: CUDA IPC / shared "
-                    "memory). auto: ipc on CPU on one node, collective for GPU engines on GPUs of their own, else "
-                    "object_store (rl/groups.py weight_transport_for)")] = "auto"
+                    "memory; on GPUs one sender per rank, each to the engine on its own GPU). auto: ipc on CPU on one node "
+                    "and on colocated GPUs where every engine has a rank on its GPU, collective for GPU engines on "
+                    "GPUs of their own, else object_store (rl/placement.py weight_transport_for)")] = "auto"
     weight_bucket_mb: Annotated[int, Meta(ge=1, description="size of one weight bucket")] = 64
     weight_window: Annotated[int, Meta(ge=1, description="buckets in flight at most (bounded memory)")] = 2
     logprob_chunk_mb: Annotated[int, Meta(ge=1, description="memory of one chunk of the logprob kernel (rows x "

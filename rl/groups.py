@@ -15,7 +15,7 @@ import pyarrow as pa
 import ray
 
 from rl import algos
-from rl.cluster import ActorGroup, connect, wait
+from rl.cluster import ActorGroup, connect, node_free_port, wait
 from rl.config import Config, to_dict
 from rl.placement import Colocation, cpu_threads, node_cores, resolve_placement, weight_transport_for
 from rl.rollout_queue import Dispatcher
@@ -220,9 +220,11 @@ class RLGroups:
         from rl.weights import make_transport
 
         t, r = cfg.trainer, cfg.rollout
-        kind = weight_transport_for(t.weight_transport, gpu=r.gpus_per_engine > 0 or t.gpus_per_rank > 0,
-                                    placement=self.placement, num_nodes=sum(n["Alive"] for n in ray.nodes()),
-                                    simulated="sim" in (r.backend, t.backend))
+        gpu = r.gpus_per_engine > 0 or t.gpus_per_rank > 0
+        kind = weight_transport_for(t.weight_transport, gpu=gpu, placement=self.placement,
+                                    num_nodes=sum(n["Alive"] for n in ray.nodes()),
+                                    simulated="sim" in (r.backend, t.backend), num_engines=r.num_engines,
+                                    num_ranks=t.num_ranks)
         opts = {"timeout_s": self.timeout}
         if r.backend == "vllm" and (r.gpus_per_engine > 0 or r.dtype != "auto"):  # buckets packed in the engines'
             from rollout.engines.vllm_engine import serving_dtype  # serving dtype
@@ -232,9 +234,31 @@ class RLGroups:
             opts["window"] = t.weight_window
         if kind == "disk":
             opts["folder"] = str(Path(cfg.run.dir or "runs").resolve() / "weights")
+        if kind == "ipc" and gpu:  # CUDA IPC opens only on the GPU holding the memory: each rank serves its own
+            return self._per_rank_ipc(opts)
         if kind in ("collective", "ipc"):
             opts["host"], opts["port"] = self.trainer.rendezvous()
         return make_transport(kind, num_receivers=self.rollout.num, **opts)
+
+    def _per_rank_ipc(self, opts: dict):
+        """ipc with one part per engine, sent by the trainer rank on the engine's GPU (colocated: bundle i holds
+        engine i and rank i), each part's rendezvous on that rank's node (rl/weights/per_rank.py)."""
+        from rl.weights import PerRankTransport, make_transport
+
+        engines, ranks = self.rollout.num, self.trainer.num
+        if self.placement != "colocated" or engines > ranks:
+            raise ValueError(f"trainer.weight_transport=ipc on GPUs needs every engine on a trainer rank's GPU "
+                             f"(ray.placement=colocated, rollout.num_engines <= trainer.num_ranks); placement "
+                             f"{self.placement}, {engines} engine(s), {ranks} rank(s): use collective or auto")
+        addresses = wait([a.__ray_call__.remote(_node_and_free_port) for a in self.trainer.actors[:engines]],
+                         self.timeout, f"a free port on the node of each of trainer ranks 0-{engines - 1}")
+        if len(set(addresses)) < len(addresses):  # two ranks of one node drew the same free port: draw again
+            addresses = [(host, port) if i == 0 or (host, port) not in addresses[:i] else
+                         wait(self.trainer.actors[i].__ray_call__.remote(_node_and_free_port), self.timeout,
+                              f"another free port on the node of trainer rank {i}")
+                         for i, (host, port) in enumerate(addresses)]
+        return PerRankTransport([make_transport("ipc", num_receivers=1, host=host, port=port, **opts)
+                                 for host, port in addresses])
 
     def sync_weights(self, version: int, abort: bool = False) -> int:
         """Trainer full state -> every engine through the weight transport, bucket by bucket (at most
@@ -303,6 +327,11 @@ class RLGroups:
                 ray.kill(handle)
             except Exception as err:  # shutting down: report, keep going
                 print(f"warning: ending an embedding server: {err}")
+
+
+def _node_and_free_port(_worker) -> tuple[str, int]:
+    """`node_free_port` in a trainer rank's process (`__ray_call__`)."""
+    return node_free_port()
 
 
 def local_index(rows: np.ndarray, source: np.ndarray) -> np.ndarray:

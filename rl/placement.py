@@ -34,21 +34,25 @@ def resolve_placement(requested: str, mode: str, num_nodes: int) -> str:
     return "colocated" if mode == "sync" and num_nodes == 1 else "split"
 
 
-def weight_transport_for(requested: str, *, gpu: bool, placement: str, num_nodes: int, simulated: bool) -> str:
+def weight_transport_for(requested: str, *, gpu: bool, placement: str, num_nodes: int, simulated: bool,
+                         num_engines: int = 1, num_ranks: int = 1) -> str:
     """The weight transport a run uses (`trainer.weight_transport`, rl/weights/): `requested` unless it is
     "auto". auto: straight into the engines' processes where that path serves every engine:
     - CPU on one node: ipc (shared-memory buckets, packed in place, mapped by the engine's worker:
       benchmarks/trainer.py measured it fastest here);
     - GPU engines on GPUs of their own (split): collective (an NCCL broadcast from trainer rank 0);
-    - GPU colocated: object_store. CUDA IPC reaches only the engine on rank 0's GPU and NCCL refuses two
-      ranks on one GPU, so neither serves several colocated engines yet;
+    - GPU colocated: ipc with one sender per rank (rank i to the engine on its GPU, rl/weights/per_rank.py),
+      where every engine has a rank on its GPU (num_engines <= num_ranks); else object_store (NCCL refuses two
+      ranks of one group on one GPU);
     - CPU on several nodes: collective (gloo); simulated engines or trainer: object_store."""
     if requested != "auto":
         return requested
     if simulated:
         return "object_store"
     if gpu:
-        return "collective" if placement == "split" else "object_store"
+        if placement == "split":
+            return "collective"
+        return "ipc" if num_engines <= num_ranks else "object_store"
     return "ipc" if num_nodes == 1 else "collective"
 
 

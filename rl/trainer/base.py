@@ -285,12 +285,13 @@ class TrainerBackend:
         """Clip (grad_clip > 0), step, zero the gradients; return the global grad norm before clipping."""
         raise NotImplementedError
 
-    def named_full_state(self, bucket_bytes: int = 64 << 20) -> Iterator[tuple[str, torch.Tensor]]:
+    def named_full_state(self, bucket_bytes: int = 64 << 20, every_rank: bool = False
+                         ) -> Iterator[tuple[str, torch.Tensor]]:
         """(HF name, full tensor) for every entry of the model's state dict, tied weights under both
         names, on the trainer's device and possibly the live parameter itself: read each at once (the
         bucket packer copies it where its bucket lives: host, shared or GPU memory, with no round trip
         through the host for a GPU bucket) and never keep or modify it. Collective: every rank runs it
-        to the end; only rank 0 yields. Gathers about `bucket_bytes` at a time."""
+        to the end; only rank 0 yields (every rank with `every_rank`). Gathers about `bucket_bytes` at a time."""
         raise NotImplementedError
 
     def save_checkpoint(self, folder: str) -> None:
@@ -565,14 +566,14 @@ class TrainerBackend:
     # --- weights for the engines ----------------------------------------------------------
 
     def iter_state_buckets(self, bucket_bytes: int = 64 << 20, dtype: torch.dtype | None = None,
-                           allocate=None) -> Iterator[torch.Tensor]:
+                           allocate=None, every_rank: bool = False) -> Iterator[torch.Tensor]:
         """The full state as buckets (1-D uint8 tensors, `rl/weights/base.py` `iter_buckets`) of about
         `bucket_bytes`, packed while gathering (at most one bucket's tensors, its packed copy and one
         gather chunk held at a time). dtype: the serving dtype floating tensors are cast to while packed;
         allocate: where a bucket is packed (a transport's `allocate`). Collective: every rank iterates to
-        the end; rank 0 yields, the others yield nothing."""
-        named = self.named_full_state(bucket_bytes)
-        if self.rank == 0:
+        the end; rank 0 yields (every rank with `every_rank`), the others yield nothing."""
+        named = self.named_full_state(bucket_bytes, every_rank=every_rank)
+        if self.rank == 0 or every_rank:
             if self.lora:  # the engines serve the merged weights under the base model's names
                 lo = self.lora
                 named = merge_lora(named, lo.get("alpha", 2 * lo["rank"]) / lo["rank"])
@@ -584,14 +585,19 @@ class TrainerBackend:
     def send_weights(self, transport, version: int, bucket_bytes: int = 64 << 20):
         """Stream the full state as `version` through a weight transport (rl/weights/): every rank takes
         part in the gather, rank 0 packs each bucket in the transport's serving dtype where the transport
-        wants it (host, shared or GPU memory) and sends it at once (bounded memory). Returns the send
-        statistics on rank 0, None elsewhere."""
+        wants it (host, shared or GPU memory) and sends it at once (bounded memory). A transport with one
+        sender per rank (`rl/weights/per_rank.py`: CUDA IPC into the engine on each rank's own GPU) has
+        every rank with a part pack and send the whole state to its engines. Returns the send statistics
+        of this rank's send, None where it sent nothing."""
         from rollout.engines.base import keep_freed_memory
 
         keep_freed_memory()  # on CPU the gather's copies then reuse warm memory, not fresh pages, every sync
-        if self.rank == 0:
-            return transport.send(version, self.iter_state_buckets(bucket_bytes, transport.dtype, transport.allocate))
-        for _ in self.iter_state_buckets(bucket_bytes):
+        per_rank = getattr(transport, "per_rank", False)
+        mine = transport.sender(self.rank) if per_rank else transport if self.rank == 0 else None
+        if mine is not None:
+            return mine.send(version, self.iter_state_buckets(bucket_bytes, mine.dtype, mine.allocate,
+                                                              every_rank=per_rank))
+        for _ in self.iter_state_buckets(bucket_bytes, every_rank=per_rank):
             pass
         return None
 

@@ -99,13 +99,15 @@ class DeepSpeedTrainer(TrainerBackend):
         gn = self.engine.get_global_grad_norm()
         return float(gn) if gn is not None else 0.0
 
-    def named_full_state(self, bucket_bytes: int = 64 << 20) -> Iterator[tuple[str, torch.Tensor]]:
-        """Stage 1/2: every rank holds the full parameters; rank 0 yields them as they are. Stage 3: chunks
-        of about `bucket_bytes` gathered with `zero.GatheredParameters` on every rank, copied on rank 0 (on
-        the device)."""
+    def named_full_state(self, bucket_bytes: int = 64 << 20, every_rank: bool = False
+                         ) -> Iterator[tuple[str, torch.Tensor]]:
+        """Stage 1/2: every rank holds the full parameters; rank 0 (every rank with `every_rank`) yields
+        them as they are. Stage 3: chunks of about `bucket_bytes` gathered with `zero.GatheredParameters`
+        on every rank, copied on rank 0 (every rank with `every_rank`) on the device."""
         entries = list(self.model.state_dict(keep_vars=True).items())  # tied weights under both names
+        mine = self.rank == 0 or every_rank
         if self.zero_stage < 3:
-            if self.rank == 0:
+            if mine:
                 for name, t in entries:
                     yield name, t.detach()
             return
@@ -121,7 +123,7 @@ class DeepSpeedTrainer(TrainerBackend):
             params = list({id(p): p for _, p in chunk if hasattr(p, "ds_id")}.values())
             with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
                 # copies on the device: the gathered parameters are gone when the context ends
-                copies = [(n, p.detach().clone()) for n, p in chunk] if self.rank == 0 else []
+                copies = [(n, p.detach().clone()) for n, p in chunk] if mine else []
             yield from copies
             chunk, size = [], 0
 

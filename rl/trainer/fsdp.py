@@ -95,12 +95,14 @@ class FSDPTrainer(TrainerBackend):
     def _optimizer_step(self) -> float:
         return clip_and_step(self.optimizer, self.model.parameters(), self.grad_clip)
 
-    def named_full_state(self, bucket_bytes: int = 64 << 20) -> Iterator[tuple[str, torch.Tensor]]:
-        """One all-gather per state-dict entry (every rank, same order); rank 0 yields the gathered tensor
-        where it is (the trainer's device; with one rank, the parameter itself)."""
+    def named_full_state(self, bucket_bytes: int = 64 << 20, every_rank: bool = False
+                         ) -> Iterator[tuple[str, torch.Tensor]]:
+        """One all-gather per state-dict entry (every rank, same order); rank 0 (every rank with
+        `every_rank`: each has it anyway) yields the gathered tensor where it is (the trainer's device;
+        with one rank, the parameter itself)."""
         for name, t in self.model.state_dict().items():
             full = t.full_tensor() if hasattr(t, "full_tensor") else t
-            if self.rank == 0:
+            if self.rank == 0 or every_rank:
                 yield name, full.detach()
 
     def save_checkpoint(self, folder: str) -> None:

@@ -12,6 +12,8 @@ any side holding the whole state a second time. One transport per file under a s
                 bucket by bucket; no RPC, no staging.
   ipc           (ipc.py) colocated on one node: buckets stay in memory both sides map (CUDA IPC on GPU,
                 /dev/shm on CPU); only handles and acknowledgements travel, over a gloo group.
+  per_rank      (per_rank.py) one part per trainer rank, each streaming the whole state to the engine on
+                its own device (colocated GPUs: an ipc part per rank; rl/groups.py builds it).
 
 A transport is one picklable object handed to both sides. Trainer rank 0 calls `send(version, buckets)`
 with the buckets as they are packed (`allocate`: where the transport wants them); receiver i iterates
@@ -31,6 +33,7 @@ from rl.weights.collective import CollectiveTransport
 from rl.weights.disk import DiskTransport
 from rl.weights.ipc import IPCTransport
 from rl.weights.object_store import ObjectStoreTransport
+from rl.weights.per_rank import PerRankTransport
 
 TRANSPORTS = {"object_store": ObjectStoreTransport, "disk": DiskTransport, "collective": CollectiveTransport,
               "ipc": IPCTransport}
@@ -45,4 +48,4 @@ def make_transport(kind: str, num_receivers: int, **options) -> Transport:
 
 
 __all__ = ["BucketStream", "CollectiveTransport", "DiskTransport", "IPCTransport", "ObjectStoreTransport",
-           "SendStats", "TRANSPORTS", "Transport", "iter_buckets", "make_transport"]
+           "PerRankTransport", "SendStats", "TRANSPORTS", "Transport", "iter_buckets", "make_transport"]

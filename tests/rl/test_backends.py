@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import threading
 
 import numpy as np
 import pytest
@@ -29,6 +30,7 @@ from tests.rl.dist_ranks import leave_rank, start_rank
 from rl.trainer.collate import padded_microbatch, row_lengths
 from rl.trainer.logprobs import reference_token_logprobs as token_logprobs
 from rollout.engines import Generation
+from rl.weights import IPCTransport, PerRankTransport
 from rollout.engines.base import decode_bucket
 from rollout.trajectory import build_batch, record_from_generation, with_columns
 
@@ -67,9 +69,21 @@ def full_state(trainer):
     return out
 
 
-def _rank(rank, port, model_path, shards, out_dir):
+def per_rank_state(t, transport, version) -> dict:
+    """The state rank `t.rank` sends through its own part of a per-rank transport (colocated GPUs: CUDA IPC
+    into the engine on its GPU; here shared memory), received by a thread of this process."""
+    got = {}
+    receiver = threading.Thread(target=lambda: [got.update(decode_bucket(b))
+                                                for b in transport.receive(version, t.rank)])
+    receiver.start()
+    t.send_weights(transport, version, bucket_bytes=32 << 10)
+    receiver.join(timeout=120)
+    return {k: v.clone() for k, v in got.items()}
+
+
+def _rank(rank, port, model_path, shards, out_dir, per_rank):
     start_rank()
-    for name, (backend, kwargs) in RUNS.items():
+    for version, (name, (backend, kwargs)) in enumerate(RUNS.items(), 1):
         t = trainer_class(backend)(model_path, rank=rank, world_size=2, lr=LR, grad_clip=0.0, algo=ALGO, **kwargs)
         t.init_distributed("127.0.0.1", port)  # joins the group on the first run, reuses it after
         first = t.train_step(shards[rank])
@@ -82,6 +96,7 @@ def _rank(rank, port, model_path, shards, out_dir):
         t.load_checkpoint(ckpt)
         again = t.train_step(shards[rank])
         after_again = full_state(t)
+        torch.save(per_rank_state(t, per_rank, version), os.path.join(out_dir, f"{name}-per-rank{rank}.pt"))
         if rank == 0:
             torch.save({"first": first, "after_first": after_first, "second": second, "after_second": after_second,
                         "again": again, "after_again": after_again}, os.path.join(out_dir, f"{name}.pt"))
@@ -109,8 +124,16 @@ def two_rank_runs(tiny_model, tmp_path_factory):
     batch = make_batch()
     per_rank = algos.balance_groups(row_lengths(batch), batch.column("group").to_numpy(), 2)
     shards = [batch.take(rows) for rows in per_rank]
-    mp.start_processes(_rank, args=(free_port(), tiny_model, shards, str(out)), nprocs=2, start_method="spawn")
+    per_rank = PerRankTransport([IPCTransport("127.0.0.1", free_port(), num_receivers=1, timeout_s=120)
+                                 for _ in range(2)])
+    try:
+        mp.start_processes(_rank, args=(free_port(), tiny_model, shards, str(out), per_rank), nprocs=2,
+                           start_method="spawn")
+    finally:
+        per_rank.close()
     runs = {name: torch.load(out / f"{name}.pt", weights_only=False) for name in [*RUNS, "zero3-lora"]}
+    for name in RUNS:
+        runs[name]["per_rank"] = [torch.load(out / f"{name}-per-rank{r}.pt") for r in range(2)]
     return {**runs, "dir": out}
 
 
@@ -144,6 +167,18 @@ def test_two_ranks_match_single_process_step(two_rank_runs, reference, name):
     assert set(state) == set(reference["state"])  # tied lm_head travels under its own name too
     for key, want in reference["state"].items():
         torch.testing.assert_close(state[key], want, atol=1e-5, rtol=0, msg=lambda s, key=key: f"{name} {key}: {s}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(RUNS))
+def test_every_rank_sends_the_whole_state_through_its_own_part(two_rank_runs, name):
+    """Colocated GPUs (rl/weights/per_rank.py): each rank packs and sends the full state to the engine on its
+    own device. Both ranks' streams hold exactly what rank 0's gather holds."""
+    run = two_rank_runs[name]
+    for rank, got in enumerate(run["per_rank"]):
+        assert set(got) == set(run["after_again"]), (name, rank)
+        for key, want in run["after_again"].items():
+            assert torch.equal(got[key], want), f"{name} rank {rank} {key}"
 
 
 @pytest.mark.slow

@@ -25,7 +25,8 @@ def test_auto_weight_transport_goes_straight_into_the_engines_where_that_serves_
     assert auto() == "ipc" and auto(placement="split") == "ipc"  # CPU, one node: shared memory
     assert auto(num_nodes=2) == "collective"
     assert auto(gpu=True, placement="split") == "collective"  # NCCL into engines on GPUs of their own
-    assert auto(gpu=True) == "object_store"  # colocated GPUs: neither direct path serves every engine yet
+    assert auto(gpu=True, num_engines=8, num_ranks=8) == "ipc"  # colocated GPUs: each rank to its GPU's engine
+    assert auto(gpu=True, num_engines=8, num_ranks=4) == "object_store"  # 4 engines share no GPU with a rank
     assert auto(simulated=True) == "object_store"
     assert weight_transport_for("disk", gpu=True, placement="split", num_nodes=4, simulated=False) == "disk"
 

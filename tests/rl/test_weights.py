@@ -18,8 +18,8 @@ import pytest
 import ray
 import torch
 
-from rl.weights import (CollectiveTransport, DiskTransport, IPCTransport, ObjectStoreTransport, iter_buckets,
-                        make_transport)
+from rl.weights import (CollectiveTransport, DiskTransport, IPCTransport, ObjectStoreTransport, PerRankTransport,
+                        iter_buckets, make_transport)
 from rollout.engines.base import decode_bucket, encode_bucket, pack_bucket, unpack_bucket
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # test modules are not importable on workers
@@ -314,6 +314,36 @@ def test_ipc_removes_the_slot_files_a_dead_sender_left(tmp_path):
         transport.close()
 
 
+def test_per_rank_parts_each_carry_the_whole_state_to_their_own_engine(tmp_path):
+    """Colocated GPUs: rank r streams the whole state to engine r through part r (here two ipc parts on shared
+    memory, senders and receivers as threads). A rank past the engines has no part."""
+    parts = [IPCTransport("127.0.0.1", free_port(), num_receivers=1, timeout_s=30, shm_dir=str(tmp_path))
+             for _ in range(2)]
+    transport = PerRankTransport(parts)
+    assert transport.num_receivers == 2 and transport.sender(2) is None
+    got: dict[int, list] = {}
+
+    def receive(i):
+        got[i] = contents(pickle.loads(pickle.dumps(transport.stream(3, i))))  # as an engine gets it
+
+    def send(rank):
+        part = pickle.loads(pickle.dumps(transport)).sender(rank)  # as a trainer rank gets it
+        part.send(3, iter_buckets(named_state(4), bucket_bytes=MB, allocate=part.allocate))
+
+    try:
+        threads = [threading.Thread(target=f, args=(i,)) for i in range(2) for f in (receive, send)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert got == {0: expected(4), 1: expected(4)}
+    finally:
+        transport.close()
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="exactly one engine"):
+        PerRankTransport([IPCTransport("127.0.0.1", 1, num_receivers=2)])
+
+
 def test_ipc_never_packs_into_a_slot_a_receiver_still_holds(tmp_path):
     """An engine keeps views of a bucket until a layer's other shards arrive: here the receiver keeps
     every bucket of a version to the end. No slot it holds is packed again, so what it kept still reads
@@ -532,3 +562,33 @@ def test_rollout_worker_loads_a_stream_from_the_trainer(ray_session, tiny_model)
     finally:
         transport.close()
         ray.kill(worker)
+
+
+@ray.remote(num_cpus=0)
+class _Rank:
+    """A stand-in trainer rank: only its process (node and free port) matters."""
+
+
+def test_colocated_gpu_ipc_gets_one_part_per_engine_on_its_ranks_node(ray_session):
+    """rl/groups.py on colocated GPUs: engine i is served by rank i, each part's rendezvous is a free port on
+    that rank's node (distinct ports); an engine without a rank on its GPU is refused by name."""
+    from types import SimpleNamespace
+
+    from rl.groups import RLGroups
+
+    actors = [_Rank.remote() for _ in range(3)]
+    stub = SimpleNamespace(rollout=SimpleNamespace(num=2), trainer=SimpleNamespace(num=3, actors=actors),
+                           placement="colocated", timeout=60)
+    transport = RLGroups._per_rank_ipc(stub, {"timeout_s": 60})
+    try:
+        assert isinstance(transport, PerRankTransport) and len(transport.parts) == 2
+        assert len({(p.host, p.port) for p in transport.parts}) == 2
+        assert transport.sender(2) is None  # rank 2 has no engine on its GPU
+    finally:
+        transport.close()
+    for rollout, placement in ((4, "colocated"), (2, "split")):
+        stub.rollout.num, stub.placement = rollout, placement
+        with pytest.raises(ValueError, match="rollout.num_engines <= trainer.num_ranks"):
+            RLGroups._per_rank_ipc(stub, {"timeout_s": 60})
+    for a in actors:
+        ray.kill(a)
