@@ -291,7 +291,8 @@ def resume_changes(before: dict, now: dict, skipped: list[str]) -> list[str]:
     would be silently ignored (an rl setting when the rl stage is done)."""
     if not skipped or not before:
         return []
-    old, new = flat_settings(before), flat_settings(now)
+    # as JSON holds them (the record is read back from JSON: a tuple there is a list)
+    old, new = (flat_settings(json.loads(json.dumps(d, default=str))) for d in (before, now))
     lines, refused = [], []
     for key in sorted(set(old) | set(new)):
         if old.get(key) == new.get(key) or key.startswith(RESUME_FREE):
