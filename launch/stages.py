@@ -298,14 +298,14 @@ def resume_changes(before: dict, now: dict, skipped: list[str]) -> list[str]:
         if old.get(key) == new.get(key) or key.startswith(RESUME_FREE):
             continue
         change = f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
-        if key.startswith(RESUME_RL) and not key.startswith(RESUME_FROZEN_RL) and "rl" not in skipped:
+        if not key.startswith(RESUME_RL) or key.startswith(RESUME_FROZEN_RL):
+            refused.append(f"{change}: the stages done ({', '.join(skipped)}) ran with the first")
+        elif "rl" not in skipped:
             lines.append(f"{change} (read by the stages that run now)")
-        elif key.startswith(RESUME_RL) and "rl" in skipped and not key.startswith(("rollout.", "trainer.lora")):
-            refused.append(f"{change}: the rl stage is done, so it would be ignored")
-        elif key.startswith("rollout.") and "rl" in skipped:
+        elif key.startswith("rollout."):
             lines.append(f"{change} (read by the evaluations that run now)")
         else:
-            refused.append(f"{change}: the stages done ({', '.join(skipped)}) ran with the first")
+            refused.append(f"{change}: the rl stage is done, so it would be ignored")
     if refused:
         raise ConfigError("run.resume: settings changed since the earlier run of this folder:\n  "
                           + "\n  ".join(refused) + "\nresume with the earlier values, or start a new run.dir")

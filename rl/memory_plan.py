@@ -507,9 +507,8 @@ def _ipc_slots(cfg, arch: Arch, gpu: bool) -> int:
     from rl.placement import weight_transport_for
 
     r, t = cfg.rollout, cfg.trainer
-    kind = weight_transport_for(t.weight_transport, gpu=gpu, placement="colocated", num_nodes=1,
-                                simulated="sim" in (r.backend, t.backend))
-    if gpu or kind != "ipc":
+    if gpu or weight_transport_for(t.weight_transport, gpu=False, placement="colocated", num_nodes=1,
+                                   simulated="sim" in (r.backend, t.backend)) != "ipc":
         return 0
     serving = 2 if r.dtype in ("bfloat16", "float16") else 4
     return IPC_SLOTS * max(t.weight_bucket_mb << 20, arch.vocab * arch.hidden * serving)

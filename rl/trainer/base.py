@@ -597,7 +597,7 @@ class TrainerBackend:
         if mine is not None:
             return mine.send(version, self.iter_state_buckets(bucket_bytes, mine.dtype, mine.allocate,
                                                               every_rank=per_rank))
-        for _ in self.iter_state_buckets(bucket_bytes, every_rank=per_rank):
+        for _ in self.iter_state_buckets(bucket_bytes):  # the gather only: nothing to pack on this rank
             pass
         return None
 

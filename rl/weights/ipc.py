@@ -66,7 +66,7 @@ class _Slots:
     flight (`busy`), and those the receivers' last acknowledgement said they still hold (`held`)."""
 
     def __init__(self):
-        self.files: list[tuple[str, torch.Tensor] | None] = []
+        self.files: list[tuple[str, torch.Tensor]] = []  # (path, the mapped file)
         self.busy: set[int] = set()
         self.held: set[int] = set()
 
@@ -124,8 +124,8 @@ class IPCTransport(CollectiveTransport):
         if torch.cuda.is_available():
             return torch.empty(nbytes, dtype=torch.uint8, device=torch.device("cuda", torch.cuda.current_device()))
         slots = self._slots()
-        free = [i for i, f in enumerate(slots.files)
-                if f is not None and i not in slots.busy and i not in slots.held and os.path.exists(f[0])]
+        free = [i for i, (path, _) in enumerate(slots.files)
+                if i not in slots.busy and i not in slots.held and os.path.exists(path)]
         fits = [i for i in free if slots.files[i][1].numel() >= nbytes]
         if fits:
             i = min(fits, key=lambda j: slots.files[j][1].numel())
@@ -145,12 +145,11 @@ class IPCTransport(CollectiveTransport):
         return slots.files[i][1][:nbytes]
 
     def _open(self, pg, device, what: str) -> None:
-        """Before a version: the sender learns which slots the receivers still hold (`_taken`)."""
-        if device.type == "cpu":
-            if pg.rank() == 0:
-                slots = self._slots()
-                slots.busy.clear()  # nothing is in flight between versions
-            self._agree_held(pg, what)
+        """Before a version: the sender learns which slots the receivers still hold (`_taken`). (The
+        group is gloo on every machine, so `device` is always the host here.)"""
+        if pg.rank() == 0:
+            self._slots().busy.clear()  # nothing is in flight between versions
+        self._agree_held(pg, what)
 
     def _agree_held(self, pg, what: str) -> None:
         """All ranks: a flag per slot, summed: the receivers' views of it (the sender adds nothing)."""
@@ -160,7 +159,7 @@ class IPCTransport(CollectiveTransport):
                 flags[i] = int(_held_by(mapping))
         self._wait(pg.allreduce([flags]), f"{what}: the slots the receivers hold")
         if pg.rank() == 0:
-            self._slots().held = {i for i in range(MAX_SLOTS) if flags[i] > 0}
+            self._slots().held = set(flags.nonzero().flatten().tolist())
 
     def _post(self, pg, device, data: torch.Tensor, version: int, index: int, what: str):
         path, slot = None, -1
@@ -169,7 +168,7 @@ class IPCTransport(CollectiveTransport):
         else:
             filename = getattr(data.untyped_storage(), "filename", None)
             slots = self._slots()
-            slot = next((i for i, f in enumerate(slots.files) if f is not None and f[0] == filename), -1)
+            slot = next((i for i, (path, _) in enumerate(slots.files) if path == filename), -1)
             if slot < 0:  # a one-off file (removed once loaded), or not from `allocate`: copied into one
                 if not filename or not filename.startswith(self._prefix()):
                     data = self._new_file(data.numel())[1].copy_(data)
@@ -195,7 +194,7 @@ class IPCTransport(CollectiveTransport):
         if not data.is_cuda:
             slots = self._slots()
             slots.busy.discard(slot)
-            slots.held = {i for i in range(MAX_SLOTS) if flags[i] > 0}
+            slots.held = set(flags.nonzero().flatten().tolist())
 
     def _take(self, pg, device, rank: int, n: int, extra: int, what: str, as_tensors: bool) -> torch.Tensor:
         blob = torch.empty(extra, dtype=torch.uint8)
@@ -220,10 +219,7 @@ class IPCTransport(CollectiveTransport):
         return mapping[offset:offset + n]
 
     def _taken(self, pg, device, what: str) -> None:
-        if device.type == "cpu":
-            self._agree_held(pg, f"{what}: acknowledging it")
-        else:
-            self._wait(pg.allreduce([torch.zeros(MAX_SLOTS, dtype=torch.int64)]), f"{what}: acknowledging it")
+        self._agree_held(pg, f"{what}: acknowledging it")
 
     def close(self) -> None:
         for path in glob.glob(f"{glob.escape(self._prefix())}*"):
