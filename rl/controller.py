@@ -223,10 +223,13 @@ def prefilter_tasks(groups: RLGroups, tasks: list[dict], num_rollouts: int, corr
     current policy, drop the tasks every rollout solves, write `dupo_prefilter.json` (dropped ids
     and every task's pass count). All-wrong tasks stay: the in-training rule handles them."""
     passes: dict[str, int] = {}
-    chunk = max(1, len(tasks) // max(1, groups.rollout.num * 4))
+    # one rollout call per chunk of tasks: enough to keep every engine's in-flight window full until the
+    # chunk's tail (the dispatcher bounds what runs at once), and a huge task set is never one batch in memory.
+    # (A quarter of the tasks per call, as before, rolled 4 tasks out one at a time on one engine.)
+    chunk = groups.rollout.num * groups.cfg.rollout.max_inflight_groups * 4
     for start in range(0, len(tasks), chunk):
         part = [dict(t, group=i) for i, t in enumerate(tasks[start:start + chunk])]
-        batch = groups.score(groups.generate(part, n=num_rollouts))
+        batch = groups.score(groups.generate(part, n=num_rollouts, progress="DUPO pre-filter"))
         ok = scalar_numpy(batch, "reward") >= correct
         for uid, hit in zip(batch.column("uid").to_pylist(), ok):
             passes[uid] = passes.get(uid, 0) + int(hit)

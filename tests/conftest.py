@@ -1,4 +1,5 @@
-"""Shared, expensive fixtures: one tiny model and one vLLM engine per test session."""
+"""Shared, expensive fixtures: one tiny model, one vLLM engine and one vLLM OpenAI-compatible server per test
+session."""
 
 from __future__ import annotations
 
@@ -59,3 +60,13 @@ def vllm_engine(tiny_model, loop_thread):
     engine = loop_thread.run(make(), timeout=600)
     yield engine
     loop_thread.run(engine.shutdown(), timeout=60)
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model):
+    """vLLM's OpenAI-compatible server on the tiny model (1,024 tokens of context; `tests/vllm_server.py`): its URL.
+    Started at its first use (about 25 s here) and kept to the end of the session."""
+    from tests.vllm_server import VLLMServer
+
+    with VLLMServer(tiny_model, max_model_len=1024) as server:
+        yield server.url

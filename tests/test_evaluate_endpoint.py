@@ -13,23 +13,21 @@ import pytest
 import torch
 
 from launch.common import ROOT
-from vllm_server import VLLMServer
 
 
 @pytest.mark.slow
-def test_evaluate_with_a_vllm_server_as_the_policy(tmp_path, tiny_model):
+def test_evaluate_with_a_vllm_server_as_the_policy(tmp_path, tiny_model, vllm_server):
     from transformers import AutoModelForCausalLM
 
     tasks = tmp_path / "simpleqa.csv"
     tasks.write_text("problem,answer\nWho directed 2001: A Space Odyssey?,Stanley Kubrick\n"
                      "What is the capital of France?,Paris\n")
     out = tmp_path / "eval"
-    with VLLMServer(tiny_model, max_model_len=1024) as server:
-        proc = subprocess.run(
-            [sys.executable, str(ROOT / "launch/evaluate.py"), "--policy", server.url, "--served-model", "tiny",
-             "--tokenizer", tiny_model, "--tasks", str(tasks), "--k", "2", "--out", str(out),
-             "run.progress=false", "agent.max_turns=2", "agent.max_tokens_per_turn=24", "reward.num_workers=1"],
-            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "launch/evaluate.py"), "--policy", vllm_server, "--served-model", "tiny",
+         "--tokenizer", tiny_model, "--tasks", str(tasks), "--k", "2", "--out", str(out),
+         "run.progress=false", "agent.max_turns=2", "agent.max_tokens_per_turn=24", "reward.num_workers=1"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
     results = json.loads((out / "results.json").read_text())
     assert results["num_tasks"] == 2 and len(results["per_run"]) == 2 and results["pass@k"] >= results["pass@1"]

@@ -117,15 +117,39 @@ class LocalHead:
             time.sleep(1)
         raise TimeoutError(f"ray head on {self.address} not ready after {timeout_s}s")
 
-    def stop(self):
+    def session(self) -> list[int]:
+        """Every live process of the head's session: `ray start` and its children, and the workers the raylet
+        started (each in a process group of its own)."""
+        pids = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile
+                continue
+            if int(fields[3]) == self.proc.pid and fields[0] != "Z":  # the session id; zombies are harmless
+                pids.append(int(stat.parent.name))
+        return pids
+
+    def stop(self, grace_s: float = 5.0):
+        """SIGTERM to the head, then SIGKILL to what is left of its session after `grace_s` (a graceful
+        `ray start --block` takes about 30 s to wind down here, and nothing of this throwaway cluster is kept)."""
         try:
             os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=60)
+            self.proc.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
+            pass
         except ProcessLookupError:
             pass
+        for _ in range(3):
+            for pid in self.session():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if self.proc.poll() is None:
+                self.proc.wait(timeout=30)
+            time.sleep(0.2)
+        assert not self.session(), f"processes of the ray head's session left: {self.session()}"
         self.log.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 

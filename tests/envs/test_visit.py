@@ -22,7 +22,6 @@ from envs.tools.visit import FetchGuard, VisitTool, make_visit_tool
 from envs.world import Fault, WorldServer, generate_world, page_url
 from tests.reward.openai_stub import OpenAIStub, Reply
 from tests.local_http import LocalServer
-from tests.vllm_server import VLLMServer
 
 GOOD = {"rational": "the page states it", "evidence": "EVIDENCE-TEXT", "summary": "SUMMARY-TEXT"}
 
@@ -329,13 +328,6 @@ def test_bad_arguments_are_error_observations():
 
 
 # ------------------------------------------------------------------------- a real vLLM OpenAI-compatible server
-
-@pytest.fixture(scope="module")
-def vllm_server(tiny_model):
-    """vLLM's OpenAI-compatible server on the tiny model (1,024 tokens of context)."""
-    with VLLMServer(tiny_model, max_model_len=1024) as server:
-        yield server.url
-
 
 @pytest.mark.slow
 def test_the_summary_client_speaks_to_a_vllm_server(vllm_server, site):
