@@ -163,3 +163,35 @@ def test_soft_overlong_punishment_in_reward():
     assert scalar_numpy(out, "reward_overlong").tolist() == pytest.approx([0.0, -0.5, -1.0])
     assert scalar_numpy(out, "reward").tolist() == pytest.approx([1.0, 0.5, 0.0])
     assert shape_rewards(b, algo("algo.preset=dupo")) is b  # DUPO: no length term
+
+
+def test_the_prefilter_fills_the_engines_and_drops_what_every_rollout_solves(tmp_path):
+    """DUPO's pre-filter: one rollout call per chunk of tasks as large as the engines' in-flight windows x 4 (a
+    quarter of the tasks per call rolled 4 tasks out one at a time); every task still counted; the all-solved
+    dropped."""
+    import json
+    from types import SimpleNamespace
+
+    from rl.controller import prefilter_tasks
+
+    class Groups(ScriptedGroups):
+        def __init__(self, rewards, engines, inflight):
+            super().__init__(rewards, n=2)
+            self.rollout = SimpleNamespace(num=engines)
+            self.cfg = SimpleNamespace(rollout=SimpleNamespace(max_inflight_groups=inflight))
+            self.sizes = []
+
+        def generate(self, tasks, n=None, progress=None):
+            self.sizes.append(len(tasks))
+            return super().generate(tasks, n)
+
+    solved, mixed = [1.0, 1.0], [1.0, 0.0]
+    g = Groups({f"t{i}": solved if i % 3 == 0 else mixed for i in range(10)}, engines=1, inflight=2)
+    kept = prefilter_tasks(g, tasks(10), 2, 1.0, tmp_path)
+    assert g.sizes == [8, 2]  # 1 engine x 2 in flight x 4
+    assert [t["uid"] for t in kept] == [f"t{i}" for i in range(10) if i % 3]
+    manifest = json.loads((tmp_path / "dupo_prefilter.json").read_text())
+    assert manifest["pass_counts"] == {f"t{i}": 2 if i % 3 == 0 else 1 for i in range(10)}
+    g = Groups({f"t{i}": mixed for i in range(4)}, engines=1, inflight=16)
+    prefilter_tasks(g, tasks(4), 2, 1.0, tmp_path)
+    assert g.sizes == [4]  # the smoke's 4 tasks in one call
