@@ -225,7 +225,6 @@ def prefilter_tasks(groups: RLGroups, tasks: list[dict], num_rollouts: int, corr
     passes: dict[str, int] = {}
     # one rollout call per chunk of tasks: enough to keep every engine's in-flight window full until the
     # chunk's tail (the dispatcher bounds what runs at once), and a huge task set is never one batch in memory.
-    # (A quarter of the tasks per call, as before, rolled 4 tasks out one at a time on one engine.)
     chunk = groups.rollout.num * groups.cfg.rollout.max_inflight_groups * 4
     for start in range(0, len(tasks), chunk):
         part = [dict(t, group=i) for i, t in enumerate(tasks[start:start + chunk])]
