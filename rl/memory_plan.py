@@ -32,7 +32,10 @@ The formulas follow the code as it runs (the numbers are per device, in bytes):
 - Loading (rl/trainer/fsdp.py `_load_sharded`): rank 0 reads the full fp32 model into host memory, the other
   ranks build it on the meta device; `fully_shard` moves one unit at a time to the device and keeps its shard,
   and rank 0 broadcasts each rank its shards. So a GPU holds the shards plus one unit whole; on CPU, rank 0's
-  memory also holds the full model. DeepSpeed: every rank reads the full fp32 model before ZeRO partitions it.
+  memory also holds the full model. DeepSpeed ZeRO-3 (rl/trainer/deepspeed.py `_load_partitioned`) the same
+  way: rank 0 reads the weights into host memory, every rank builds the modules under `zero.Init` (each
+  partitioned as soon as it is built: one module whole at a time) and takes its partition of rank 0's values.
+  ZeRO-1 and -2 keep every parameter on every rank, so each rank reads the full model.
 - vLLM on GPU takes `gpu_memory_utilization` of the device (weights, activation reserve, KV cache); asleep
   (colocated, sleep level 1) it keeps only its CUDA context and graphs. The vLLM CPU build: weights in fp32
   plus `kv_cache_gib`.
@@ -287,7 +290,8 @@ def trainer_memory(a: Arch, *, ranks: int, tokens: int, row_len: int, compute_by
     resident: what stays between steps (parameters, optimizer state, the reference model); step: what a
     training micro-batch adds at its peak (the start of the backward, a layer or its end, whichever holds most;
     or the optimizer step); load: while the model is read (FSDP2: rank 0 reads it in host memory, the others
-    start on the meta device and receive their shards; ZeRO: every rank reads it whole). `tokens`: positions in
+    start on the meta device and receive their shards; ZeRO-3 likewise, under zero.Init; ZeRO-1/2: every rank
+    reads it whole). `tokens`: positions in
     one micro-batch (token budget, or rows x row_len); `row_len`: the length attention sees (a packed
     micro-batch is one row of `tokens`)."""
     b, p, n = compute_bytes, param_count(a), max(1, ranks)
@@ -341,8 +345,10 @@ def trainer_memory(a: Arch, *, ranks: int, tokens: int, row_len: int, compute_by
     if opt_temp > sum(step.values()) - grads:  # the optimizer step, not the backward, peaks
         step = {"gradients": grads, "optimizer step temporary": opt_temp}
     runtime = {"CUDA context, NCCL" if gpu else "process": GPU_RUNTIME if gpu else CPU_PROCESS}
-    if backend == "deepspeed":  # every rank reads the whole model, then ZeRO partitions it
+    if backend == "deepspeed" and zero_stage < 3:  # ZeRO-1/2 keep every parameter on every rank: each reads it
         load = {"full fp32 model before sharding": 4 * p} | ({"parameters": params} if ref else {})
+    elif backend == "deepspeed" and gpu:  # rank 0 reads into host memory; zero.Init partitions module by module
+        load = {"parameters (partitions)": params + ref, "one module whole as zero.Init builds it": b * max(root, layer)}
     elif gpu:  # rank 0 reads into host memory; fully_shard moves one unit at a time and keeps the shard
         load = {"parameters (shards)": params + ref, "one unit whole on its way to be sharded": 4 * max(root, layer)}
     else:  # CPU: rank 0 reads the full model into the memory its shards live in, and broadcasts it

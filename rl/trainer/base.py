@@ -26,6 +26,7 @@ is then exactly the aggregate over the whole mini-batch (SEEDS 2.1 token-level l
 
 from __future__ import annotations
 
+
 import os
 import random
 import time
@@ -236,16 +237,23 @@ class TrainerBackend:
     def _load_model(self, trainable: bool = True, where: str = "device"):
         """The HF causal LM in fp32 (backends cast for mixed precision; fp64 when dtype is "float64", for
         exactness tests) on `where`: "device" (this rank's), "host" (CPU memory: FSDP2 moves it to the
-        device one unit at a time as it shards) or "meta" (the modules built from the config without
-        reading a weight: a rank that receives its shards from rank 0)."""
+        device one unit at a time as it shards), "meta" (the modules built from the config without
+        reading a weight: a rank that receives its shards from rank 0) or "config" (built from the config
+        where the caller's context puts it, without reading a weight: DeepSpeed's `zero.Init`)."""
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
         auto = AutoModelForImageTextToText if self.vision is not None else AutoModelForCausalLM
         dtype = torch.float64 if self.dtype == "float64" else torch.float32
-        if where == "meta":
-            with torch.device("meta"):
+        if where in ("meta", "config"):
+            from transformers.initialization import no_init_weights
+
+            # no weight initialisation: the weights come from rank 0 (and under zero.Init each parameter is
+            # partitioned as soon as its module is built, so an initialiser would index an empty tensor)
+            with torch.device("meta") if where == "meta" else no_init_weights():
                 model = auto.from_config(AutoConfig.from_pretrained(self.model_path), attn_implementation=self.attn,
                                          dtype=dtype)
+            if where == "config":
+                model.tie_weights()  # init_weights, skipped above, is where transformers ties the embeddings
         else:
             model = auto.from_pretrained(self.model_path, attn_implementation=self.attn, dtype=dtype)
         if trainable and self.grad_checkpointing:

@@ -1,6 +1,7 @@
 """DeepSpeed backend: one rank of the TrainerGroup with the policy under ZeRO stage 1, 2 or 3.
 
-Owns: the DeepSpeed engine built by `deepspeed.initialize` from a config dict (gloo on CPU with
+Owns: the policy loaded without a full copy per rank under ZeRO-3 (`_load_partitioned`: built under
+`zero.Init`, rank 0 the only reader), the DeepSpeed engine built by `deepspeed.initialize` from a config dict (gloo on CPU with
 DS_ACCELERATOR=cpu, NCCL on GPU; bf16 when dtype is bfloat16), a torch AdamW handed to it
 (`zero_allow_untested_optimizer`: DeepSpeed's own CPU Adam JIT-compiles for about 2 minutes), the
 reference model (a ZeRO-3 engine without optimizer under stage 3, a plain replica otherwise), the
@@ -72,7 +73,8 @@ class DeepSpeedTrainer(TrainerBackend):
 
     def _build(self) -> None:
         ds = import_deepspeed(self.device.type)
-        model = self._load_model()
+        partitioned = self.zero_stage == 3 and self.dtype != "float64"
+        model = self._load_partitioned(ds, trainable=True) if partitioned else self._load_model()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], **self.opt_args)
         self.engine, _, _, _ = ds.initialize(model=model, optimizer=optimizer, config=self.ds_config(),
                                              dist_init_required=False)
@@ -82,14 +84,47 @@ class DeepSpeedTrainer(TrainerBackend):
         self.scheduler = self._make_scheduler(optimizer)
         self.ref_model = self.ref = None
         if self._wants_ref:
-            ref = self._load_model(trainable=False)
             if self.zero_stage == 3:
+                ref = self._load_partitioned(ds, trainable=False) if partitioned else self._load_model(trainable=False)
                 self.ref_engine, *_ = ds.initialize(model=ref, config=self.ds_config(train=False),
                                                     dist_init_required=False)
                 self.ref, self.ref_model = self.ref_engine, self.ref_engine.module
             else:
+                ref = self._load_model(trainable=False)
                 self.ref = self.ref_model = ref.to(torch.bfloat16) if self.dtype == "bfloat16" else ref
             self.ref.eval()
+
+    def _load_partitioned(self, ds, trainable: bool):
+        """ZeRO-3 without a full copy per rank: every rank builds the modules from the config under
+        `zero.Init`, which partitions each module's parameters as soon as it is built; rank 0 alone reads
+        the weights (into host memory, as FSDP2's rank 0 does) and writes them into each parameter
+        gathered in turn (`GatheredParameters(modifier_rank=0)`: on leaving it, rank 0's values are
+        broadcast and every rank keeps its partition). Buffers, which ZeRO does not partition (rotary
+        frequencies), come from rank 0 too. Stages 1 and 2 keep the full parameters on every rank by
+        design, so they load as before; so does fp64 (exactness tests), which `zero.Init` cannot build."""
+        full = self._load_model(trainable=trainable, where="host") if self.rank == 0 else None
+        # the parameters' dtype comes from the config (bf16 or fp32): an explicit `dtype` is ignored on an
+        # accelerator without fp16 (DeepSpeed 0.19 `_set_dtype`), and fp64 is not allowed
+        with ds.zero.Init(config_dict_or_path=self.ds_config(train=trainable)):
+            model = self._load_model(trainable=trainable, where="config")
+        source = dict(full.named_parameters()) if full is not None else {}
+        names = [name for name, _ in model.named_parameters()]
+        missing = [[n for n in names if n not in source] if self.rank == 0 else None]
+        dist.broadcast_object_list(missing, src=0)  # every rank stops, or none: the loop below is collective
+        if missing[0]:
+            raise KeyError(f"{self.model_path}: the model built from its config has parameters the one read "
+                           f"from its weights lacks: {missing[0][:5]}")
+        for name, param in model.named_parameters():
+            with ds.zero.GatheredParameters([param], modifier_rank=0):
+                if self.rank == 0:
+                    param.data.copy_(source[name].data)
+        buffers = dict(full.named_buffers()) if full is not None else {}
+        for name, buf in model.named_buffers():
+            if self.rank == 0:
+                buf.copy_(buffers[name])
+            dist.broadcast(buf, src=0)
+        del full, source, buffers
+        return model
 
     def _backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss, scale_wrt_gas=False)

@@ -254,7 +254,7 @@ class VLLMEngine:
 
     async def shutdown(self) -> None:
         if self.llm is not None:
-            self.llm.shutdown()
+            self.llm.shutdown(timeout=1.0)
             # drop it now: AsyncLLM.__del__ shuts down again, which fails at interpreter exit
             # ('NoneType' object is not callable) once its modules are torn down
             self.llm = None

@@ -238,9 +238,14 @@ def test_the_device_size_changes_the_verdict(capsys):
     assert main("websailor", SEVEN_B, ["--config", str(SEVEN_B), "--dry-run", "--device-gib", "40"]) == 0
     out = capsys.readouterr().out
     assert "trainer: one unit whole on its way to be sharded" in out and "full fp32" not in out
-    # ...which every DeepSpeed rank reads whole: beside the engine's share it does not fit while loading
+    # ...nor does a ZeRO-3 rank (zero.Init: its partition and one module whole)...
     assert main("websailor", SEVEN_B, ["--config", str(SEVEN_B), "--dry-run", "--device-gib", "40",
-                                       "trainer.backend=deepspeed", "trainer.zero_stage=3"]) == 2
+                                       "trainer.backend=deepspeed", "trainer.zero_stage=3"]) == 0
+    out = capsys.readouterr().out
+    assert "trainer: one module whole as zero.Init builds it" in out and "full fp32" not in out
+    # ...which every ZeRO-2 rank reads whole: beside the engine's share it does not fit while loading
+    assert main("websailor", SEVEN_B, ["--config", str(SEVEN_B), "--dry-run", "--device-gib", "40",
+                                       "trainer.backend=deepspeed", "trainer.zero_stage=2"]) == 2
     err = capsys.readouterr().err
     assert "phase 'load'" in err and "'rollout.gpu_memory_utilization'" in err
     for argv in (["--device-gib", "141"], ["--dry-run", "--device-gib", "0"]):  # without --dry-run; not positive
