@@ -271,6 +271,7 @@ RESUME_FREE = ("run.resume", "run.dir", "run.name", "run.progress", "run.stage_t
                "run.save_trajectories", "run.save_every", "run.keep_last", "ray.", "pipeline.")
 RESUME_RL = ("algo.", "trainer.", "rollout.", "run.steps")
 RESUME_FROZEN_RL = ("trainer.lora", "trainer.backend")  # the trained state's own shape: never after sft
+RESUME_RL_ONLY = ("rollout.seed",)  # the rollout settings no evaluation reads
 
 
 def flat_settings(d: dict, prefix: str = "") -> dict:
@@ -302,7 +303,7 @@ def resume_changes(before: dict, now: dict, skipped: list[str]) -> list[str]:
             refused.append(f"{change}: the stages done ({', '.join(skipped)}) ran with the first")
         elif "rl" not in skipped:
             lines.append(f"{change} (read by the stages that run now)")
-        elif key.startswith("rollout."):
+        elif key.startswith("rollout.") and not key.startswith(RESUME_RL_ONLY):
             lines.append(f"{change} (read by the evaluations that run now)")
         else:
             refused.append(f"{change}: the rl stage is done, so it would be ignored")

@@ -67,6 +67,10 @@ class RolloutConfig(_Base):
     max_tokens: Annotated[int, Meta(ge=1, description="max generated tokens per sample")] = 16
     temperature: NonNegFloat = 1.0
     top_p: Prob = 1.0
+    seed: Annotated[int | None, Meta(description="seed of the RL stage's task draws, its duplication choices and "
+                                                 "its rollouts' sampling; null: run.seed. run.seed also draws the "
+                                                 "questions and the SFT order, so this is the key for several RL "
+                                                 "seeds on one SFT (a resumed run may change it before its rl stage)")] = None
     max_model_len: PosInt = 2048
     dtype: Annotated[Literal["auto", "float32", "bfloat16"], Meta(
         description="vLLM: the dtype the engines serve in; auto: bfloat16 on a GPU, float32 on CPU (exact logprobs). "

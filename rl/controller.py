@@ -44,8 +44,9 @@ def train(cfg: Config, run_dir: Path, groups: RLGroups | None = None, tasks: lis
     tasks = tasks if tasks is not None else groups.tasks
     if cfg.algo.prefilter and not (cfg.run.resume and ckpt.latest()):
         tasks = prefilter_tasks(groups, tasks, cfg.algo.prefilter_rollouts, cfg.algo.prefilter_correct, run_dir)
-    sampler = TaskSampler(tasks, cfg.data.batch_size, seed=cfg.run.seed)
-    rng = np.random.default_rng(cfg.run.seed)
+    rl_seed = rl_stage_seed(cfg)
+    sampler = TaskSampler(tasks, cfg.data.batch_size, seed=rl_seed)
+    rng = np.random.default_rng(rl_seed)
     start, version, found_meta = 1, start_version, {}
     if cfg.run.resume and (found := ckpt.latest()):
         done, version = resume(found[1], groups, sampler, rng, run_dir)
@@ -59,7 +60,7 @@ def train(cfg: Config, run_dir: Path, groups: RLGroups | None = None, tasks: lis
         for step in range(start, cfg.run.steps + 1):
             timer = StageTimer()
             with timer("step"):
-                seed = step_seed(cfg.run.seed, step)  # reproducible rollouts
+                seed = step_seed(rl_seed, step)  # reproducible rollouts
                 rolled, update, metrics = collect_batch(lambda: rollout.next(version, seed), groups.score,
                                                         cfg.data.batch_size, cfg.algo, timer, rng)
                 if cfg.run.save_trajectories:
@@ -87,6 +88,11 @@ def train(cfg: Config, run_dir: Path, groups: RLGroups | None = None, tasks: lis
         if own_groups:
             groups.shutdown()
     return {"run_dir": str(run_dir), "history": history, "policy_version": version}
+
+
+def rl_stage_seed(cfg: Config) -> int:
+    """The seed of the RL stage's task draws, duplication choices and rollouts: `rollout.seed`, else `run.seed`."""
+    return cfg.run.seed if cfg.rollout.seed is None else cfg.rollout.seed
 
 
 def step_seed(run_seed: int, step: int) -> int:

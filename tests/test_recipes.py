@@ -197,7 +197,22 @@ def test_a_resumed_pipeline_refuses_a_setting_its_finished_stages_depend_on():
             resume_changes(before, now(**{key: value}), after_sft)
     with pytest.raises(ConfigError, match="algo.kl_coef.*rl stage is done"):
         resume_changes(before, now(algo__kl_coef=0.5), after_sft + ["rl"])
+    # another RL seed on the same SFT (rollout.seed; run.seed also drew the questions): before rl, not after
+    assert resume_changes(before, now(rollout__seed=1), after_sft) == [
+        "rollout.seed: None -> 1 (read by the stages that run now)"]
+    with pytest.raises(ConfigError, match="rollout.seed.*rl stage is done"):
+        resume_changes(before, now(rollout__seed=1), after_sft + ["rl"])
     assert resume_changes(before, now(run__seed=7), []) == []  # nothing skipped: nothing to compare
+
+
+def test_rollout_seed_seeds_the_rl_stage_alone():
+    from rl.config import load_config
+    from rl.controller import rl_stage_seed, step_seed
+
+    spine = ROOT / "launch/configs/spine.yaml"
+    assert rl_stage_seed(load_config(spine, ["run.seed=3"])) == 3
+    assert rl_stage_seed(load_config(spine, ["run.seed=3", "rollout.seed=1"])) == 1
+    assert step_seed(1, 2) != step_seed(3, 2)
 
 
 @pytest.mark.slow

@@ -254,6 +254,8 @@ class VLLMEngine:
 
     async def shutdown(self) -> None:
         if self.llm is not None:
+            # SIGTERM to the engine core, then its process tree is killed after 1 s: its worker never exits within
+            # vLLM's default 5 s grace on CPU, so every shutdown waited the 5 s and then killed it anyway
             self.llm.shutdown(timeout=1.0)
             # drop it now: AsyncLLM.__del__ shuts down again, which fails at interpreter exit
             # ('NoneType' object is not callable) once its modules are torn down
