@@ -26,7 +26,6 @@ is then exactly the aggregate over the whole mini-batch (SEEDS 2.1 token-level l
 
 from __future__ import annotations
 
-
 import os
 import random
 import time
