@@ -42,6 +42,9 @@ def train(cfg: Config, run_dir: Path, groups: RLGroups | None = None, tasks: lis
     groups = groups or RLGroups(cfg)
     ckpt = CheckpointManager(run_dir, cfg.run.keep_last)
     tasks = tasks if tasks is not None else groups.tasks
+    # the KL reference is the policy this stage starts from (after an SFT stage: the SFT policy), as in verl;
+    # a resumed stage then loads its checkpoint's policy below, and the reference stays the stage's start
+    groups.reset_reference()
     if cfg.algo.prefilter and not (cfg.run.resume and ckpt.latest()):
         tasks = prefilter_tasks(groups, tasks, cfg.algo.prefilter_rollouts, cfg.algo.prefilter_correct, run_dir)
     rl_seed = rl_stage_seed(cfg)

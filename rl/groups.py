@@ -216,6 +216,13 @@ class RLGroups:
         with self.colocation.trainer_phase():
             return self.trainer.call_split("train_step", shards, on_policy=on_policy)[0]
 
+    def reset_reference(self) -> None:
+        """The trainer's reference model (`algo.kl_coef` > 0) takes the policy's current weights: an RL stage
+        calls it as it starts, so that its KL term is to the policy it starts from (`TrainerBackend.reset_reference`)."""
+        if self.cfg.algo.kl_coef > 0:
+            with self.colocation.trainer_phase():
+                self.trainer.call("reset_reference")
+
     def _make_transport(self, cfg: Config):
         from rl.weights import make_transport
 

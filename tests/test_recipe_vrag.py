@@ -48,6 +48,8 @@ def test_vrag_smoke(tmp_path):
     # RL: GRPO with the KL term; the trajectories keep an images column for the trainer
     rows = metrics_rows(run_dir / "metrics.jsonl")
     assert len(rows) == 2 and all("train/kl_ref" in r for r in rows)
+    # its reference is the policy RL starts from (the SFT policy), not the weights loaded before SFT
+    assert rows[0]["train/kl_ref"] == pytest.approx(0.0, abs=1e-6), rows[0]["train/kl_ref"]
     step = table(run_dir / "trajectories" / "step_000001.parquet")
     assert "images" in step
     cfg = json.loads((run_dir / "config.json").read_text())

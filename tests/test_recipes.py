@@ -220,7 +220,8 @@ def test_a_resumed_pipeline_skips_its_finished_stages_and_serves_the_sft_weights
     """run.save_every > 0: the sft stage's trainer state is checkpointed and each finished stage recorded;
     run.resume skips them and restores the state. The evaluation after SFT, run again in the resumed run (its
     record removed), samples exactly the trajectories it sampled before (the HF engine is deterministic on
-    CPU): the engines serve the SFT weights, not the base model's."""
+    CPU): the engines serve the SFT weights, not the base model's. An rl stage added to the resumed run (GRPO,
+    with its KL term) has the SFT policy as its reference: its first step's KL is 0."""
     run_dir = tmp_path / "run"
     args = ["rollout.backend=hf", "run.save_every=1", "pipeline.stages=[expert,sft,eval_sft]", *SMALL]
     run_recipe("websailor.py", run_dir, args, tmp_path)
@@ -232,8 +233,9 @@ def test_a_resumed_pipeline_skips_its_finished_stages_and_serves_the_sft_weights
 
     state["done"] = ["expert", "sft"]
     state_path.write_text(json.dumps(state))
+    rl = ["pipeline.stages=[expert,sft,eval_sft,rl]", "run.steps=1", "algo.preset=grpo", "algo.prefilter=false"]
     proc = subprocess.run([sys.executable, str(ROOT / "launch/websailor.py"), "--smoke", f"run.dir={run_dir}",
-                           "run.progress=false", "run.resume=true", *args], capture_output=True, text=True,
+                           "run.progress=false", "run.resume=true", *args, *rl], capture_output=True, text=True,
                           timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
     assert "--- stage sft: done in an earlier run" in proc.stdout and "--- stage eval_sft (at" in proc.stdout
@@ -242,3 +244,5 @@ def test_a_resumed_pipeline_skips_its_finished_stages_and_serves_the_sft_weights
     assert [list(r) for r in again] == [list(r) for r in first]
     assert json.loads(state_path.read_text())["results"]["sft"] == first_sft  # kept, not re-trained
     assert "## SFT" in (run_dir / "report.md").read_text()
+    step = metrics_rows(run_dir / "metrics.jsonl")[0]
+    assert step["train/kl_ref"] == pytest.approx(0.0, abs=1e-6), step["train/kl_ref"]  # the reference: SFT's

@@ -495,6 +495,38 @@ class TrainerBackend:
         r_len = batch.column("response_ids").value_lengths().to_numpy(zero_copy_only=False)
         return [per_row[i][p_len[i] - 1:p_len[i] - 1 + r_len[i]].cpu().numpy() for i in range(batch.num_rows)]
 
+    def reset_reference(self) -> int:
+        """The reference model takes the policy's current weights (LoRA merged in). An RL stage's
+        reference is the policy it starts from, as in verl and OpenRLHF (the actor's initial checkpoint):
+        after an SFT stage, in this run or restored from its checkpoint, the KL term holds RL near the SFT
+        policy, not near the weights the run loaded. Collective: every rank calls it; each gathers one
+        tensor (ZeRO-3: one chunk) at a time and keeps only its own part. Returns the number of reference
+        tensors written (0: no reference is loaded, `algo.kl_coef` = 0)."""
+        if self.ref is None:
+            return 0
+        targets = dict(self.ref_model.named_parameters()) | dict(self.ref_model.named_buffers())
+        written = set()
+        with torch.no_grad():
+            for name, full in self.served_state(every_rank=True):
+                if name in targets and name not in written:  # a tied weight comes under both names
+                    self._write_reference(targets[name], full)
+                    written.add(name)
+        missing = sorted(set(dict(self.ref_model.named_parameters())) - written)
+        if missing:
+            raise KeyError(f"the policy's state lacks reference parameters {missing[:5]} (of {len(missing)})")
+        return len(written)
+
+    def _write_reference(self, param: torch.Tensor, full: torch.Tensor) -> None:
+        """Write the full tensor `full` into this rank's part of reference parameter `param` (FSDP2: its
+        shard; a replica: all of it). DeepSpeed ZeRO-3 overrides it."""
+        if hasattr(param, "device_mesh"):  # a DTensor: cut this rank's shard out of the full tensor locally
+            from torch.distributed.tensor import distribute_tensor
+
+            full = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
+            param.to_local().copy_(full.to_local())
+        else:
+            param.copy_(full)
+
     def _loss(self, mb, lp, ent, old_lp, ref_lp, g_tokens, g_seqs):
         """Policy loss (+ beta * KL, - entropy bonus) aggregated with the global counts. The
         pieces come from the registries and get only the parameters they declare
@@ -579,15 +611,22 @@ class TrainerBackend:
         gather chunk held at a time). dtype: the serving dtype floating tensors are cast to while packed;
         allocate: where a bucket is packed (a transport's `allocate`). Collective: every rank iterates to
         the end; rank 0 yields (every rank with `every_rank`), the others yield nothing."""
-        named = self.named_full_state(bucket_bytes, every_rank=every_rank)
+        named = self.served_state(bucket_bytes, every_rank=every_rank)
         if self.rank == 0 or every_rank:
-            if self.lora:  # the engines serve the merged weights under the base model's names
-                lo = self.lora
-                named = merge_lora(named, lo.get("alpha", 2 * lo["rank"]) / lo["rank"])
             yield from iter_buckets(named, bucket_bytes, dtype, allocate)
         else:
             for _ in named:
                 pass
+
+    def served_state(self, bucket_bytes: int = 64 << 20, every_rank: bool = False
+                     ) -> Iterator[tuple[str, torch.Tensor]]:
+        """`named_full_state` as the engines serve it: with LoRA, the adapters merged into the weights under
+        the base model's names. Collective, as `named_full_state`."""
+        named = self.named_full_state(bucket_bytes, every_rank=every_rank)
+        if self.lora and (self.rank == 0 or every_rank):
+            lo = self.lora
+            named = merge_lora(named, lo.get("alpha", 2 * lo["rank"]) / lo["rank"])
+        return named
 
     def send_weights(self, transport, version: int, bucket_bytes: int = 64 << 20):
         """Stream the full state as `version` through a weight transport (rl/weights/): every rank takes

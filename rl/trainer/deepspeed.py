@@ -162,6 +162,17 @@ class DeepSpeedTrainer(TrainerBackend):
             yield from copies
             chunk, size = [], 0
 
+    def _write_reference(self, param: torch.Tensor, full: torch.Tensor) -> None:
+        """ZeRO-3: the parameter gathered whole, written, and partitioned again (every rank holds `full`,
+        rank 0's copy is what stays)."""
+        if not hasattr(param, "ds_id"):
+            return super()._write_reference(param, full)
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
+            if self.rank == 0:
+                param.data.copy_(full)
+
     def save_checkpoint(self, folder: str) -> None:
         """DeepSpeed's checkpoint (module, every rank's optimizer partition) under tag `deepspeed`,
         with the LR schedule and step as client state; every rank's RNG (collective). A full disk is

@@ -129,6 +129,10 @@ class SimTrainer:
     def set_lr(self, lr: float) -> None:
         self.lr = lr
 
+    def reset_reference(self) -> int:
+        """No weights to copy: the modelled step pays the reference pass whenever kl_coef > 0."""
+        return 0
+
     def offload(self) -> None:
         pass
 

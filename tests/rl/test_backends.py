@@ -97,9 +97,11 @@ def _rank(rank, port, model_path, shards, out_dir, per_rank):
         again = t.train_step(shards[rank])
         after_again = full_state(t)
         torch.save(per_rank_state(t, per_rank, version), os.path.join(out_dir, f"{name}-per-rank{rank}.pt"))
+        reset = reference_reset(t, shards[rank])
         if rank == 0:
             torch.save({"first": first, "after_first": after_first, "second": second, "after_second": after_second,
                         "again": again, "after_again": after_again}, os.path.join(out_dir, f"{name}.pt"))
+        torch.save(reset, os.path.join(out_dir, f"{name}-reset-rank{rank}.pt"))
         del t
     # LoRA under ZeRO-3: adapters train, the engines get merged weights under the base names
     t = trainer_class("deepspeed")(model_path, rank=rank, world_size=2, lr=LR, algo=ALGO, zero_stage=3,
@@ -109,7 +111,17 @@ def _rank(rank, port, model_path, shards, out_dir, per_rank):
     merged = full_state(t)
     if rank == 0:
         torch.save({"after_first": merged}, os.path.join(out_dir, "zero3-lora.pt"))
+    torch.save(reference_reset(t, shards[rank]), os.path.join(out_dir, f"zero3-lora-reset-rank{rank}.pt"))
     leave_rank()
+
+
+def reference_reset(t, shard) -> dict:
+    """This rank's logprobs on its shard under the reference before and after `reset_reference`, and under the
+    policy (collective)."""
+    before = t.logprobs(shard, reference=True)
+    written = t.reset_reference()
+    return {"before": before, "after": t.logprobs(shard, reference=True), "policy": t.logprobs(shard),
+            "written": written}
 
 
 def free_port():
@@ -134,6 +146,8 @@ def two_rank_runs(tiny_model, tmp_path_factory):
     runs = {name: torch.load(out / f"{name}.pt", weights_only=False) for name in [*RUNS, "zero3-lora"]}
     for name in RUNS:
         runs[name]["per_rank"] = [torch.load(out / f"{name}-per-rank{r}.pt") for r in range(2)]
+    for name in [*RUNS, "zero3-lora"]:
+        runs[name]["reset"] = [torch.load(out / f"{name}-reset-rank{r}.pt", weights_only=False) for r in range(2)]
     return {**runs, "dir": out}
 
 
@@ -193,6 +207,19 @@ def test_load_checkpoint_repeats_the_next_step_bitwise(two_rank_runs, name):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("name", [*RUNS, "zero3-lora"])
+def test_reset_reference_gives_every_rank_the_policy(two_rank_runs, name):
+    """After training, the reference still holds the loaded weights; `reset_reference` (an RL stage's start)
+    writes the policy's into every rank's part of it (FSDP2 shards, ZeRO-2 replicas, ZeRO-3 partitions,
+    LoRA merged): both ranks' reference logprobs then equal the policy's."""
+    for rank, r in enumerate(two_rank_runs[name]["reset"]):
+        assert r["written"] > 0
+        gap = lambda a, b: max(float(np.abs(x - y).max()) for x, y in zip(a, b))  # noqa: E731
+        assert gap(r["before"], r["policy"]) > 1e-4, (name, rank)
+        assert gap(r["after"], r["policy"]) < 1e-5, (name, rank)
+
+
+@pytest.mark.slow
 def test_fsdp2_checkpoint_reshards_onto_one_rank(two_rank_runs, tiny_model):
     """The 2-rank FSDP2 checkpoint (saved after the first step) loads into one rank, resharded, and that rank's
     next step over the whole batch is the 2-rank second step."""
@@ -237,11 +264,11 @@ def test_lora_under_zero3_streams_merged_weights(two_rank_runs, reference, tiny_
 # --- one rank, in process: options every backend shares -------------------------------------
 
 
-def _one_rank(tiny_model, **kwargs):
+def _one_rank(tiny_model, algo: dict | None = None, **kwargs):
     from rl.trainer.fsdp import FSDPTrainer
 
     t = FSDPTrainer(tiny_model, rank=0, world_size=1, lr=1e-2, grad_clip=0.0,
-                    algo={"loss_agg_mode": "token-mean"}, **kwargs)
+                    algo=algo or {"loss_agg_mode": "token-mean"}, **kwargs)
     t.init_distributed("127.0.0.1", free_port())
     return t
 
@@ -294,6 +321,37 @@ def test_lora_trains_adapters_and_streams_merged_weights(tiny_model, one_thread)
         torch.testing.assert_close(merged[name], w, atol=1e-6, rtol=0, msg=lambda s, name=name: f"{name}: {s}")
     assert not torch.equal(merged["model.layers.0.self_attn.q_proj.weight"], init["model.layers.0.self_attn.q_proj.weight"])
     assert torch.equal(merged["model.layers.0.self_attn.k_proj.weight"], init["model.layers.0.self_attn.k_proj.weight"])
+
+
+@pytest.mark.parametrize("lora", [None, {"rank": 4, "alpha": 8}])
+def test_reset_reference_makes_the_trained_policy_the_reference(tiny_model, one_thread, lora):
+    """SFT steps move the policy away from the loaded weights, which the reference keeps: the KL of the next RL
+    step would pull it back towards them. After `reset_reference` the reference is the trained policy (LoRA
+    merged), its logprobs are the policy's and the next step's KL starts at 0."""
+    t = _one_rank(tiny_model, micro_batch_size=4, lora=lora, algo={"loss_agg_mode": "token-mean", "kl_coef": 0.1})
+    try:
+        batch = make_batch()
+        for _ in range(2):
+            t.sft_step(batch)
+        gap = lambda a, b: max(float(np.abs(x - y).max()) for x, y in zip(a, b))  # noqa: E731
+        assert gap(t.logprobs(batch, reference=True), t.logprobs(batch)) > 1e-3
+        assert t.train_step(batch)["train/kl_ref"] > 1e-4  # the KL to the weights loaded
+        assert t.reset_reference() == len(dict(t.ref_model.named_parameters())) > 0
+        assert gap(t.logprobs(batch, reference=True), t.logprobs(batch)) < 1e-5
+        policy = dict(t.served_state(every_rank=True))
+        for name, p in t.ref_model.named_parameters():
+            torch.testing.assert_close(getattr(p, "full_tensor", lambda p=p: p)(), policy[name], atol=1e-6, rtol=0)
+        assert t.train_step(batch)["train/kl_ref"] == pytest.approx(0.0, abs=1e-6)
+    finally:
+        t.shutdown()
+
+
+def test_reset_reference_without_a_reference_is_nothing(tiny_model, one_thread):
+    t = _one_rank(tiny_model, micro_batch_size=4)  # kl_coef 0: no reference model is loaded
+    try:
+        assert t.ref is None and t.reset_reference() == 0
+    finally:
+        t.shutdown()
 
 
 def test_packing_needs_a_token_budget(tiny_model):
