@@ -430,6 +430,12 @@ def plan_config(cfg, device_gib: float | None = None) -> Plan:
         device_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB
         notes.append("no GPU asked (rollout.gpus_per_engine = trainer.gpus_per_rank = 0): every role shares this "
                      "host's memory (--device-gib to plan for another host)")
+    if not gpu:  # the plan is in memory, but a bf16 run on a CPU without bf16 math crawls: say so before it starts
+        from rollout.engines.base import cpu_bf16_warning
+
+        for key, dtype in (("model.dtype", cfg.model.dtype), ("rollout.dtype", r.dtype)):
+            if dtype == "bfloat16" and (slow := cpu_bf16_warning(key)):
+                notes.append(slow)
     device_gib = device_gib or DEFAULT_DEVICE_GIB
     device = int(device_gib * GiB * (1 if gpu else RAY_OOM_SHARE))  # on a host, Ray kills workers past its threshold
     host_label = f"host memory x {RAY_OOM_SHARE:g} (Ray's OOM threshold)"

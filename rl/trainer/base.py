@@ -43,6 +43,7 @@ from rl.trainer.collate import packed_microbatch, padded_microbatch, row_lengths
 from rl.trainer.logprobs import DEFAULT_CHUNK_BYTES, grid_logprobs, install_logprob_head, reference_token_logprobs
 from rl.trainer.packing import plan_micro_batches
 from rl.weights import iter_buckets
+from rollout.engines.base import cpu_bf16_warning
 
 
 def microbatch_logprobs(model, mb: dict, temperature: float = 1.0, with_entropy: bool = False,
@@ -227,6 +228,8 @@ class TrainerBackend:
         if self.dtype == "bfloat16" and gpu and not torch.cuda.is_bf16_supported():
             warnings.warn("this GPU has no bf16: training in float32")
             self.dtype = "float32"
+        if self.dtype == "bfloat16" and not gpu and self.rank == 0 and (slow := cpu_bf16_warning("model.dtype")):
+            warnings.warn(slow)  # kept as asked: float32 needs twice the activation memory (--dry-run plans bf16)
         self.attn = attention_implementation(self.attn_implementation, self.device, self.dtype)
         torch.manual_seed(self.seed)
         self._build()

@@ -249,6 +249,23 @@ def host_bytes(data):
     return np.frombuffer(data, dtype=np.uint8)
 
 
+def cpu_bf16_warning(key: str) -> str | None:
+    """A warning naming `key` when this process computes in bfloat16 on an x86 CPU without native bfloat16
+    math (AVX512-BF16 or AMX): every bf16 operation is then converted in software. Measured on an AVX2-only
+    AMD EPYC (2 cores): a LoRA SFT step of SmolLM2-135M took 167 s in bf16 against 5.4-5.7 s in fp32.
+    None where the CPU has it, where this is not x86, or where torch cannot tell."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if None in checks or any(check() for check in checks):
+        return None
+    return (f"{key}=bfloat16 on a CPU without native bfloat16 math (AVX512-BF16 or AMX): every bf16 operation is "
+            f"emulated in software (measured on such a CPU: a SmolLM2-135M SFT step took 167 s in bf16 against "
+            f"5.5 s in float32). Set {key}=float32 where memory allows (--dry-run)")
+
+
 _KEEPS_FREED_MEMORY = False
 
 

@@ -22,9 +22,10 @@ import asyncio
 import itertools
 import os
 import pickle
+import warnings
 from typing import Iterable
 
-from .base import Generation, SamplingParams, aiter_buckets, host_bytes
+from .base import Generation, SamplingParams, aiter_buckets, cpu_bf16_warning, host_bytes
 
 EXTENSION = "rollout.engines.vllm_ext.WindwardWorkerExtension"
 
@@ -109,6 +110,8 @@ class VLLMEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         dtype = serving_dtype(gpu, dtype)
+        if dtype == "bfloat16" and not gpu and (slow := cpu_bf16_warning("rollout.dtype")):
+            warnings.warn(slow)
         args = AsyncEngineArgs(
             model=str(model_path),
             dtype=dtype,
