@@ -95,6 +95,16 @@ class FSDPTrainer(TrainerBackend):
     def _optimizer_step(self) -> float:
         return clip_and_step(self.optimizer, self.model.parameters(), self.grad_clip)
 
+    def reset_reference(self) -> int:
+        """As the base class, after resharding the reference's root unit: FSDP2 keeps the root's own parameters
+        (embeddings, final norm, output layer) unsharded after a forward, expecting a backward, and the reference
+        never runs one. Written while unsharded, they would go back to the loaded values at the next reshard."""
+        from torch.distributed.fsdp import FSDPModule
+
+        if isinstance(self.ref_model, FSDPModule):
+            self.ref_model.reshard()
+        return super().reset_reference()
+
     def named_full_state(self, bucket_bytes: int = 64 << 20, every_rank: bool = False
                          ) -> Iterator[tuple[str, torch.Tensor]]:
         """One all-gather per state-dict entry (every rank, same order); rank 0 (every rank with

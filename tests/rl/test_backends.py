@@ -118,8 +118,10 @@ def _rank(rank, port, model_path, shards, out_dir, per_rank):
 def reference_reset(t, shard) -> dict:
     """This rank's logprobs on its shard under the reference before and after `reset_reference`, and under the
     policy (collective)."""
-    before = t.logprobs(shard, reference=True)
+    before = t.logprobs(shard, reference=True)  # FSDP2: the root unit's parameters stay unsharded after it
     written = t.reset_reference()
+    if hasattr(t.ref_model, "reshard"):  # FSDP2: what the shards hold, not a leftover unsharded copy
+        t.ref_model.reshard()
     return {"before": before, "after": t.logprobs(shard, reference=True), "policy": t.logprobs(shard),
             "written": written}
 
