@@ -507,14 +507,15 @@ class TrainerBackend:
         tensors written (0: no reference is loaded, `algo.kl_coef` = 0)."""
         if self.ref is None:
             return 0
-        targets = dict(self.ref_model.named_parameters()) | dict(self.ref_model.named_buffers())
+        params = dict(self.ref_model.named_parameters())
+        targets = params | dict(self.ref_model.named_buffers())
         written = set()
         with torch.no_grad():
             for name, full in self.served_state(every_rank=True):
                 if name in targets and name not in written:  # a tied weight comes under both names
                     self._write_reference(targets[name], full)
                     written.add(name)
-        missing = sorted(set(dict(self.ref_model.named_parameters())) - written)
+        missing = sorted(set(params) - written)
         if missing:
             raise KeyError(f"the policy's state lacks reference parameters {missing[:5]} (of {len(missing)})")
         return len(written)
