@@ -215,11 +215,12 @@ def run_pipeline(cfg: Config, run_dir: Path, data: dict, expert, results: dict |
 
     t0 = time.perf_counter()
     heldout = as_tasks(data["heldout"])
+    plan = resume_plan(cfg, run_dir)  # a refused change stops the run here, before any actor starts
     groups = RLGroups(cfg)
     print(f"actor groups up after {time.perf_counter() - t0:.0f} s", flush=True)
     results, version, sft_data = dict(results or {}), 0, None
     try:
-        done, version = resume_pipeline(cfg, run_dir, groups, results)
+        done, version = resume_pipeline(plan, groups, results)
         for stage in cfg.pipeline.stages:
             if stage in done:
                 print(f"--- stage {stage}: done in an earlier run of {run_dir} (run.resume)", flush=True)
@@ -327,15 +328,24 @@ def resumable_prefix(stages: list[str], done: list[str], has: dict[str, bool]) -
     return prefix
 
 
-def resume_pipeline(cfg: Config, run_dir: Path, groups, results: dict) -> tuple[list[str], int]:
-    """run.resume: (the stages to skip, the policy_version served). Their results go into `results`, the
-    trainer gets the state the last training stage of them left (the rl stage's final checkpoint, or the
-    sft stage's) and the engines its weights. Nothing to skip: ([], 0)."""
+@dataclasses.dataclass
+class ResumePlan:
+    """What run.resume skips (`resume_plan`); `resume_pipeline` restores it once the actor groups are up."""
+    state: dict  # the earlier run's PIPELINE_STATE
+    skip: list[str]  # the stages done, skipped now
+    trained: str | None  # the last of them that trained (sft or rl); None: none did
+    checkpoint: Path | None  # the trainer state it left
+
+
+def resume_plan(cfg: Config, run_dir: Path) -> ResumePlan | None:
+    """run.resume: the stages to skip, with the settings given now compared with the ones they ran with (a
+    change they depend on raises ConfigError, naming the key; the others are printed). Reads files only, so
+    a refused resume fails before any actor starts. None: nothing to resume."""
     from rl.checkpoint import CheckpointManager
 
     path = run_dir / PIPELINE_STATE
     if not (cfg.run.resume and path.is_file()):
-        return [], 0
+        return None
     state = json.loads(path.read_text())
     rl_ckpt = CheckpointManager(run_dir, cfg.run.keep_last).latest()
     rl_final = rl_ckpt is not None and rl_ckpt[0] >= cfg.run.steps
@@ -346,15 +356,25 @@ def resume_pipeline(cfg: Config, run_dir: Path, groups, results: dict) -> tuple[
               "stages skipped ran with the settings given now is not checked", flush=True)
     for line in resume_changes(state.get("config", {}), to_dict(cfg), skip):
         print(f"run.resume: {line}", flush=True)
-    trained = [s for s in skip if s in has]
-    if trained:
-        folder = rl_ckpt[1] if trained[-1] == "rl" else run_dir / SFT_CHECKPOINT
-        groups.trainer.call("load_checkpoint", str(folder))
-        groups.sync_weights(state["policy_version"])
-        print(f"resumed the pipeline after {trained[-1]} from {folder} (policy_version {state['policy_version']})",
-              flush=True)
-    results |= {k: v for k, v in state["results"].items() if k in skip or k not in cfg.pipeline.stages}
-    return skip, state["policy_version"] if trained else 0
+    trained = ([s for s in skip if s in has] or [None])[-1]
+    checkpoint = {"rl": rl_ckpt and Path(rl_ckpt[1]), "sft": run_dir / SFT_CHECKPOINT}.get(trained)
+    results = {k: v for k, v in state["results"].items() if k in skip or k not in cfg.pipeline.stages}
+    return ResumePlan(dict(state, results=results), skip, trained, checkpoint)
+
+
+def resume_pipeline(plan: ResumePlan | None, groups, results: dict) -> tuple[list[str], int]:
+    """run.resume, once the actor groups are up: (the stages to skip, the policy_version served). Their results
+    go into `results`, the trainer gets the state the last training stage of them left (the rl stage's final
+    checkpoint, or the sft stage's) and the engines its weights. Nothing to skip: ([], 0)."""
+    if plan is None:
+        return [], 0
+    if plan.trained is not None:
+        groups.trainer.call("load_checkpoint", str(plan.checkpoint))
+        groups.sync_weights(plan.state["policy_version"])
+        print(f"resumed the pipeline after {plan.trained} from {plan.checkpoint} (policy_version "
+              f"{plan.state['policy_version']})", flush=True)
+    results |= plan.state["results"]
+    return plan.skip, plan.state["policy_version"] if plan.trained is not None else 0
 
 
 # --- evaluation -----------------------------------------------------------------------------------

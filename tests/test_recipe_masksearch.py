@@ -79,7 +79,8 @@ def test_masksearch_smoke(tmp_path):
 
     run_dir = tmp_path / "masksearch"
     proc = run_cli(["--smoke", f"run.dir={run_dir}", "run.progress=false", "run.steps=1", "eval.num_tasks=4",
-                    "agent.max_turns=2", "agent.max_tokens_per_turn=64", "algo.sampler=keep"], tmp_path)
+                    "agent.max_turns=2", "agent.max_tokens_per_turn=64", "algo.sampler=keep",
+                    "rollout.backend=hf"], tmp_path)  # HF starts in seconds; vLLM's start was 27 of 73 s here
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
     assert proc.stdout.count(f"run folder: {run_dir}") == 2
 

@@ -20,8 +20,7 @@ def test_webshaper_smoke(tmp_path):
 
     run_dir = tmp_path / "webshaper"
     seconds = run_recipe("webshaper.py", run_dir, SMALL + [
-        "pipeline.stages=[expert,sft,rl,eval_rl]", "data.num_tasks=4", "algo.max_gen_rounds=1", "run.steps=1",
-        "rollout.backend=hf"],  # the HF engine starts in seconds; vLLM runs in the other recipes' smokes
+        "pipeline.stages=[expert,sft,rl,eval_rl]", "data.num_tasks=4", "algo.max_gen_rounds=1", "run.steps=1"],
         tmp_path)
     report, results = common_outputs(run_dir, ["rl"])
     print(f"webshaper smoke: {seconds:.0f} s")

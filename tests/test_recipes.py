@@ -57,7 +57,10 @@ def common_outputs(run_dir: Path, eval_names: list[str]) -> tuple[str, dict]:
 
 
 # the expert writes turns of up to ~200 tokens (smoke.yaml allows 160)
-SMALL = ["eval.num_tasks=2", "agent.max_tokens_per_turn=256", "data.batch_size=2", "rollout.n=2"]
+SMALL = ["eval.num_tasks=2", "agent.max_tokens_per_turn=256", "data.batch_size=2", "rollout.n=2", "rollout.backend=hf"]
+# The recipe smokes roll out on the HF engine: it starts in seconds, where a vLLM engine's start (three processes,
+# each importing vLLM) took 25 of a smoke's 70-85 s on 2 cores. vLLM runs the main job's (tests/test_launch.py),
+# the soak's, the learning test's and the engine tests' rollouts.
 
 
 @pytest.mark.slow
@@ -205,6 +208,29 @@ def test_a_resumed_pipeline_refuses_a_setting_its_finished_stages_depend_on():
     assert resume_changes(before, now(run__seed=7), []) == []  # nothing skipped: nothing to compare
 
 
+def test_a_refused_resume_fails_before_any_actor_starts(tmp_path):
+    """`resume_plan` reads the run folder only: run_pipeline calls it before RLGroups, so a refused change costs
+    no actor start-up (it once failed 21 s in, after the actor groups were up)."""
+    from launch.stages import PIPELINE_STATE, SFT_CHECKPOINT, resume_plan
+    from rl.config import ConfigError, load_config, to_dict
+
+    config = ROOT / "launch/configs/websailor.yaml"
+    stages = "pipeline.stages=[expert,sft,eval_sft]"
+    before = load_config(config, [f"run.dir={tmp_path}", stages])
+    (tmp_path / SFT_CHECKPOINT).mkdir(parents=True)
+    (tmp_path / SFT_CHECKPOINT / "trainer-state.pt").write_bytes(b"")
+    (tmp_path / PIPELINE_STATE).write_text(json.dumps({
+        "done": ["expert", "sft"], "policy_version": 1, "results": {"sft": [{"loss": 1.0}]},
+        "config": to_dict(before)}))
+    now = ["run.resume=true", f"run.dir={tmp_path}", stages]
+    plan = resume_plan(load_config(config, now), tmp_path)
+    assert (plan.skip, plan.trained, plan.checkpoint) == (["expert", "sft"], "sft", tmp_path / SFT_CHECKPOINT)
+    assert plan.state["results"] == {"sft": [{"loss": 1.0}]}
+    with pytest.raises(ConfigError, match="data.batch_size: 4 -> 1"):
+        resume_plan(load_config(config, now + ["data.batch_size=1"]), tmp_path)
+    assert resume_plan(load_config(config, [f"run.dir={tmp_path}"]), tmp_path) is None  # run.resume not set
+
+
 def test_rollout_seed_seeds_the_rl_stage_alone():
     from rl.config import load_config
     from rl.controller import rl_stage_seed, step_seed
@@ -223,7 +249,9 @@ def test_a_resumed_pipeline_skips_its_finished_stages_and_serves_the_sft_weights
     CPU): the engines serve the SFT weights, not the base model's. An rl stage added to the resumed run (GRPO,
     with its KL term) has the SFT policy as its reference: its first step's KL is 0."""
     run_dir = tmp_path / "run"
-    args = ["rollout.backend=hf", "run.save_every=1", "pipeline.stages=[expert,sft,eval_sft]", *SMALL]
+    # 3 turns: the expert's search, visit and answer; the random policy's episodes (evaluation, RL) stay short
+    args = ["run.save_every=1", "pipeline.stages=[expert,sft,eval_sft]", *SMALL,
+            "agent.max_turns=3"]
     run_recipe("websailor.py", run_dir, args, tmp_path)
     state_path = run_dir / "pipeline_state.json"
     state = json.loads(state_path.read_text())

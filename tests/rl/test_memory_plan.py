@@ -120,19 +120,22 @@ os._exit(0)
 
 LAYERS = dict(vocab_size=1024, hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
               num_key_value_heads=2, head_dim=64)
+# The bf16 cases are small: on a CPU without bf16 instructions (AVX2 only) bf16 matmuls are emulated, and these
+# sizes took 40 s where 8 rows of 384 in every case took 100 s. The ratios hold at both sizes (1.02/1.10/1.06 at
+# the larger, 0.99/1.11/1.11 at these).
 CASES = [  # name, model sizes, dtype, gradient checkpointing, rows, longest row
-    ("warm-up", LAYERS, "bfloat16", False, 8, 384),
-    ("bf16, checkpointed", LAYERS, "bfloat16", True, 8, 384),
+    ("warm-up", LAYERS, "float32", False, 8, 384),
+    ("bf16, checkpointed", LAYERS, "bfloat16", True, 4, 256),
     ("fp32, every layer's activations", LAYERS, "float32", False, 8, 384),
     ("bf16, large vocabulary", dict(LAYERS, vocab_size=65536, num_hidden_layers=2, intermediate_size=768),
-     "bfloat16", False, 4, 128),
+     "bfloat16", False, 2, 128),
 ]
 
 
 def test_trainer_plan_pins_the_measured_peak_of_an_fsdp2_step(tmp_path):
     """Planned trainer total (parameters, optimizer, gradients, working copies, activations, logprob head,
     backward peak; not the process's own libraries) within -10% / +15% of the measured peak: measured here
-    the plan is 1-10% above it (fp32 and bf16 compute, with and without checkpointing, a 65k vocabulary)."""
+    the plan is 1% below to 11% above it (fp32 and bf16 compute, with and without checkpointing, a 65k vocabulary)."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")

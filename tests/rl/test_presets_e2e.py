@@ -25,7 +25,7 @@ def marked_ppo(logprobs, old_logprobs, advantages, loss_mask, **kw):
 
 
 # the HF engine: three runs start no vLLM engine (the presets, not the engine, are under test here)
-COMMON = ["run.steps=3", "run.progress=false", "data.batch_size=8", "trainer.num_ranks=2", "rollout.backend=hf"]
+COMMON = ["run.steps=2", "run.progress=false", "data.batch_size=8", "trainer.num_ranks=2", "rollout.backend=hf"]
 
 
 @pytest.mark.slow
@@ -41,7 +41,7 @@ def test_each_preset_runs_end_to_end(tmp_path):
         ray.shutdown()
     grpo, dapo, dupo = seen["grpo"], seen["dapo"], seen["dupo"]
     for hist in seen.values():
-        assert len(hist) == 3
+        assert len(hist) == 2
         for h in hist:
             assert 0 <= h["sampler/zero_variance_group_frac"] <= 1
             if not h["skipped"]:
@@ -57,6 +57,7 @@ def test_each_preset_runs_end_to_end(tmp_path):
     # DUPO: duplicates instead of regenerating; the loss registered here ran on the trainer ranks
     assert all(h["sampler/gen_rounds"] == 1 for h in dupo)
     trained = [h for h in dupo if not h["skipped"]]
+    assert trained, "no DUPO step trained: nothing below checks the duplication"
     assert all(h["train/driver_registered_loss"] == 1.0 for h in trained)
     assert all(h["sampler/duplication_ratio"] == pytest.approx(h["sampler/zero_variance_group_frac"])
                for h in trained)
