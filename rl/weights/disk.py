@@ -35,7 +35,8 @@ _VERSION_DIR = re.compile(r"^v\d{10}$")
 
 class DiskTransport(Transport):
     """Buckets as files in `<folder>/v<version>/`: written under a temporary name and renamed into
-    place (a reader never sees half a bucket), acknowledged per receiver in `ack-<i>` files.
+    place (a reader never sees half a bucket), acknowledged per receiver in `ack-<i>` files: the number of
+    buckets it took, one more once it has read the END file (only then may the sender remove the folder).
 
     The folder must be visible to the sender and every receiver (a shared filesystem across nodes).
     Constructing the transport (in the driver, once) empties the folder of what a crashed run left.
@@ -106,8 +107,10 @@ class DiskTransport(Transport):
             largest = max(largest, len(data))
             max_in_flight = max(max_in_flight, count - done)
         _atomic_write(d / "END", json.dumps({"buckets": count, "bytes": nbytes}).encode())
-        self._poll(lambda: min(self._acked(d)) >= count,
-                   f"every receiver to take all {count} bucket(s) of version {version}")
+        # a receiver acknowledges count + 1 once it has read END: removing the folder at count (its last
+        # bucket taken) could remove END before the receiver saw it, and it would wait for a bucket that never comes
+        self._poll(lambda: min(self._acked(d)) > count,
+                   f"every receiver to take all {count} bucket(s) of version {version} and read its end")
         shutil.rmtree(d, ignore_errors=True)
         return SendStats(version, count, nbytes, time.perf_counter() - t0, max_in_flight, largest)
 
@@ -126,6 +129,7 @@ class DiskTransport(Transport):
                 return None
 
             if self._poll(ready, f"bucket {index} of version {version} (receiver {receiver})") == "end":
+                _atomic_write(d / f"ack-{receiver}", str(index + 1).encode())  # END read: the sender may clean up
                 return
             yield path.read_bytes()
             index += 1

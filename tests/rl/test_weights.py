@@ -201,6 +201,25 @@ def test_disk_waits_time_out_naming_bucket_and_version(tmp_path):
     only_one.join(timeout=10)
 
 
+def test_disk_sender_keeps_the_end_until_every_receiver_has_read_it(tmp_path):
+    """A receiver acknowledges its last bucket when it asks for the next, then looks for END. The sender once
+    removed the folder on that acknowledgement, END included, and the receiver waited out its timeout for a
+    bucket that never came (the vLLM engine's weight update failed in CI: "waited 60s for bucket 20")."""
+    transport = DiskTransport(tmp_path, num_receivers=1, timeout_s=10)
+    out: dict = {}
+    sender = threading.Thread(target=lambda: out.update(stats=transport.send(2, [b"a", b"b"])))
+    sender.start()
+    stream = transport.receive(2, 0)
+    assert [bytes(next(stream)), bytes(next(stream))] == [b"a", b"b"]
+    folder = tmp_path / "v0000000002"
+    (folder / "ack-0").write_text("2")  # as the receiver writes it on asking for the next: every bucket taken
+    time.sleep(0.3)  # the sender polls every 50 ms at most
+    assert (folder / "END").exists() and sender.is_alive()  # END read by nobody yet: kept
+    assert list(stream) == []  # END read: acknowledged, the sender cleans up
+    sender.join(timeout=10)
+    assert out["stats"].buckets == 2 and not folder.exists()
+
+
 def test_make_transport_rejects_unknown_kinds_and_receivers(tmp_path):
     with pytest.raises(KeyError, match="known: \\['collective', 'disk', 'ipc', 'object_store'\\]"):
         make_transport("carrier_pigeon", num_receivers=1)
