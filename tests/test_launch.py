@@ -4,13 +4,7 @@ local head that the test starts on 127.0.0.1 and ends by PID (never `ray stop`).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import socket
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,9 +12,7 @@ import pytest
 
 from launch.common import ROOT
 from launch.stages import sft_lr
-
-BIN = Path(sys.executable).parent
-
+from tests.ray_head import BIN, LocalHead
 
 def check_run_dir(run_dir: Path, steps: int):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -69,89 +61,6 @@ def check_websailor_run(run_dir: Path):
     want = [sft_lr(r["step"], len(sft_rows), sc["lr"], sc["lr_schedule"], sc["min_lr_ratio"])
             * (min(1.0, r["step"] / warm) if warm else 1.0) for r in sft_rows]
     assert [r["sft/lr"] for r in sft_rows] == pytest.approx(want, rel=1e-6)
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-class LocalHead:
-    """`ray start --head --block` on 127.0.0.1 with its own ports and temp dir; ended by PID."""
-
-    def __init__(self):
-        self.tmp = tempfile.mkdtemp(prefix="wwray", dir="/tmp")  # short: socket paths are limited
-        gcs, self.dash, agent, agent_grpc, client, metrics, rt_env, nm, om = free_ports(9)
-        self.env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", RAY_AUTH_MODE="token")
-        self.env.pop("RAY_ADDRESS", None)
-        cmd = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-               f"--port={gcs}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-               f"--dashboard-port={self.dash}", f"--dashboard-agent-listen-port={agent}",
-               f"--dashboard-agent-grpc-port={agent_grpc}", f"--ray-client-server-port={client}",
-               f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={rt_env}",
-               f"--node-manager-port={nm}", f"--object-manager-port={om}",
-               "--min-worker-port=0", "--max-worker-port=0", "--num-cpus=8", f"--temp-dir={self.tmp}",
-               "--disable-usage-stats"]
-        self.log = open(Path(self.tmp) / "head.log", "w")
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        self.address = f"http://127.0.0.1:{self.dash}"
-
-    def wait_ready(self, timeout_s: float = 180):
-        deadline = time.time() + timeout_s
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ray head exited: {(Path(self.tmp) / 'head.log').read_text()[-2000:]}")
-            try:
-                import httpx
-
-                if httpx.get(f"{self.address}/api/version", timeout=2).status_code in (200, 401, 403):
-                    return
-            except Exception:
-                pass
-            time.sleep(1)
-        raise TimeoutError(f"ray head on {self.address} not ready after {timeout_s}s")
-
-    def session(self) -> list[int]:
-        """Every live process of the head's session: `ray start` and its children, and the workers the raylet
-        started (each in a process group of its own)."""
-        pids = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:  # gone meanwhile
-                continue
-            if int(fields[3]) == self.proc.pid and fields[0] != "Z":  # the session id; zombies are harmless
-                pids.append(int(stat.parent.name))
-        return pids
-
-    def stop(self, grace_s: float = 5.0):
-        """SIGTERM to the head, then SIGKILL to what is left of its session after `grace_s` (a graceful
-        `ray start --block` takes about 30 s to wind down here, and nothing of this throwaway cluster is kept)."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            pass
-        except ProcessLookupError:
-            pass
-        for _ in range(3):
-            for pid in self.session():
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            if self.proc.poll() is None:
-                self.proc.wait(timeout=30)
-            time.sleep(0.2)
-        assert not self.session(), f"processes of the ray head's session left: {self.session()}"
-        self.log.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 @pytest.mark.slow
