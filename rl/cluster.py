@@ -39,10 +39,14 @@ def connect(address: str | None = None, num_cpus: int | None = None, cpus_needed
         ray.init(address=address, log_to_driver=True)
         return f"joined {address or os.environ['RAY_ADDRESS']}"
     cpus = num_cpus or max(os.cpu_count() or 1, math.ceil(cpus_needed))
-    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
     ray.init(address="local", num_cpus=cpus, include_dashboard=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path}})
+             runtime_env={"env_vars": {"PYTHONPATH": worker_pythonpath()}})
     return f"started a local Ray ({cpus} logical CPUs)"
+
+
+def worker_pythonpath() -> str:
+    """The PYTHONPATH a Ray worker of a cluster this repository starts gets: the repository, then the caller's."""
+    return os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
 
 
 def wait(refs, timeout_s: float, what: str):

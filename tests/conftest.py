@@ -16,7 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def shared_ray(request):
     """One Ray head for a session that runs slow tests (tests/ray_head.py): every launch of the session, in this
     process (`rl.cluster.connect`) or in a subprocess, joins it through RAY_ADDRESS instead of starting and ending
-    a private cluster of its own (5 s a launch here). Not started where no slow test runs, where RAY_ADDRESS is
+    a private cluster of its own (5 s a launch alone, 10-15 s within the suite here). Not started where no slow test runs, where RAY_ADDRESS is
     already set, or with WINDWARD_TEST_RAY=private (each launch then starts its own, as a user's run does).
 
     32 logical CPUs: scheduling tokens for the largest test's actor groups, not cores (a private cluster gets
@@ -26,12 +26,11 @@ def shared_ray(request):
             or not any(item.get_closest_marker("slow") for item in request.session.items)):
         yield None
         return
-    from launch.common import ROOT
+    from rl.cluster import worker_pythonpath
     from tests.ray_head import LocalHead
 
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     head = LocalHead(num_cpus=32, dashboard=False, node_ip=None,
-                     env={"PYTHONPATH": path, "RAY_AUTH_MODE": "disabled"})
+                     env={"PYTHONPATH": worker_pythonpath(), "RAY_AUTH_MODE": "disabled"})
     try:
         head.wait_ready()
         os.environ["RAY_ADDRESS"] = head.gcs_address

@@ -14,6 +14,7 @@ from launch.common import ROOT
 from launch.stages import sft_lr
 from tests.ray_head import BIN, LocalHead
 
+
 def check_run_dir(run_dir: Path, steps: int):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, steps + 1))
