@@ -80,7 +80,8 @@ def run(preset: str, steps: int, batch: int, n: int, scale: float, train_s: floa
     rates = np.where(kind < 0.3, 0.0, np.where(kind < 0.6, 1.0, rng.uniform(0.2, 0.8, len(uids))))
     groups = LatencyModelGroups(dict(zip(uids, rates)), n, scale, seed)
     sampler = TaskSampler([{"uid": u, "prompt_ids": [1, 2, 3]} for u in uids], batch, seed=seed)
-    algo = load_config(None, [f"algo.preset={preset}", "algo.max_gen_rounds=20"]).algo
+    rounds_cap = ["algo.max_gen_rounds=20"] if preset == "dapo" else []  # only DAPO generates again
+    algo = load_config(None, [f"algo.preset={preset}"] + rounds_cap).algo
     step_times, rounds, groups_in_update = [], [], []
     for _ in range(steps):
         t0 = time.perf_counter()

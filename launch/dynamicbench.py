@@ -26,7 +26,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -34,9 +34,13 @@ if str(ROOT) not in sys.path:
 
 import msgspec  # noqa: E402
 import numpy as np  # noqa: E402
+from msgspec import Meta  # noqa: E402
+
+from rl.config import ConfigError, NonNegFloat, NonNegInt, PosFloat, PosInt, Sources, _unread, load_recipe  # noqa: E402
 
 DEFAULT_CONFIG = ROOT / "launch/configs/dynamicbench/dynamicbench.yaml"  # not a Config: out of configs/*.yaml
-SMOKE = {"corpus": {"subjects": 2, "store_docs": 200}, "writer": {"sections": 2}}
+SMOKE = {"corpus.subjects": 2, "corpus.store_docs": 200, "writer.sections": 2}
+Setting = Literal["without_doc", "with_doc"]
 
 
 class _S(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -48,11 +52,11 @@ class LLMSection(_S):
     base_url: str | None = None  # openai
     model: str | None = None  # openai: the served name; engine: a folder, smollm2-135m-instruct or a hub name
     api_key_env: str | None = None  # openai
-    timeout_s: float = 120.0  # per call
-    temperature: float = 0.0
+    timeout_s: PosFloat = 120.0  # per call
+    temperature: NonNegFloat = 0.0
     engine: Literal["vllm", "hf"] | None = None  # engine (default vllm)
-    max_tokens: int | None = None  # engine: tokens per reply (default MAX_TOKENS)
-    max_model_len: int | None = None  # engine: prompt + reply, an agent's whole episode (default MAX_MODEL_LEN)
+    max_tokens: PosInt | None = None  # engine: tokens per reply (default MAX_TOKENS)
+    max_model_len: PosInt | None = None  # engine: prompt + reply, an agent's whole episode (default MAX_MODEL_LEN)
 
 
 MAX_TOKENS = {"call": 512, "agent": 1024}  # per reply of a chain's call or a grader's; per turn of the agent writer
@@ -63,10 +67,10 @@ OPENAI_ONLY = ("base_url", "api_key_env")
 
 class CorpusSection(_S):
     path: str | None = None  # a JSON of the leads' shape; None: the package's file
-    subjects: int = 8
-    min_sentences: int = 3
-    store_docs: int = 2000
-    block_words: int = 60
+    subjects: PosInt = 8
+    min_sentences: PosInt = 3
+    store_docs: PosInt = 2000
+    block_words: PosInt = 60
     embedder: str | dict = "hashing"
     web_search: bool = False
     seed: int = 0
@@ -74,83 +78,100 @@ class CorpusSection(_S):
 
 class WriterSection(LLMSection):
     mode: Literal["chain", "agent"] = "chain"  # chain: plan, queries, sections, merge; agent: one episode
-    sections: int = 4
-    queries_per_section: int | None = None  # chain (default 2)
-    max_tool_calls: int | None = None  # agent (default 4)
-    k_local: int = 2
-    k_web: int = 0  # web hits per query (needs corpus.web_search)
+    sections: PosInt = 4
+    queries_per_section: PosInt | None = None  # chain (default 2)
+    max_tool_calls: PosInt | None = None  # agent (default 4)
+    k_local: NonNegInt = 2  # local store blocks per query
+    k_web: NonNegInt = 0  # web hits per query (needs corpus.web_search)
 
 
 class GraderSection(LLMSection):
-    probes: int = 5
-    retries: int = 2
-    target_words: int = 300
+    probes: PosInt = 5
+    retries: NonNegInt = 2  # more tries after an unreadable reply
+    target_words: PosInt = 300
 
 
 class BenchConfig(_S):
     corpus: CorpusSection = msgspec.field(default_factory=CorpusSection)
     writer: WriterSection = msgspec.field(default_factory=WriterSection)
     grader: GraderSection = msgspec.field(default_factory=GraderSection)
-    settings: list[Literal["without_doc", "with_doc"]] = msgspec.field(default_factory=lambda: ["without_doc", "with_doc"])
+    settings: Annotated[list[Setting], Meta(min_length=1)] = \
+        msgspec.field(default_factory=lambda: ["without_doc", "with_doc"])
     run_dir: str | None = None
 
 
 def load(path: Path, overrides: list[str], smoke: bool) -> BenchConfig:
-    import yaml
+    """The config file, --smoke's settings, the command line's -> a checked config (rl/config.py
+    `load_recipe`: `load_config`'s reading, bounds and finite numbers), or one ConfigError naming the key and where
+    it came from: settings that nothing reads, the writer's and grader's backends, the corpus (its file read as
+    the run reads it, enough subjects in it) and the embedder."""
+    cfg, sources = load_recipe(BenchConfig, path, overrides, SMOKE if smoke else {})
 
-    tree = yaml.safe_load(path.read_text()) or {}
+    def unread(keys: list[str], why: str) -> ConfigError:
+        return ConfigError(_unread(keys, sources, why))
 
-    def put(dotted: str, value):
-        node = tree
-        *head, last = dotted.split(".")
-        for h in head:
-            node = node.setdefault(h, {})
-        node[last] = value
-
-    if smoke:
-        for section, values in SMOKE.items():
-            for k, v in values.items():
-                put(f"{section}.{k}", v)
-    for o in overrides:
-        key, sep, value = o.partition("=")
-        if not sep:
-            raise ValueError(f"override {o!r} is not key.path=value")
-        put(key, yaml.safe_load(value))
-    try:
-        cfg = msgspec.convert(tree, BenchConfig)
-    except msgspec.ValidationError as err:
-        raise ValueError(f"{path}: {err}") from None
     for name, section in (("writer", cfg.writer), ("grader", cfg.grader)):
         given = lambda keys: [f"{name}.{k}" for k in keys if getattr(section, k) is not None]  # noqa: E731
-        unread = {"scripted": given(("model",) + OPENAI_ONLY + ENGINE_ONLY), "openai": given(ENGINE_ONLY),
-                  "engine": given(OPENAI_ONLY)}[section.backend]
-        if unread:
-            raise ValueError(f"{', '.join(unread)} would be read by nothing: {name}.backend is {section.backend}")
+        keys = {"scripted": given(("model",) + OPENAI_ONLY + ENGINE_ONLY), "openai": given(ENGINE_ONLY),
+                "engine": given(OPENAI_ONLY)}[section.backend]
+        if keys:
+            raise unread(keys, f"{name}.backend is {section.backend}")
         if section.backend == "openai" and not (section.base_url and section.model):
-            raise ValueError(f"{name}.backend=openai needs {name}.base_url and {name}.model")
+            raise sources.bad(f"{name}.backend", f"openai needs {name}.base_url and {name}.model")
         if section.backend == "engine" and not section.model:
-            raise ValueError(f"{name}.backend=engine needs {name}.model (a model folder, smollm2-135m-instruct or a "
-                             "hub name)")
-        for key in ("timeout_s", "max_tokens", "max_model_len"):
-            if getattr(section, key) is not None and getattr(section, key) <= 0:
-                raise ValueError(f"{name}.{key} must be > 0, not {getattr(section, key)}")
-    w = cfg.writer
+            raise sources.bad(f"{name}.backend", f"engine needs {name}.model (a model folder, smollm2-135m-instruct "
+                                                 "or a hub name)")
+    w, c = cfg.writer, cfg.corpus
     if w.mode == "agent" and w.backend == "openai":
-        raise ValueError("writer.mode=agent runs the writer through the agent loop on an engine of the project: "
-                         "writer.backend scripted or engine, not openai")
+        raise sources.bad("writer.mode", "agent runs the writer through the agent loop on an engine of the project: "
+                                         "writer.backend scripted or engine, not openai")
     if w.mode == "agent" and w.queries_per_section is not None:
-        raise ValueError("writer.queries_per_section would be read by nothing: writer.mode is agent (the agent "
-                         "writes its own queries)")
+        raise unread(["writer.queries_per_section"], "writer.mode is agent (the agent writes its own queries)")
     if w.mode == "chain" and w.max_tool_calls is not None:
-        raise ValueError("writer.max_tool_calls would be read by nothing: writer.mode is chain (no agent loop)")
-    for key in ("sections", "queries_per_section", "max_tool_calls"):
-        if getattr(w, key) is not None and getattr(w, key) < 1:
-            raise ValueError(f"writer.{key} must be >= 1, not {getattr(w, key)}")
-    if cfg.writer.k_web and not cfg.corpus.web_search:
-        raise ValueError("writer.k_web would be read by nothing: corpus.web_search is false (no web path)")
-    if cfg.corpus.web_search and not cfg.writer.k_web:
-        raise ValueError("corpus.web_search: the web path is on but writer.k_web=0 asks it for nothing")
+        raise unread(["writer.max_tool_calls"], "writer.mode is chain (no agent loop)")
+    if w.k_web and not c.web_search:
+        raise unread(["writer.k_web"], "corpus.web_search is false (no web path)")
+    if c.web_search and not w.k_web:
+        raise sources.bad("corpus.web_search", "the web path is on but writer.k_web=0 asks it for nothing")
+    if "with_doc" in cfg.settings and not w.k_local + w.k_web:
+        raise sources.bad("writer.k_local", "with_doc with writer.k_local=0 and writer.k_web=0 retrieves nothing")
+    if len(set(cfg.settings)) < len(cfg.settings):
+        raise sources.bad("settings", f"{cfg.settings} names a setting twice; allowed: without_doc, with_doc, "
+                                      "each once")
+    check_corpus(c, sources)
     return cfg
+
+
+def check_corpus(c: CorpusSection, sources: Sources) -> None:
+    """The corpus as `run_bench` will read it: the leads' file (corpus.path) and enough subjects among the store's
+    leads; the embedder's kind and keys (corpus.embedder; nothing is built)."""
+    from envs.search_backends import check_embedder
+    from envs.wiki import load_leads
+
+    try:
+        leads = load_leads(c.path)
+    except OSError as err:
+        raise sources.bad("corpus.path", f"{c.path!r} cannot be read: {err.strerror or err}") from None
+    except ValueError as err:
+        raise sources.bad("corpus.path", str(err)) from None
+    try:
+        subject_pool(c, leads)
+    except ValueError as err:
+        raise sources.bad("corpus.subjects", str(err)) from None
+    try:
+        check_embedder(c.embedder)
+    except (ValueError, TypeError, ImportError) as err:
+        raise sources.bad("corpus.embedder", str(err)) from None
+
+
+def subject_pool(c: CorpusSection, leads: list) -> list:
+    """The leads a subject is drawn from: those of the store (the first corpus.store_docs) with at least
+    corpus.min_sentences sentences; ValueError if there are fewer than corpus.subjects."""
+    eligible = [p for p in leads[:c.store_docs] if p.text.count(". ") + 1 >= c.min_sentences]
+    if len(eligible) < c.subjects:
+        raise ValueError(f"{len(eligible)} leads with >= {c.min_sentences} sentences among the first {c.store_docs} "
+                         f"of {c.path or 'the package file'}; fewer than corpus.subjects={c.subjects}")
+    return eligible
 
 
 def chat(section: LLMSection, service: str):
@@ -309,10 +330,7 @@ async def run_bench(cfg: BenchConfig, out: Path) -> dict:
     leads = load_leads(cfg.corpus.path)
     rng = np.random.default_rng(cfg.corpus.seed)
     store_leads = leads[:cfg.corpus.store_docs]
-    eligible = [p for p in store_leads if p.text.count(". ") + 1 >= cfg.corpus.min_sentences]
-    if len(eligible) < cfg.corpus.subjects:
-        raise ValueError(f"corpus: {len(eligible)} leads with >= {cfg.corpus.min_sentences} sentences among the "
-                         f"first {cfg.corpus.store_docs}; fewer than corpus.subjects={cfg.corpus.subjects}")
+    eligible = subject_pool(cfg.corpus, leads)
     subjects = [eligible[i] for i in sorted(rng.choice(len(eligible), cfg.corpus.subjects, replace=False))]
     store = ReportStore.from_documents([(p.id, p.title, p.text) for p in store_leads], cfg.corpus.embedder,
                                        cfg.corpus.block_words)
@@ -407,7 +425,7 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     try:
         cfg = load(Path(args.config), args.overrides, args.smoke)
-    except (ValueError, OSError) as err:
+    except ConfigError as err:
         print(f"configuration error: {err}", file=sys.stderr)
         return 2
     if args.dry_run:

@@ -33,7 +33,8 @@ if str(ROOT) not in sys.path:  # `python launch/embedder.py` from a checkout
 
 import msgspec  # noqa: E402
 
-from rl.config import ConfigError, _set_dotted, parse_override, read_yaml  # noqa: E402
+from rl.config import ConfigError  # noqa: E402
+from rl.config import load_recipe  # noqa: E402
 from rl.embed_train import EmbedRecipeConfig, check_config  # noqa: E402
 
 DEFAULT_CONFIG = ROOT / "launch/configs/embedder/embedder.yaml"
@@ -44,20 +45,10 @@ SMOKE = {"model.kind": "qwen3-embedding", "model.path": "tiny", "model.max_lengt
 
 
 def load(path: Path, overrides: list[str], smoke: bool) -> EmbedRecipeConfig:
-    tree = read_yaml(path) or {}
-    if not isinstance(tree, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
-    for key, value in SMOKE.items() if smoke else ():
-        _set_dotted(tree, key, value)
-    for text in overrides:
-        _set_dotted(tree, *parse_override(text))
-    try:
-        cfg = msgspec.convert(tree, EmbedRecipeConfig)
-    except msgspec.ValidationError as err:
-        raise ConfigError(f"{err} (config file {path} and the command line)") from None
-    problem = check_config(cfg)
-    if problem:
-        raise ConfigError(problem)
+    """The config file, --smoke's settings, the command line's -> a checked config (rl/config.py
+    `load_recipe`, rl/embed_train.py `check_config`), or one ConfigError naming the key and where it came from."""
+    cfg, sources = load_recipe(EmbedRecipeConfig, path, overrides, SMOKE if smoke else {})
+    check_config(cfg, sources)
     return cfg
 
 

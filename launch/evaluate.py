@@ -19,6 +19,12 @@ results.json (Pass@1 over k runs with its 95% bootstrap interval, Pass@k, the pe
 re-runs the stored scoring (rewards, judge) on the stored trajectories and checks every number against
 results.json: exit 0 when all agree exactly, 1 otherwise.
 
+Refused before the output folder is made (exit 2, naming the flag or key): --k or --limit below 1, a flag that
+does not apply (--judge-url without an LLM judge, --served-model without an endpoint, any other flag with
+--rescore), an override no evaluation reads (`NOT_READ`: trainer.*, algo.*, sft.*, run.steps, rollout.mode, ...)
+or one that would replace what a flag sets (`check_overrides`), a bad task file (rl/task_files.py), and any error
+`load_config` finds in the final settings.
+
 Never: train or sync weights; download anything; change a number after scoring.
 """
 
@@ -27,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -64,17 +71,85 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--rescore", default=None, metavar="DIR", help="re-score the predictions saved in DIR")
     p.add_argument("overrides", nargs="*", metavar="key.path=value")
     args = p.parse_args(argv)
-    if args.rescore is None and args.policy is None:
+    if args.rescore is not None:  # re-scoring reads everything from DIR: any other flag would be ignored
+        defaults = vars(p.parse_args([]))
+        given = [f"--{k.replace('_', '-')}" if k != "overrides" else "key.path=value overrides"
+                 for k, v in vars(args).items() if k != "rescore" and v != defaults[k]]
+        if given:
+            p.error(f"--rescore re-scores what DIR holds with its stored settings; {', '.join(given)} would be ignored")
+        return args
+    if args.policy is None:
         p.error("give --policy (and --tasks), or --rescore DIR")
+    for flag, value in (("--k", args.k), ("--limit", args.limit)):
+        if value is not None and value < 1:
+            p.error(f"{flag} must be >= 1, got {value}")
     if args.judge not in (None, "rule") and not (args.judge_url and args.judge_model):
         p.error(f"--judge {args.judge} is an LLM judge: give --judge-url and --judge-model")
+    if args.judge in (None, "rule"):
+        for flag, value in (("--judge-url", args.judge_url), ("--judge-model", args.judge_model)):
+            if value is not None:
+                p.error(f"{flag} is the endpoint of an LLM judge (--judge {'|'.join(JUDGE_KINDS[1:])}); the rule "
+                        f"judge{'' if args.judge else ' (the default)'} would ignore it")
+    if not args.policy.startswith(("http://", "https://")):
+        for flag, value in (("--served-model", args.served_model), ("--tokenizer", args.tokenizer)):
+            if value is not None:
+                p.error(f"{flag} applies to an endpoint policy (--policy http(s)://HOST/v1); --policy "
+                        f"{args.policy!r} would ignore it")
     return args
+
+
+#: settings no evaluation reads (RLGroups(train=False), launch/stages.py evaluation()) -> why
+TRAINS = "launch/evaluate.py does not train"
+NOT_READ = {
+    **{k: TRAINS for k in ("trainer", "algo", "sft", "pipeline", "run.steps", "run.save_every", "run.keep_last",
+                           "run.resume", "run.loggers", "rollout.mode", "rollout.max_staleness",
+                           "rollout.partial_rollout", "rollout.seed", "data.batch_size")},
+    "run.save_trajectories": f"{TRAINS}, and it always saves the evaluation's trajectories",
+    "run.name": "the evaluation's name is --name",
+    "rollout.n": "an evaluation runs each task --k times (eval.k)",
+    "rollout.temperature": "an evaluation samples at eval.temperature",
+    "rollout.top_p": "an evaluation samples with eval.top_p",
+    "eval.num_tasks": "the tasks are those of --tasks (--limit N keeps the first N)",
+}
+
+
+def _leaves(key: str, value) -> list[str]:
+    """The dotted keys an override sets (`trainer={lr: 1}` sets trainer.lr)."""
+    if isinstance(value, dict) and value:
+        return [leaf for k, v in value.items() for leaf in _leaves(f"{key}.{k}", v)]
+    return [key]
+
+
+def check_overrides(args) -> None:
+    """ConfigError for a key.path=value override that this evaluation would not read (evaluate.py does not train:
+    NOT_READ), or that would replace what one of its own flags sets (model.path: --policy; run.dir: --out; the
+    task file: --tasks and --limit; eval.k with --k; the scoring with --judge; the engine with an endpoint)."""
+    from rl.config import parse_override
+
+    flags = {"model.path": "--policy", "run.dir": "--out", "data.task": "--tasks", "data.path": "--tasks",
+             "data.num_tasks": "--tasks (and --limit)"}
+    if args.k is not None:
+        flags["eval.k"] = "--k"
+    if args.judge is not None:
+        flags |= {f"reward.{k}": f"--judge {args.judge}" for k in ("fns", "composition", "judge")}
+    if args.policy.startswith(("http://", "https://")):
+        flags |= {"rollout.backend": "--policy", "rollout.openai": "--policy/--served-model"}
+    for text in args.overrides:
+        for key in _leaves(*parse_override(text)):
+            for prefix, why in NOT_READ.items():
+                if key == prefix or key.startswith(prefix + "."):
+                    raise ConfigError(f"{key!r} (from the command line) would be read by nothing in this evaluation, "
+                                      f"so it would be silently ignored: {why}")
+            for prefix, flag in flags.items():
+                if key == prefix or key.startswith(prefix + "."):
+                    raise ConfigError(f"{key!r} (from the command line) is what {flag} sets: the override would "
+                                      f"replace it and {flag} would be silently ignored; give {flag} alone")
 
 
 # --- the policy ---------------------------------------------------------------------------------------
 
 
-def policy_settings(args, out: Path) -> tuple[list[str], dict]:
+def policy_settings(args) -> tuple[list[str], dict]:
     """Overrides that make `--policy` the policy, and what to remember about it."""
     policy = args.policy
     if policy.startswith(("http://", "https://")):
@@ -169,24 +244,23 @@ def rescore(folder: Path) -> int:
 
 
 def run_eval(args) -> int:
+    """Check every setting (with the tasks written to a temporary file), then make the output folder, export a run's
+    checkpoint, and evaluate: bad input fails before anything is created or started."""
     from launch.stages import evaluation
     from rl.export import export_checkpoint, run_overrides
     from rl.groups import RLGroups
     from rl.task_files import load_task_file, write_tasks
     from rl.tasks import scoring
 
+    check_overrides(args)
     out = Path(args.out or ROOT / "runs" / f"eval-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    over, policy = policy_settings(args, out)
+    over, policy = policy_settings(args)
     base = args.config or (None if policy["kind"] == "run" else DEFAULT_CONFIG)
+    ran = None
     if policy["kind"] == "run":
         run_dir = Path(policy["run_dir"])
         over = run_overrides(run_dir)
         ran = load_config(None, over)
-        path, step = export_checkpoint(run_dir, ran, out)
-        over = [o for o in over if not o.startswith(("model.path=", "model.tokenizer=", "model.tiny="))]
-        over.append(f"model.path={json.dumps(str(path))}")
-        policy |= {"checkpoint_step": step, "model": str(path)}
         stages = [s[5:] for s in json.loads((run_dir / "config.json").read_text())["pipeline"]["stages"]
                   if s.startswith("eval_")]
         args.name = args.name or (stages[-1] if stages else "eval")
@@ -198,16 +272,32 @@ def run_eval(args) -> int:
             raise ConfigError("give --tasks FILE")
         args.tasks = str(path if Path(path).is_absolute() or Path(path).exists() else ROOT / path)
     tasks = load_task_file(args.tasks, args.format, args.limit)
-    if any("image_path" in t for t in tasks) and not args.ignore_images:
+    images = any("image_path" in t for t in tasks)
+    if images and not args.ignore_images:
         raise ConfigError(f"{args.tasks}: the tasks carry images (image_path) and a task question's image is not an "
                           "input of the agent loop yet; --ignore-images evaluates the question text alone")
-    over = over + [f"run.dir={json.dumps(str(out))}"]
-    if policy["kind"] != "run" or not ran.data.task.endswith("_qa"):  # a run on its own task keeps its scoring
+    if args.ignore_images and not images:
+        raise ConfigError(f"--ignore-images: no task of {args.tasks} carries an image (image_path), so it would be "
+                          "silently ignored")
+    own_task = ran is not None and ran.data.task.endswith("_qa")  # a run on its own task keeps its scoring
+    rest = ([f"eval.k={args.k}"] if args.k is not None else []) + judge_overrides(args) + list(args.overrides)
+
+    def settings(model: list[str], task_file: Path) -> list[str]:
+        data = [] if own_task else ["data.task=file", f"data.path={json.dumps(str(task_file))}",
+                                    f"data.num_tasks={len(tasks)}"]
+        return model + [f"run.dir={json.dumps(str(out))}"] + data + rest
+
+    with tempfile.TemporaryDirectory() as tmp:  # every setting checked before the output folder exists
+        load_config(base, settings(over, write_tasks(tasks, Path(tmp) / "tasks.jsonl")))
+    out.mkdir(parents=True, exist_ok=True)
+    if ran is not None:
+        path, step = export_checkpoint(run_dir, ran, out)
+        over = [o for o in over if not o.startswith(("model.path=", "model.tokenizer=", "model.tiny="))]
+        over.append(f"model.path={json.dumps(str(path))}")
+        policy |= {"checkpoint_step": step, "model": str(path)}
+    if not own_task:
         write_tasks(tasks, out / "tasks.jsonl")
-        over += ["data.task=file", f"data.path={json.dumps(str(out / 'tasks.jsonl'))}", f"data.num_tasks={len(tasks)}"]
-    if args.k:
-        over.append(f"eval.k={args.k}")
-    cfg = load_config(base, over + judge_overrides(args) + list(args.overrides))
+    cfg = load_config(base, settings(over, out / "tasks.jsonl"))
     name = args.name or "eval"
     print(f"evaluating {policy} on {len(tasks)} tasks of {args.tasks} (k = {cfg.eval.k}); output: {out}", flush=True)
     groups = RLGroups(cfg, train=False)

@@ -49,12 +49,24 @@ def worker_pythonpath() -> str:
     return os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
 
 
-def wait(refs, timeout_s: float, what: str):
-    """ray.get with a timeout whose error says what was being waited for."""
+def wait(refs, timeout_s: float, what: str, names: Sequence[str] | None = None):
+    """ray.get with a timeout whose error says what was being waited for and, for a list of refs, which of
+    them had not answered (`names[i]` for refs[i]; by default their positions)."""
     try:
         return ray.get(refs, timeout=timeout_s)
     except ray.exceptions.GetTimeoutError:
-        raise TimeoutError(f"waited {timeout_s:.0f}s for {what}; no answer") from None
+        raise TimeoutError(f"waited {timeout_s:.0f}s for {what}; no answer{pending_part(refs, names)}") from None
+
+
+def pending_part(refs, names: Sequence[str] | None = None, show: int = 8) -> str:
+    """' from a, b (2 of 5)': the refs of a list that are not ready yet, by name ('' for a single ref)."""
+    if not isinstance(refs, (list, tuple)) or len(refs) < 2:
+        return ""
+    _, pending = ray.wait(list(refs), num_returns=len(refs), timeout=0)
+    late = {id(r) for r in pending}
+    labels = [names[i] if names else f"#{i}" for i, r in enumerate(refs) if id(r) in late]
+    more = f", ... {len(labels) - show} more" if len(labels) > show else ""
+    return f" from {', '.join(labels[:show])}{more} ({len(labels)} of {len(refs)})"
 
 
 def node_free_port() -> tuple[str, int]:
@@ -118,14 +130,18 @@ class ActorGroup:
 
     def call(self, method: str, *args, timeout_s: float | None = None, **kwargs) -> list:
         return wait(self.call_async(method, *args, **kwargs), timeout_s or self.timeout_s,
-                    f"{self.name}.{method} on {self.num} rank(s)")
+                    f"{self.name}.{method} on {self.num} rank(s)", self.rank_names())
 
     def call_split(self, method: str, shards: Sequence[Any], *args, timeout_s: float | None = None,
                    **kwargs) -> list:
         if len(shards) != self.num:
             raise ValueError(f"{self.name}.{method}: {len(shards)} shards for {self.num} ranks")
         refs = [getattr(a, method).remote(s, *args, **kwargs) for a, s in zip(self.actors, shards)]
-        return wait(refs, timeout_s or self.timeout_s, f"{self.name}.{method} on {self.num} rank(s)")
+        return wait(refs, timeout_s or self.timeout_s, f"{self.name}.{method} on {self.num} rank(s)",
+                    self.rank_names())
+
+    def rank_names(self) -> list[str]:
+        return [f"{self.name} rank {i}" for i in range(self.num)]
 
     def rendezvous(self) -> tuple[str, int]:
         """Address and free port on rank 0's node, for torch.distributed."""

@@ -36,6 +36,7 @@ PosInt = Annotated[int, Meta(ge=1)]
 NonNegInt = Annotated[int, Meta(ge=0)]
 PosFloat = Annotated[float, Meta(gt=0)]
 NonNegFloat = Annotated[float, Meta(ge=0)]
+Beta = Annotated[float, Meta(ge=0, lt=1)]
 Prob = Annotated[float, Meta(gt=0, le=1)]
 
 
@@ -109,7 +110,7 @@ class TrainerConfig(_Base):
     num_ranks: PosInt = 2
     lr: PosFloat = 1e-6
     weight_decay: NonNegFloat = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: Annotated[tuple[Beta, Beta], Meta(description="AdamW's (beta1, beta2), each in [0, 1)")] = (0.9, 0.999)
     grad_clip: Annotated[float, Meta(ge=0, description="max grad norm; 0 disables")] = 1.0
     warmup_steps: NonNegInt = 0
     micro_batch_size: Annotated[int, Meta(ge=1, description="rows per forward/backward when token_budget = 0")] = 8
@@ -307,7 +308,8 @@ class MemoryConfig(_Base):
 
 
 class PipelineConfig(_Base):
-    stages: Annotated[list[str], Meta(description="recipe stages to run, in order (see the recipe's --help)")] = \
+    stages: Annotated[list[str], Meta(min_length=1, description="recipe stages to run, in order (see the recipe's "
+                                                                "--help)")] = \
         msgspec.field(default_factory=lambda: ["expert", "eval_base", "sft", "eval_sft", "rl", "eval_rl"])
 
 
@@ -332,7 +334,8 @@ class RayConfig(_Base):
         description="colocated: engines and trainer share the node's devices and the phase in progress gets all of "
                     "them (GPU: engines sleep while the trainer trains; CPU: each phase runs on every core); split: "
                     "each role its own devices (async mode). auto: colocated for sync mode on one node")] = "auto"
-    num_cpus: Annotated[int | None, Meta(description="logical CPUs of a new local cluster")] = None
+    num_cpus: Annotated[Annotated[int, Meta(ge=1)] | None, Meta(
+        description="logical CPUs of a new local cluster (None: the machine's, or what the run asks for if more)")] = None
 
 
 class Config(_Base):
@@ -488,9 +491,9 @@ def _flatten_keys(tree: dict, prefix: str = "") -> set[str]:
     return out
 
 
-def _type_at(path: list[str]):
-    """The annotation at a key path of Config, or None."""
-    typ: Any = Config
+def _type_at(path: list[str], root: type | None = None):
+    """The annotation at a key path of `root` (default: Config), or None."""
+    typ: Any = root or Config
     for key in path:
         typ = _strip(typ)
         if not (isinstance(typ, type) and issubclass(typ, msgspec.Struct)):
@@ -509,7 +512,15 @@ def _strip(typ):
 
 
 def _allowed(typ) -> str:
+    """What a key of type `typ` takes, in words: a Struct's keys, a Literal's values, a type with its bounds,
+    `X or null`, `a list, each X`."""
     base = _strip(typ)
+    if typing.get_origin(base) in (typing.Union, types.UnionType):
+        members = [a for a in typing.get_args(base) if a is not type(None)]
+        if len(members) == 1:
+            return f"null or {_allowed(members[0])}"
+    if typing.get_origin(base) is list and typing.get_args(base):
+        return f"a list, each {_allowed(typing.get_args(base)[0])}"
     if isinstance(base, type) and issubclass(base, msgspec.Struct):
         return f"keys: {', '.join(base.__struct_fields__)}"
     if typing.get_origin(base) is Literal:
@@ -549,7 +560,9 @@ def _value_at(tree: dict, parts: list[str]):
     return node
 
 
-def _explain(err: msgspec.ValidationError, tree: dict, where) -> str:
+def _explain(err: msgspec.ValidationError, tree: dict, where, root: type | None = None) -> str:
+    """msgspec's error as one message: the key, where it came from (`where(key)`), what was given and what is
+    allowed (from the annotations of `root`, default Config)."""
     msg = str(err)
     m = re.search(r" - at `\$\.?(.*)`$", msg)
     path = m.group(1) if m else ""
@@ -559,14 +572,14 @@ def _explain(err: msgspec.ValidationError, tree: dict, where) -> str:
     unknown = re.match(r"Object contains unknown field `(.+)`", body)
     if unknown:
         key = ".".join(parts + [unknown.group(1)])
-        parent = _type_at(parts)
+        parent = _type_at(parts, root)
         return f"unknown key '{key}' (from the {where(key)}); allowed {_allowed(parent)}"
     key = ".".join(parts) or "(top level)"
     if entry:
-        bad = _bad_entry(_value_at(tree, parts), _type_at(parts))
+        bad = _bad_entry(_value_at(tree, parts), _type_at(parts, root))
         key = f"{key}.{bad}" if bad is not None else key
         return f"bad value for '{key}' (from the {where(key)}): {body} (given {_value_at(tree, key.split('.'))!r})"
-    typ = _type_at(parts)
+    typ = _type_at(parts, root)
     allowed = f"; allowed: {_allowed(typ)}" if typ is not None else ""
     return (f"bad value for '{key}' (from the {where(key)}): {body} (given {_value_at(tree, parts)!r})"
             f"{allowed}")
@@ -635,6 +648,60 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = (), *
     _unconsumed(cfg, ignored, where)
     _dry_run(cfg, where, check_inputs, ignored)
     return cfg
+
+
+class Sources:
+    """Where each setting of a recipe's config came from, for its errors: `sources(key)` is "command line",
+    "--smoke settings", "config file F" or "defaults" (`load_config`'s `where`)."""
+
+    def __init__(self, path: Path, file_keys: set[str], overlay_keys: set[str]):
+        self.file, self.file_keys, self.overlay_keys = f"config file {path}", file_keys, overlay_keys
+        self.cli_keys: set[str] = set()
+
+    def __call__(self, key: str) -> str:
+        for keys, name in ((self.cli_keys, "command line"), (self.overlay_keys, "--smoke settings"),
+                           (self.file_keys, self.file)):
+            if any(_overlaps(k, key) for k in keys):
+                return name
+        return "defaults"
+
+    def given(self, key: str, decider: str) -> bool:
+        """The user gave `key`: on the command line, or in the file unless the command line set `decider` (then
+        the file's setting for what the run no longer does is moot, as in `load_config`)."""
+        return self(key) == "command line" or self(key) == self.file and \
+            not any(_overlaps(k, decider) for k in self.cli_keys)
+
+    def bad(self, key: str, text: str) -> ConfigError:
+        return ConfigError(f"bad value for '{key}' (from the {self(key)}): {text}")
+
+
+def load_recipe(root: type, path: Path, overrides: list[str], overlay: dict[str, Any]) -> tuple[Any, Sources]:
+    """A recipe's own config (`root`, a msgspec Struct: the embedder's, DynamicBench's) the way `load_config` reads
+    the policy's:
+    the file through `read_yaml` (size, UTF-8, no key twice), then `overlay` (dotted key -> value: --smoke's
+    sizes), then the command line's key.path=value through `parse_override`; msgspec's lax conversion (YAML 1.1
+    reads 1e-5 as a string) with the Structs' Meta bounds; every number finite. One ConfigError naming the key,
+    its source and what is allowed otherwise. Returns (config, its Sources)."""
+    tree = read_yaml(path)
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, got {type(tree).__name__}")
+    leaves = {k for k in _flatten_keys(tree)  # a section of the file is not a setting of it: its keys are
+              if not (isinstance(v := _value_at(tree, k.split(".")), dict) and v)}
+    sources = Sources(path, leaves, set(overlay))
+    for key, value in overlay.items():
+        _set_dotted(tree, key, value)
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+        sources.cli_keys.add(key)
+    try:
+        cfg = msgspec.convert(tree, root, strict=False)
+    except msgspec.ValidationError as err:
+        raise ConfigError(_explain(err, tree, sources, root)) from None
+    _check_finite(cfg, sources)
+    return cfg, sources
 
 
 def _check_finite(struct: msgspec.Struct, where, prefix: str = "") -> None:
@@ -730,6 +797,19 @@ def _unconsumed(cfg: Config, ignored, where) -> None:
          ("rollout.backend",)),
         ("trainer.lora_alpha", cfg.trainer.lora_rank > 0, "trainer.lora_rank=0 trains every weight (no LoRA)",
          ("trainer.lora_rank",)),
+        *[(f"rollout.{k}", cfg.rollout.backend == "vllm", f"rollout.backend is {cfg.rollout.backend!r}: only vLLM "
+           "engines have a KV cache, a memory share or CUDA graphs", ("rollout.backend",))
+          for k in ("kv_cache_gib", "gpu_memory_utilization", "enforce_eager")],
+        *[(f"algo.{k}", cfg.algo.prefilter, "algo.prefilter is false (no pre-RL filter runs)", ("algo.prefilter",))
+          for k in ("prefilter_rollouts", "prefilter_correct")],
+        *[(f"algo.{k}", cfg.algo.overlong_penalty, "algo.overlong_penalty is false (no overlong punishment)",
+           ("algo.overlong_penalty",)) for k in ("overlong_max_len", "overlong_cache_len")],
+        ("algo.max_gen_rounds", cfg.algo.sampler == "dapo", f"algo.sampler is {cfg.algo.sampler!r}: only dapo "
+         "generates again", ("algo.sampler", "algo.preset")),
+        *[(f"algo.{k}", cfg.algo.kl_coef > 0, "algo.kl_coef is 0 (no KL term, no reference model)",
+           ("algo.kl_coef", "algo.preset")) for k in ("kl_estimator", "kl_estimator_args")],
+        ("sft.min_lr_ratio", cfg.sft.lr_schedule == "cosine", "sft.lr_schedule is constant (min_lr_ratio is "
+         "cosine's floor)", ("sft.lr_schedule",)),
         ("trainer.lora_target_modules", cfg.trainer.lora_rank > 0, "trainer.lora_rank=0 trains every weight (no LoRA)",
          ("trainer.lora_rank",)),
     ]

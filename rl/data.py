@@ -71,8 +71,11 @@ def read_rows(path, what: str = "task file") -> list[tuple[str, dict]]:
     file and its line (jsonl) or row. A missing file, text that is not UTF-8 and a line that is not JSON are
     ValueErrors (FileNotFoundError for the file) naming `what`, the file and the line."""
     import csv
+    import io
     import json
     from pathlib import Path
+
+    from envs.corpus import utf8_text
 
     p = Path(path)
     if not p.is_file():
@@ -82,22 +85,19 @@ def read_rows(path, what: str = "task file") -> list[tuple[str, dict]]:
         import pyarrow.parquet as pq
 
         return [(f"{p}: row {i + 1}", row) for i, row in enumerate(pq.read_table(p).to_pylist())]
-    data = p.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")  # a byte-order mark is fine
-    except UnicodeDecodeError as err:
-        at = data[:err.start].count(b"\n") + 1
-        raise ValueError(f"{p}: line {at} is not UTF-8 text ({err.reason} at byte {err.start}); "
-                         f"save the file as UTF-8") from None
+    text = utf8_text(p)
     if suffix == ".csv":
-        return [(f"{p}: row {i + 1}", dict(r)) for i, r in enumerate(csv.DictReader(text.splitlines()))]
+        return [(f"{p}: row {i + 1}", dict(r)) for i, r in enumerate(csv.DictReader(io.StringIO(text, newline="")))]
     if suffix == ".json":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{p}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
         if not isinstance(data, list):
             raise ValueError(f"{p}: a .json task file holds a list of rows, not a {type(data).__name__}")
         return [(f"{p}: row {i + 1}", r) for i, r in enumerate(data)]
     rows = []
-    for i, line in enumerate(text.splitlines()):
+    for i, line in enumerate(text.split("\n")):  # not splitlines: U+2028 and the like may stand inside a row
         if line.strip():
             try:
                 rows.append((f"{p}: line {i + 1}", json.loads(line)))
@@ -145,11 +145,17 @@ def _task_row(row, where: str, default_uid: str) -> dict:
     def strings(value) -> bool:
         return isinstance(value, list) and all(isinstance(v, str) and v for v in value)
 
-    if not isinstance(row["question"], str):
-        raise wrong("question", "a string")
+    if not isinstance(row["question"], str) or not row["question"].strip():
+        raise wrong("question", "a non-empty string")
     answer = row["answer"]
     if not (isinstance(answer, str) or (strings(answer) and answer)):
         raise wrong("answer", 'a string (write a number as "1987") or a list of strings (several acceptable answers)')
+    from reward.rules import normalize_answer
+
+    for a in [answer] if isinstance(answer, str) else answer:
+        if not normalize_answer(a):  # it would match an empty reply: every rollout scores as correct
+            raise ValueError(f"{where}: answer {a!r:.80} is empty once normalised (case, punctuation, articles and "
+                             "spaces removed, as the rule judge compares): give the answer's text")
     uid = row.get("uid")
     if uid is None:
         uid = default_uid

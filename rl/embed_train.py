@@ -1,10 +1,10 @@
 """Fine-tuning a text embedder with Qwen3-Embedding's improved InfoNCE (SEEDS 11.4), and slerp checkpoint merging.
 
-Owns: the embedder recipe's config (`EmbedRecipeConfig`, msgspec, validated at load), `load_embedder` (the
-model-loading code of the inference path, `envs.embedding`), `EmbedderRank` (one rank of the trainer: AdamW,
-linear warm-up, gradient clipping; the forward pass is the embedder's own `encode`, so training and serving
-embed the same way), `train_embedder` (the driver: batches split over the ranks, checkpoints, the merge),
-`save_embedder`, `slerp` / `slerp_merge` (SEEDS 11.4 stage 3).
+Owns: the embedder recipe's config (`EmbedRecipeConfig`, msgspec, read by rl/config.py `load_recipe` and checked
+by `check_config`), `load_embedder` (the model-loading code of the inference path, `envs.embedding`), `EmbedderRank`
+(one rank of the trainer: AdamW, linear warm-up, gradient clipping; the forward pass is the embedder's own
+`encode`, so training and serving embed the same way), `train_embedder` (the driver: batches split over the
+ranks, checkpoints, the merge), `save_embedder`, `slerp` / `slerp_merge` (SEEDS 11.4 stage 3).
 
 Training runs on the embedder's own trainer group (`EmbedderRank`, `train.num_ranks` Ray actors) with the FSDP2
 code of the policy trainer (process group, wrapping, clipping: rl/trainer/), or as one rank in process. It is
@@ -30,7 +30,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-PosInt = Annotated[int, Meta(ge=1)]
+from rl.config import ConfigError, PosInt, Sources, _unread
 
 
 class _Base(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -70,16 +70,19 @@ class EmbedTrain(_Base):
     temperature: Annotated[float, Meta(gt=0, description="InfoNCE tau (ms-swift's default 0.01 is for 0.6B+)")] = 0.05
     margin: Annotated[float, Meta(ge=0, description="false-negative mask: s_ij > s+ + margin is masked")] = 0.1
     in_batch: Annotated[bool, Meta(description="the q-q, d-d and q-d in-batch terms")] = True
-    trainable_layers: Annotated[int | None, Meta(description="train only the top N transformer layers (the rest and "
-                                                             "the embeddings frozen); None: every weight")] = None
-    merge_at: Annotated[list[float], Meta(description="fractions of steps at which to keep a checkpoint for the "
-                                                      "slerp merge (the last step is always kept)")] = \
+    trainable_layers: Annotated[PosInt | None, Meta(description="train only the top N transformer layers (the "
+                                                                "rest and the embeddings frozen); None: every "
+                                                                "weight")] = None
+    merge_at: Annotated[list[Annotated[float, Meta(gt=0, lt=1)]], Meta(
+        description="fractions of steps at which to keep a checkpoint for the slerp merge (the last step is always "
+                    "kept)")] = \
         msgspec.field(default_factory=lambda: [0.5])
     merge_t: Annotated[float, Meta(ge=0, le=1, description="slerp weight of the last checkpoint")] = 0.5
 
 
 class EmbedEval(_Base):
-    ks: list[PosInt] = msgspec.field(default_factory=lambda: [1, 5, 10, 20])
+    ks: Annotated[list[Annotated[int, Meta(ge=1, le=100)]], Meta(min_length=1, description="recall@k cut-offs")] = \
+        msgspec.field(default_factory=lambda: [1, 5, 10, 20])
     hashing_dim: PosInt = 1024
 
 
@@ -98,22 +101,50 @@ class EmbedRecipeConfig(_Base):
     run: EmbedRun = msgspec.field(default_factory=EmbedRun)
 
 
-def check_config(cfg: EmbedRecipeConfig) -> str | None:
-    """What msgspec cannot say (None if fine)."""
-    if cfg.model.kind == "minilm" and cfg.model.dim is not None:
-        return "model.dim: Matryoshka truncation is for qwen3-embedding (MiniLM was not trained for it)"
-    if cfg.model.kind == "minilm" and cfg.model.path == "tiny":
-        return "model.path=tiny is the tiny Qwen3: use model.kind=qwen3-embedding"
-    if cfg.model.kind == "qwen3-embedding" and cfg.model.path is None:
-        return "model.path: qwen3-embedding needs a local folder or 'tiny'"
-    if cfg.train.batch_size % cfg.train.num_ranks:
-        return (f"train.batch_size={cfg.train.batch_size} does not split over train.num_ranks={cfg.train.num_ranks} "
-                "ranks: each rank embeds an equal share of the batch")
-    if any(not 0 < f < 1 for f in cfg.train.merge_at):
-        return f"train.merge_at: fractions in (0, 1), got {cfg.train.merge_at}"
-    if max(cfg.eval.ks) > 100:
-        return "eval.ks: at most 100"
-    return None
+def check_config(cfg: EmbedRecipeConfig, sources: Sources) -> None:
+    """What msgspec cannot say: settings that contradict each other or that nothing would read, and the model
+    folder (there, with a config.json, and deep enough for train.trainable_layers). ConfigError otherwise."""
+    m, t = cfg.model, cfg.train
+    if m.kind == "minilm" and m.dim is not None:
+        raise sources.bad("model.dim", "Matryoshka truncation is for model.kind=qwen3-embedding (MiniLM was not "
+                                       "trained for it)")
+    if m.kind == "minilm" and m.path == "tiny":
+        raise sources.bad("model.path", "'tiny' is the tiny Qwen3: use model.kind=qwen3-embedding")
+    if m.kind == "qwen3-embedding" and m.path is None:
+        raise sources.bad("model.path", "model.kind=qwen3-embedding needs a local folder or 'tiny'")
+    if t.batch_size % t.num_ranks:
+        raise sources.bad("train.batch_size", f"{t.batch_size} does not split over train.num_ranks={t.num_ranks} "
+                                              "ranks: each rank embeds an equal share of the batch")
+    for key, unread, decider, why in (
+            ("model.task", m.kind == "minilm", "model.kind", "model.kind is minilm (only qwen3-embedding has a query "
+                                                             "instruction)"),
+            ("train.timeout_s", t.num_ranks == 1, "train.num_ranks", "train.num_ranks is 1 (one rank in this "
+                                                                     "process: no group to start or wait for)"),
+            ("run.name", cfg.run.dir is not None, "run.dir", "run.dir is given (run.name only names a new folder "
+                                                             "under runs/)")):
+        if unread and sources.given(key, decider):
+            raise ConfigError(_unread([key], sources, why))
+    if m.path == "tiny":
+        return
+    if m.path is None:
+        from envs.embedding.minilm import package_model_folder
+
+        try:
+            folder = package_model_folder()
+        except ImportError as err:
+            raise sources.bad("model.path", str(err)) from None
+    else:
+        folder = Path(m.path).expanduser()
+        if not (folder / "config.json").is_file():
+            raise sources.bad("model.path", f"{m.path!r} is not a model folder here (" + (
+                "no config.json in it)" if folder.is_dir() else "no such folder)"))
+    try:
+        layers = json.loads((folder / "config.json").read_text()).get("num_hidden_layers")
+    except (OSError, ValueError, AttributeError) as err:
+        raise sources.bad("model.path", f"{str(folder / 'config.json')!r} cannot be read: {err}") from None
+    if t.trainable_layers is not None and isinstance(layers, int) and t.trainable_layers > layers:
+        raise sources.bad("train.trainable_layers", f"{t.trainable_layers}, but the model ({folder}) has {layers} "
+                                                    f"layers; allowed: 1 to {layers}, or null for every weight")
 
 
 def model_folder(model: EmbedModel) -> str | None:

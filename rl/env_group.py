@@ -183,7 +183,8 @@ class EnvGroup:
         self.servers = [actor.remote(tools=tools, world=world, base_url=base_url, limits=limits,
                                      cache_size=cache_size, threads=threads) for _ in range(num_servers)]
         self._pids = wait([s.ping.remote() for s in self.servers], ready_timeout_s,
-                          f"{num_servers} EnvServer actor(s) to build their tools {sorted(tools)}")
+                          f"{num_servers} EnvServer actor(s) to build their tools {sorted(tools)}",
+                          [f"EnvServer {i}" for i in range(num_servers)])
         self.restarts = 0  # server restarts seen (a new process behind a server since the last look)
         self.schemas, worst, self.server_info = wait(
             [self.servers[0].tool_schemas.remote(), self.servers[0].max_call_s.remote(), self.servers[0].info.remote()],
@@ -200,7 +201,9 @@ class EnvGroup:
         refs = [s.metrics.remote(samples=True) for s in self.servers] + [s.ping.remote() for s in self.servers]
         if self.world_host is not None:
             refs.append(self.world_host.fault_counts.remote())
-        got = wait(refs, timeout_s, "the metrics of the EnvServer actors")
+        names = [f"EnvServer {i} metrics" for i in range(len(self.servers))] + \
+            [f"EnvServer {i} ping" for i in range(len(self.servers))] + ["the world host's fault counts"]
+        got = wait(refs, timeout_s, "the metrics of the EnvServer actors", names[:len(refs)])
         n = len(self.servers)
         per_server, pids = got[:n], got[n:2 * n]
         self.restarts += sum(a != b for a, b in zip(pids, self._pids))

@@ -258,7 +258,8 @@ class RLGroups:
                              f"(ray.placement=colocated, rollout.num_engines <= trainer.num_ranks); placement "
                              f"{self.placement}, {engines} engine(s), {ranks} rank(s): use collective or auto")
         addresses = wait([a.__ray_call__.remote(_node_and_free_port) for a in self.trainer.actors[:engines]],
-                         self.timeout, f"a free port on the node of each of trainer ranks 0-{engines - 1}")
+                         self.timeout, f"a free port on the node of each of trainer ranks 0-{engines - 1}",
+                         [f"trainer rank {i}" for i in range(engines)])
         if len(set(addresses)) < len(addresses):  # two ranks of one node drew the same free port: draw again
             addresses = [(host, port) if i == 0 or (host, port) not in addresses[:i] else
                          wait(self.trainer.actors[i].__ray_call__.remote(_node_and_free_port), self.timeout,
@@ -275,8 +276,9 @@ class RLGroups:
         sent = self.trainer.call_async("send_weights", self.transport, version, bucket)
         versions = wait([a.update_weights.remote(self.transport.stream(version, i), version, abort)
                          for i, a in enumerate(self.rollout.actors)],
-                        self.timeout, f"weight sync to {self.rollout.num} engine(s) (version {version})")
-        wait(sent, self.timeout, f"the trainer's weight send (version {version})")
+                        self.timeout, f"weight sync to {self.rollout.num} engine(s) (version {version})",
+                        self.rollout.rank_names())
+        wait(sent, self.timeout, f"the trainer's weight send (version {version})", self.trainer.rank_names())
         if set(versions) != {version}:
             raise RuntimeError(f"engines report policy versions {versions} after syncing version {version}")
         return version

@@ -173,8 +173,12 @@ _actor = None
 async def memory_prompt(task: dict) -> str | None:
     """The memory text for one episode: the shared actor retrieves for the task's question, logged under its uid."""
     global _actor
-    if _actor is None:  # a blocking lookup: off the worker's event loop
-        _actor = await asyncio.wait_for(asyncio.to_thread(ray.get_actor, MEMORY_ACTOR), RETRIEVE_TIMEOUT_S)
+    try:
+        if _actor is None:  # a blocking lookup: off the worker's event loop
+            _actor = await asyncio.wait_for(asyncio.to_thread(ray.get_actor, MEMORY_ACTOR), RETRIEVE_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        raise TimeoutError(f"looking up the memory actor {MEMORY_ACTOR!r} took over {RETRIEVE_TIMEOUT_S:.0f} s "
+                           f"(task {task['uid']!r})") from None
     ref = _actor.retrieve.remote(str(task["question"]), str(task["uid"]))
     try:
         return await asyncio.wait_for(asyncio.wrap_future(ref.future()), RETRIEVE_TIMEOUT_S)

@@ -58,6 +58,7 @@ HTML_BUDGET_S = 2.0  # CPU seconds of HTML -> text per page
 MAX_CODINGS = 4  # stacked content codings undone
 _CHUNK = 65_536  # the most a decoder yields at once
 _HTML_STEP = 32_768  # HTML characters parsed between two looks at the clock
+_HTML_TAIL_MAX = 4096  # characters left unparsed at the end that `close` still parses
 _SHOWN_URL = 1_000  # characters of a URL repeated in a message
 
 
@@ -324,7 +325,11 @@ def page_text(html: str, max_html_chars: int = MAX_HTML_CHARS,
             break
         parser.feed(html[at: at + _HTML_STEP])
     else:
-        parser.close()
+        tail = len(parser.rawdata)  # what the parser could not take yet: an unclosed tag, comment or declaration
+        if tail > _HTML_TAIL_MAX:  # closing parses it in time quadratic in its length (CPython before 3.11.13)
+            note = f"an unclosed tag of {tail:,} characters at the end of the page's HTML was left out"
+        else:
+            parser.close()
     text = re.sub(r"[ \t\r\f\v]+", " ", "".join(parser.out))
     return re.sub(r"\n\s*\n+", "\n\n", text).strip(), note
 

@@ -138,6 +138,9 @@ def map_bbox(bbox, shown_size: tuple[int, int], raw_size: tuple[int, int], pad: 
     x1, y1, x2, y2 = bbox
     if pad:
         x1, y1, x2, y2 = x1 - pad, y1 - pad, x2 + pad, y2 + pad
+    # clamped to the shown frame first (the same result): a finite 1e308 would overflow to inf when scaled
+    x1, x2 = (min(max(v, 0), w) for v in (x1, x2))
+    y1, y2 = (min(max(v, 0), h) for v in (y1, y2))
     crop = [int(W * x1 / w), int(H * y1 / h), int(W * x2 / w), int(H * y2 / h)]
     return max(0, crop[0]), max(0, crop[1]), min(W, crop[2]), min(H, crop[3])
 
@@ -394,7 +397,7 @@ class CropTool(_VisualTool):
         if isinstance(bbox, str):  # a JSON list given as a string
             try:
                 bbox = json.loads(bbox)
-            except ValueError:
+            except (ValueError, RecursionError):
                 return self._error(f"bbox must be a list of 4 numbers [x1, y1, x2, y2], got {bbox!r:.80}",
                                    episode_id=episode_id)
         which = arguments.get("image")

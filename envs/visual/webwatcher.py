@@ -59,6 +59,10 @@ class Renamed:
         return getattr(self.inner, attribute)
 
     async def call(self, arguments: dict) -> Observation:
+        hidden = sorted(k for k in arguments if k not in self.arguments and k in self.arguments.values())
+        if hidden:  # an inner name the model was not shown would override the checked outer argument
+            return error_observation(f"Error: {self.name} has no argument {hidden[0]!r}; its arguments: "
+                                     f"{sorted(self.schema['parameters'].get('properties', {}))}", tool=self.name)
         obs = await self.inner.call({self.arguments.get(k, k): v for k, v in arguments.items()})
         obs.metadata["tool"] = self.name
         return obs
@@ -132,6 +136,10 @@ class VLSearchImageTool:
                                                          "errors": errors}, error=errors == len(urls))
 
 
+#: how long an OCR read waits for a free slot (the reads before it hold the engine) before failing as a tool error
+SLOT_TIMEOUT_S = 120.0
+
+
 class OCRTool:
     name = "ocr"
     schema = {
@@ -150,6 +158,7 @@ class OCRTool:
                              f"(got {max_concurrency})")
         self.images, self.engine, self.min_score = images, engine, min_score
         self._slots = threading.BoundedSemaphore(max_concurrency)
+        self._max_concurrency = max_concurrency
 
     async def call(self, arguments: dict) -> Observation:
         url = arguments.get("image_url")
@@ -169,8 +178,13 @@ class OCRTool:
 
     def read(self, img) -> list[tuple[str, float]]:
         """(text, confidence) per line, top to bottom, lines under `min_score` left out."""
-        with self._slots:
+        if not self._slots.acquire(timeout=SLOT_TIMEOUT_S):  # a hung read must not hold every later one forever
+            raise TimeoutError(f"ocr: no free OCR slot within {SLOT_TIMEOUT_S:.0f}s (max_concurrency "
+                               f"{self._max_concurrency}: earlier reads have not finished)")
+        try:
             result, _ = self.engine(np.asarray(img.convert("RGB"))[:, :, ::-1])  # the engine reads BGR, as cv2
+        finally:
+            self._slots.release()
         return [(str(text), float(score)) for _, text, score in (result or []) if float(score) >= self.min_score]
 
 

@@ -86,7 +86,8 @@ class ValidateTool:
 
     async def call(self, arguments: dict) -> Observation:
         f, skipped = parse_items(arguments["formalization"], "formalization")
-        problems = skipped + formal_problems(self.world, f, self.answer_entity, expanded=True)
+        # the solver is CPU-bound (a bounded search on cyclic formalizations): off the event loop
+        problems = skipped + await asyncio.to_thread(formal_problems, self.world, f, self.answer_entity, True)
         if problems:
             return Observation("INVALID\n" + "\n".join(problems[:5]))
         return Observation("VALID: the answer is unique and no constant touches the target or another constant.")
@@ -215,7 +216,13 @@ class ChatPolicy:
     def next_turn(self, observation: str | None) -> str:
         if observation is not None:
             self.messages.append({"role": "user", "content": observation})
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # its own event loop: next_turn is called in one
+        pool = concurrent.futures.ThreadPoolExecutor(1)  # its own event loop: next_turn is called in one
+        try:
             reply = pool.submit(asyncio.run, self.client.complete(list(self.messages))).result(self.timeout_s)
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(f"webshaper expander: {self.client!r} gave no reply within "
+                               f"{self.timeout_s:.0f}s") from None
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)  # a hung reply is not waited for on the way out
         self.messages.append({"role": "assistant", "content": reply})
         return reply

@@ -117,8 +117,8 @@ def formal_problems(world: World, f: Formalization, answer_entity: str, expanded
     another constant, and no constant past the first layer is linked to the answer entity (a shortcut)."""
     try:
         found = answer_entities(world, f)
-    except ValueError as err:
-        return [f"cannot solve: {err}"]
+    except (ValueError, RecursionError) as err:
+        return [f"cannot solve: {err or type(err).__name__}"]
     problems = []
     if found != [answer_entity]:
         problems.append(f"answer not unique and correct: {len(found)} entities fit "

@@ -42,6 +42,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from envs.corpus import utf8_text
 from envs.world.graph import ATTRIBUTES, World
 from envs.world.pages import format_date, format_number, page_sentences
 
@@ -114,8 +115,9 @@ def corpus_pages(path: str | Path) -> list[Page]:
 
         rows = list(enumerate(pq.read_table(p).to_pylist(), 1))
     elif p.suffix in (".jsonl", ".ndjson", ".json"):
+        text = utf8_text(p, "row")
         rows = []
-        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        for i, line in enumerate(text.split("\n"), 1):  # not splitlines: U+2028 and the like may stand in a row
             if not line.strip():
                 continue
             try:
@@ -124,7 +126,7 @@ def corpus_pages(path: str | Path) -> list[Page]:
                 raise ValueError(f"{p}: row {i} is not valid JSON ({err})") from None
     else:
         raise ValueError(f"RAMP corpus {str(p)!r}: expected a .jsonl or .parquet file of {{title, text}} rows")
-    pages = []
+    pages, first_row = [], {}
     for i, row in rows:
         if not isinstance(row, dict):
             raise ValueError(f"{p}: row {i} is a {type(row).__name__}, not an object with 'title' and 'text'")
@@ -134,7 +136,11 @@ def corpus_pages(path: str | Path) -> list[Page]:
         text = row["text"].strip()
         parts = re.split(r"\n\s*\n", text) if re.search(r"\n\s*\n", text) else text.split("\n")
         paras = tuple(" ".join(x.split()) for x in parts if x.strip())
-        pages.append(Page(str(row.get("id", f"{p.stem}-{i}")), row["title"].strip(), paras))
+        page_id = str(row.get("id", f"{p.stem}-{i}"))
+        if page_id in first_row:
+            raise ValueError(f"{p}: row {i} repeats the id {page_id!r} of row {first_row[page_id]}")
+        first_row[page_id] = i
+        pages.append(Page(page_id, row["title"].strip(), paras))
     if not pages:
         raise ValueError(f"RAMP corpus {str(p)!r} has no rows")
     return pages

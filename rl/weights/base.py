@@ -132,21 +132,26 @@ def read_ahead(it: Iterator, depth: int, timeout_s: float, what: str) -> Iterato
     stop = threading.Event()
     end = object()
 
+    def put(entry) -> bool:
+        """Hand `entry` over unless the consumer has stopped (it may stop with the queue full: a failed load)."""
+        while not stop.is_set():
+            try:
+                items.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def run():
         try:
             for item in it:
-                while not stop.is_set():
-                    try:
-                        items.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+                handed = put((item, None))
                 del item  # a reused buffer must not look held by this thread
-                if stop.is_set():
+                if not handed:
                     return
-            items.put((end, None))
+            put((end, None))
         except BaseException as err:  # the consumer re-raises it
-            items.put((end, err))
+            put((end, err))
 
     thread = threading.Thread(target=run, name=f"read-ahead {what}", daemon=True)
     thread.start()

@@ -108,11 +108,15 @@ class HFEngine:
 
     async def generate(self, prompt_ids: list[int], sampling: SamplingParams,
                        request_id: str | None = None, images: list | None = None) -> Generation:
-        async with self._lock:
-            return await asyncio.wait_for(
-                asyncio.to_thread(self._generate_sync, list(prompt_ids), sampling, images),
-                timeout=self.request_timeout_s,
-            )
+        async def run() -> Generation:
+            async with self._lock:  # one generation at a time: the wait for the lock counts against the bound
+                return await asyncio.to_thread(self._generate_sync, list(prompt_ids), sampling, images)
+
+        try:
+            return await asyncio.wait_for(run(), timeout=self.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"HF engine {self._model_path}: request {request_id or '(unnamed)'} not done within "
+                               f"{self.request_timeout_s}s (the wait for the engine included)") from None
 
     async def update_weights(self, buckets: Iterable[bytes], version: int) -> None:
         async with self._lock:

@@ -129,6 +129,7 @@ class SimEngine:
         from transformers import AutoTokenizer
 
         self.params = sim_params(params)
+        self.model_path = model_path
         self.tok = AutoTokenizer.from_pretrained(model_path)
         self.eos_id = self.tok.eos_token_id
         self.call_end = self.tok.convert_tokens_to_ids("</tool_call>")
@@ -165,7 +166,11 @@ class SimEngine:
         cut = len(ids) > sampling.max_tokens
         ids = ids[:sampling.max_tokens]
         logprobs = (-rng.exponential(0.7, len(ids))).astype(np.float32).tolist()
-        await asyncio.wait_for(self._run(new, len(ids), len(prompt_ids)), self.request_timeout_s)
+        try:
+            await asyncio.wait_for(self._run(new, len(ids), len(prompt_ids)), self.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"simulated engine {self.model_path}: request {request_id or '(unnamed)'} not done "
+                               f"within {self.request_timeout_s}s") from None
         if agent and not cut:
             self.episodes.pop(key, None)
             if kind == "call":

@@ -193,7 +193,7 @@ class VLLMEngine:
 
     async def generate(self, prompt_ids: list[int], sampling: SamplingParams,
                        request_id: str | None = None, images: list | None = None) -> Generation:
-        await self._paused.wait()
+        await self._bounded(self._paused.wait(), "the end of a weight update before a request")
         prompt = self.request(prompt_ids, images)
         params = self.vllm_params(sampling)
         rid = request_id or f"req-{next(self._ids)}"
@@ -208,9 +208,10 @@ class VLLMEngine:
         try:
             await asyncio.wait_for(run(), timeout=self.request_timeout_s)
         except asyncio.TimeoutError:
-            await self.llm.abort(rid)
+            await self._bounded(self.llm.abort(rid), f"the abort of request {rid}")
             raise TimeoutError(
-                f"vLLM request {rid} produced no final output within {self.request_timeout_s}s"
+                f"vLLM engine {self.model_path}: request {rid} produced no final output within "
+                f"{self.request_timeout_s}s"
             ) from None
         comp = final.outputs[0]
         ids = list(comp.token_ids)
@@ -231,15 +232,22 @@ class VLLMEngine:
         self._paused.clear()
         try:
             if getattr(buckets, "portable", False) and self.num_workers == 1:
-                await self.llm.collective_rpc("windward_receive", args=(pickle.dumps(buckets.for_engine()),))
+                await self._bounded(self.llm.collective_rpc("windward_receive", args=(pickle.dumps(
+                    buckets.for_engine()),)), f"the worker's receive and load of weight version {version}")
             else:
-                await self.llm.collective_rpc("windward_begin_update")
+                await self._bounded(self.llm.collective_rpc("windward_begin_update"),
+                                    f"the start of weight update {version}")
                 try:
+                    i = 0
                     async for data in aiter_buckets(buckets):
-                        await self.llm.collective_rpc("windward_load_bucket", args=(host_bytes(data).tobytes(),))
+                        i += 1
+                        await self._bounded(self.llm.collective_rpc(
+                            "windward_load_bucket", args=(host_bytes(data).tobytes(),)),
+                            f"the load of bucket {i} of weight version {version}")
                 finally:
-                    await self.llm.collective_rpc("windward_finish_update")
-            await self.llm.reset_prefix_cache()
+                    await self._bounded(self.llm.collective_rpc("windward_finish_update"),
+                                        f"the end of weight update {version}")
+            await self._bounded(self.llm.reset_prefix_cache(), "the prefix cache's reset")
             self.policy_version = version
         finally:
             self._paused.set()
@@ -248,12 +256,21 @@ class VLLMEngine:
         """Release the GPU for a colocated trainer: level 1 moves the weights to host memory and drops the
         KV cache (verl's hybrid engine). A no-op where sleep mode is off (CPU: nothing to release)."""
         if self.sleep_mode:
-            await self.llm.reset_prefix_cache()
-            await self.llm.sleep(level=1)
+            await self._bounded(self.llm.reset_prefix_cache(), "the prefix cache's reset before sleep")
+            await self._bounded(self.llm.sleep(level=1), "sleep (level 1)")
 
     async def wake(self) -> None:
         if self.sleep_mode:
-            await self.llm.wake_up()
+            await self._bounded(self.llm.wake_up(), "wake-up")
+
+    async def _bounded(self, awaitable, what: str):
+        """`awaitable` within `request_timeout_s`, else a TimeoutError naming this engine and `what` it waited
+        for (a wedged worker fails the call that reached it instead of every later one)."""
+        try:
+            return await asyncio.wait_for(awaitable, timeout=self.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"vLLM engine {self.model_path}: waited {self.request_timeout_s:.0f}s for {what}; "
+                               "no answer") from None
 
     async def shutdown(self) -> None:
         if self.llm is not None:

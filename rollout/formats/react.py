@@ -123,8 +123,12 @@ class ParallelReActFormat(ReActFormat):
             return Action("answer", answer=answer[2].strip())
         if not first:
             return Action("none", error=NO_ACTION)
-        end = answer[1] if answer else len(text)  # calls after an answer that follows them are not read
-        calls = [parse_call(m.group(1)) for m in itertools.islice(_TOOL_CALL.finditer(text, 0, end), self.max_calls)]
+        calls, at = [], 0
+        for m in itertools.islice(_TOOL_CALL.finditer(text), self.max_calls):
+            if first_block(text[at:m.start()], ("answer",)):  # calls after an answer (outside any call) are not read
+                break
+            calls.append(parse_call(m.group(1)))
+            at = m.end()
         if len(calls) == 1:
             return calls[0]
         head = calls[0]

@@ -162,6 +162,17 @@ def test_corpus_source_and_bad_rows(tmp_path):
     listed.write_text("[1, 2]\n")
     with pytest.raises(ValueError, match=r"list\.jsonl: row 1 is a list"):
         corpus_pages(listed)
+    marked = tmp_path / "bom.jsonl"  # a byte-order mark, and a line separator (U+2028) inside a row
+    marked.write_bytes(b"\xef\xbb\xbf" + json.dumps(dict(rows[1], text="a\u2028b"), ensure_ascii=False).encode() + b"\n")
+    assert [p.paragraphs for p in corpus_pages(marked)] == [("a b",)]  # one row (whitespace collapsed)
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(json.dumps(rows[0]).encode() + b"\n" + '{"title": "Caf\u00e9", "text": "x"}\n'.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin\.jsonl: row 2 is not UTF-8 text"):
+        corpus_pages(latin)
+    twice = tmp_path / "twice.jsonl"
+    twice.write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[0]) + "\n")
+    with pytest.raises(ValueError, match=r"twice\.jsonl: row 2 repeats the id 'p1' of row 1"):
+        corpus_pages(twice)
 
 
 def test_page_without_known_spans_gives_nothing():

@@ -348,3 +348,19 @@ def test_the_summary_client_speaks_to_a_vllm_server(vllm_server, site):
     meta = obs.metadata["pages"][0]
     assert obs.error and meta["summary_attempts"] == 5 and "no JSON object" in meta["summary_error"]
     assert "No information is available from this page." in obs.text
+
+
+def test_a_hostile_summary_reply_is_parsed_in_linear_time_and_never_raises():
+    """Replies that made the parser quadratic (140 kB of unclosed <think> tags: 14 s on the event loop; a fence
+    followed by 40,000 spaces: 10 s) or raise (JSON nested past Python's stack)."""
+    import time
+
+    from envs.tools.summary import parse_extraction, strip_think
+
+    assert strip_think("a<think>x</think>b<think>y</think>c<think>open") == "abc<think>open"
+    t0 = time.perf_counter()
+    for reply in ("<think>" * 20_000, "```" + " " * 40_000, '{"a":' * 100_000 + "1" + "}" * 100_000):
+        assert parse_extraction(reply) is None
+    assert time.perf_counter() - t0 < 1.0
+    good = '<think>hm</think>```json\n{"evidence": "e", "summary": "s"}```'
+    assert parse_extraction(good) == {"rational": "", "evidence": "e", "summary": "s"}

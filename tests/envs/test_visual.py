@@ -218,6 +218,7 @@ def test_map_bbox_numerics():
     assert map_bbox([500, 600, 900, 900], (w, h), (W, H)) == (939, 1114, W, H)  # clamped
     assert map_bbox([10, 10, 20, 20], (w, h), (W, H), pad=28) == (0, 0, 90, 89)  # eval pad, clamped at 0
     assert map_bbox([2, 4, 6, 8], (10, 10), (5, 5)) == (1, 2, 3, 4)  # shown larger than raw
+    assert map_bbox([0, 0, 1e308, 1e308], (w, h), (W, H)) == (0, 0, W, H)  # finite, but inf once scaled
 
 
 def test_check_bbox_names_the_problem():

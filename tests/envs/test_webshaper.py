@@ -100,9 +100,32 @@ def test_solver_matches_brute_force_on_trees_and_cycles():
     star = Formalization([Item(TARGET_TERM, "born_in", const(city)), Item(TARGET_TERM, "member_of", var("b"))])
     cycle = Formalization([Item(TARGET_TERM, "born_in", var("c")), Item(var("o"), "located_in", var("c")),
                            Item(TARGET_TERM, "founded", var("o"))])
-    for f in (chain, star, cycle):
+    apart = Formalization(cycle.items + [Item(var("q"), "member_of", var("r"))])  # a part unlinked to the target
+    empty = Formalization(cycle.items + [Item(var("q"), "born_in", var("q"))])  # a part nothing satisfies
+    for f in (chain, star, cycle, apart, empty):
         assert answer_entities(w, f) == _brute_force(w, f), f.to_json()
-    assert not is_tree(cycle) and is_tree(chain)
+    assert not is_tree(cycle) and is_tree(chain) and answer_entities(w, empty) == []
+
+
+def test_a_cyclic_formalization_is_checked_quickly_or_refused_within_a_bound(monkeypatch):
+    """A model-written formalization (the agentic Expander's validate tool): 3 unlinked pairs before a cycle
+    took 26 s (exponential backtracking, on the event loop); 6 pairs now take milliseconds, and a search past
+    MAX_SEARCH_STEPS is a problem the tool reports, not a hang."""
+    import time
+
+    from envs.webshaper import solve
+
+    w = generate_world(0, "small")
+    raw = [[f"V@q{i}", "works_for", f"V@c{i}"] for i in range(6)] + [
+        ["?", "works_for", "V@w"], ["V@p", "works_for", "V@w"], ["V@p", "studied_at", "V@u"],
+        ["?", "studied_at", "V@u"], ["V@p", "born_in", "C@Krailzeas"]]
+    env = LocalEnv(expander_tools(w, next(iter(w.entities)), SearchIndex.from_world(w, "http://w")), timeout_s=5)
+    t0 = time.perf_counter()
+    obs = asyncio.run(env.call("validate", {"formalization": raw}))
+    assert time.perf_counter() - t0 < 2 and obs.text.startswith("INVALID\nanswer not unique"), obs.text
+    monkeypatch.setattr(solve, "MAX_SEARCH_STEPS", 3)
+    obs = asyncio.run(env.call("validate", {"formalization": raw}))
+    assert "cannot solve: checking the answer needs more than 3 trial assignments" in obs.text, obs.text
 
 
 def test_expansion_keeps_constants_off_the_target_and_the_answer_unique(world, tasks):

@@ -97,6 +97,10 @@ def test_parallel_grammar():
     assert fmt.parse(single) == one.parse(single) and not fmt.parse(single).calls
     assert fmt.parse("<think>x</think><answer>Zatrea</answer>" + call).kind == "answer"
     assert fmt.parse("no tags").kind == "none" and fmt.stop_tokens == ()
+    quoted = '<tool_call>{"name": "search", "arguments": {"query": ["what does <answer>x</answer> mean"]}}</tool_call>'
+    assert fmt.parse(quoted) == one.parse(quoted) and fmt.parse(quoted).kind == "tool_call"  # an answer inside JSON
+    cut = fmt.parse(call + "<answer>A</answer>" + call)  # a call after an answer (outside any call) is not read
+    assert cut.kind == "tool_call" and cut.name == "ocr" and not cut.calls
     assert len(fmt.parse(call * 300).calls) == ParallelReActFormat.max_calls
     pieces = ["<tool_call>", "</tool_call>", "<answer>", "</answer>", "<tool_response>", "<think>", "{", "}", "[",
               '"name"', '"arguments"', ":", ",", '"ocr"', "\ud800", "1e999", "[" * 3000, "x"]
@@ -136,6 +140,9 @@ def test_webwatcher_spec_builds_with_its_argument_names(world):
     name = next(iter(world.entities.values())).name
     obs = asyncio.run(LocalEnv([search]).call("web_search", {"queries": [name, "zzzz"]}))
     assert not obs.error and name in obs.text and obs.metadata["tool"] == "web_search"
+    # the inner name next to the checked outer one would win unchecked: refused, naming the model's own names
+    obs = asyncio.run(search.call({"queries": [name], "query": [1, 2]}))
+    assert obs.error and "web_search has no argument 'query'; its arguments: ['queries']" in obs.text
     # the EnvServer limits code_interpreter as the python sandbox it is: never retried, server timeout above its own
     from envs.server import default_limits
 
@@ -206,3 +213,27 @@ def test_bcvl_released_format_round_trip_and_bad_rows(world, images, tmp_path):
         assert row_line
         with pytest.raises(ValueError, match=rf"bad.jsonl, line 2: .*{field}"):
             load_bcvl(bad)
+
+
+def test_an_ocr_read_behind_a_hung_one_fails_with_a_message_instead_of_waiting_forever(world, images, monkeypatch):
+    import threading
+
+    from envs.visual import webwatcher
+
+    release = threading.Event()
+
+    def hung_engine(array):
+        release.wait(30)
+        return [], None
+
+    monkeypatch.setattr(webwatcher, "SLOT_TIMEOUT_S", 0.3)
+    tool = webwatcher.OCRTool(images, hung_engine, max_concurrency=1)
+    img = images.image(images.picture_url(next(iter(world.entities))))
+    first = threading.Thread(target=tool.read, args=(img,))
+    first.start()
+    time.sleep(0.1)
+    with pytest.raises(TimeoutError, match=r"ocr: no free OCR slot within 0s \(max_concurrency 1"):
+        tool.read(img)
+    release.set()
+    first.join(5)
+    assert tool.read(img) == []  # the slot is free again

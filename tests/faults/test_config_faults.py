@@ -100,7 +100,10 @@ BAD_OVERRIDES = [
     ("algo.preset=[1]", "'algo.preset'"),
     ("trainer.lr=abc", "'trainer.lr'"),
     ("trainer.lr=.inf", "not a finite number"),
-    ("trainer.betas=[0.9, .inf]", "not a finite number"),
+    ("trainer.weight_decay=.inf", "not a finite number"),
+    ("trainer.betas=[0.9, 1.0]", "'trainer.betas'"),  # AdamW's betas lie in [0, 1)
+    ("ray.num_cpus=0", "'ray.num_cpus'"),  # 0 meant "the machine's", silently
+    ("pipeline.stages=[]", "'pipeline.stages'"),  # started every actor group and ran nothing
     ("run.stage_timeout_s=.inf", "not a finite number"),
     ("nosection.x=1", "unknown key 'nosection'"),
 ]
@@ -283,6 +286,12 @@ UNREAD = [
     (WEBSAILOR, ["rollout.partial_rollout=abort"]),
     (WEBSAILOR, ["rollout.backend=hf", "rollout.dtype=bfloat16"]),
     (WEBSAILOR, ["trainer.lora_alpha=32"]),
+    (WEBSAILOR, ["rollout.backend=hf", "rollout.kv_cache_gib=4"]),
+    (WEBSAILOR, ["algo.prefilter=false", "algo.prefilter_rollouts=4"]),
+    (WEBSAILOR, ["algo.overlong_cache_len=100"]),  # DUPO: no overlong punishment
+    (WEBSAILOR, ["algo.max_gen_rounds=2"]),  # DUPO duplicates, only DAPO generates again
+    (WEBSAILOR, ["algo.kl_estimator=k1"]),  # no KL term
+    (WEBSAILOR, ["sft.lr_schedule=constant", "sft.min_lr_ratio=0.2"]),
     (WEBSAILOR, ["trainer.lora_target_modules=[q_proj]"]),
     (WEBSAILOR, ["model.path=Qwen/Qwen2.5-7B-Instruct", "model.tokenizer=qwen3"]),
     (WEBSAILOR, ["model.path=Qwen/Qwen2.5-7B-Instruct", "model.tiny.num_layers=2"]),
@@ -329,6 +338,9 @@ GOOD = [
                   "env.tools={search: {backend: bm25, corpus: corpus.jsonl}}"]),
     (MASKSEARCH, ["reward.fns={format: {style: websailor, min_tool_calls: 0}, span_judge: {}}"]),
     (SPINE, ["rollout.mode=async", "rollout.max_staleness=2"]),
+    (WEBSAILOR, ["algo.preset=dapo", "algo.max_gen_rounds=2"]),
+    (WEBSAILOR, ["algo.kl_coef=0.1", "algo.kl_estimator=k1"]),
+    (WEBSAILOR, ["algo.overlong_penalty=true", "algo.overlong_max_len=4096", "algo.overlong_cache_len=512"]),
     (SPINE, ["trainer.lora_rank=8", "trainer.lora_alpha=16"]),
     (SPINE, ["reward.fns={target_token: {token_id: 5}}"]),
     (ROOT / "launch/configs/vrag.yaml", ["model.tiny={hidden_size: 64, vision_depth: 1}"]),
@@ -344,7 +356,7 @@ GOOD = [
 
 @pytest.mark.parametrize("config, overrides", GOOD, ids=range(len(GOOD)))
 def test_good_variants_load(inputs, config, overrides):
-    (inputs / "tasks.jsonl").write_text("".join(json.dumps({"uid": f"q{i}", "question": "q?", "answer": "a"}) + "\n"
+    (inputs / "tasks.jsonl").write_text("".join(json.dumps({"uid": f"q{i}", "question": "q?", "answer": "ann"}) + "\n"
                                                 for i in range(3)))
     (inputs / "corpus.jsonl").write_text(json.dumps({"title": "T", "text": "One. Two. Three."}) + "\n")
     load_config(config, [o.replace("{folder}", str(inputs)) for o in overrides])

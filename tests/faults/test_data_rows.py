@@ -23,8 +23,9 @@ def jsonl(tmp_path, rows, blank_first=False):
 
 
 WRONG = [  # (field, value, what the error says is expected)
-    ("question", 17, "a string"),
-    ("question", ["Who?"], "a string"),
+    ("question", 17, "a non-empty string"),
+    ("question", ["Who?"], "a non-empty string"),
+    ("question", "   ", "a non-empty string"),
     ("answer", 1987, 'a string \\(write a number as "1987"\\)'),
     ("answer", 3.5, "a string"),
     ("answer", True, "a string"),
@@ -47,7 +48,7 @@ def test_a_wrong_type_names_file_line_and_field(tmp_path, field, value, expect):
         file_tasks(str(path))
 
 
-PARQUET = WRONG[:4] + WRONG[8:10]  # the values a parquet column can hold
+PARQUET = WRONG[:2] + WRONG[3:5] + WRONG[9:11]  # the values a parquet column can hold
 
 
 @pytest.mark.parametrize("field,value,expect", PARQUET, ids=[f"{f}={v!r}" for f, v, _ in PARQUET])
@@ -65,8 +66,12 @@ def test_a_wrong_type_in_parquet_names_the_row(tmp_path, field, value, expect):
     ('{"uid": "q2", "question": "Q?"}', r"line 3 has no \['answer'\]"),
     ('{"uid": "q2", "question": "Q?", "answer": []}', r"line 3 has no \['answer'\]"),
     ('{"uid": "q2", "question": "", "answer": "A"}', r"line 3 has no \['question'\]"),
-    ('{"uid": "q1", "question": "Q?", "answer": "A"}', "line 3 repeats uid 'q1'"),
+    ('{"uid": "q1", "question": "Q?", "answer": "Ann"}', "line 3 repeats uid 'q1'"),
     ('{"uid": "q2", "question": "Q?", "answer": "A"', "line 3 is not valid JSON"),
+    # a gold answer that normalises to nothing would match an empty reply: every rollout right
+    ('{"uid": "q2", "question": "Q?", "answer": " "}', "line 3: answer ' ' is empty once normalised"),
+    ('{"uid": "q2", "question": "Q?", "answer": "The"}', "line 3: answer 'The' is empty once normalised"),
+    ('{"uid": "q2", "question": "Q?", "answer": ["Oslo", "?!"]}', r"line 3: answer '\?!' is empty once normalised"),
 ])
 def test_a_bad_row_names_its_line(tmp_path, line, says):
     path = jsonl(tmp_path, [GOOD, line], blank_first=True)
@@ -94,3 +99,14 @@ def test_a_file_that_is_not_utf8_names_its_line(tmp_path):
     path.write_bytes(text.encode("latin-1"))
     with pytest.raises(ValueError, match=rf"{path}: line 2 is not UTF-8 text"):
         file_tasks(str(path))
+
+
+def test_a_line_separator_inside_a_row_is_text_and_a_json_file_names_its_syntax_error(tmp_path):
+    """U+2028 (which evaluate.py's own tasks.jsonl writes raw) is not a line break of JSON Lines."""
+    path = tmp_path / "tasks.jsonl"
+    path.write_text(json.dumps({**GOOD, "question": "Who\u2028wrote it?"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert file_tasks(str(path))[0]["question"] == "Who\u2028wrote it?"
+    broken = tmp_path / "tasks.json"
+    broken.write_text('[{"question": "Q?", "answer": "A"},\n {')
+    with pytest.raises(ValueError, match=rf"{broken}: not valid JSON \(line 2, column 3"):
+        file_tasks(str(broken))

@@ -1,7 +1,8 @@
 """Routing and async admission through real RolloutWorker actors (HF engine, tiny model):
 a task whose tool hangs does not hold the other engine up (least-loaded routing as groups finish);
 async admission keeps staleness within max_staleness and every row carries its policy_version; a
-sync rollout after an async stage gets its own groups, not what the async producer left in flight."""
+sync rollout after an async stage gets its own groups, not what the async producer left in flight; a group call
+that runs out of time names the ranks that did not answer."""
 
 from __future__ import annotations
 
@@ -140,3 +141,21 @@ def test_a_sync_rollout_ignores_groups_an_async_producer_left(ray_session):
     assert [(b.column("uid")[0].as_py(), b.column("question")[0].as_py()) for b in batches] == \
         [("e0", "eval"), ("e1", "eval"), ("e2", "eval")]
     assert d.foreign == 2 and d.outstanding == 0
+
+
+class Sleeper:
+    def __init__(self, rank):
+        self.rank = rank
+
+    def nap(self, seconds_by_rank):
+        time.sleep(seconds_by_rank[self.rank])
+        return self.rank
+
+
+def test_a_group_call_that_times_out_names_the_ranks_that_did_not_answer(ray_session):
+    group = ActorGroup(Sleeper, 3, name="sleepers", num_cpus=0.1, kwargs_for=lambda i: {"rank": i}, timeout_s=60)
+    assert group.call("nap", [0, 0, 0]) == [0, 1, 2]
+    with pytest.raises(TimeoutError, match=r"waited 2s for sleepers.nap on 3 rank\(s\); no answer from "
+                                           r"sleepers rank 1 \(1 of 3\)"):
+        group.call("nap", [0, 30, 0], timeout_s=2)
+    group.shutdown()

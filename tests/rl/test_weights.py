@@ -156,6 +156,22 @@ def test_read_ahead_keeps_order_passes_errors_on_and_times_out():
     never.set()
 
 
+def test_read_ahead_thread_ends_when_the_consumer_stops_with_the_queue_full():
+    """A load that fails (the consumer stops) while the producer holds the end marker or the next bucket with
+    the queue full: the producer thread ends instead of blocking on the queue forever (pinning that bucket)."""
+    from rl.weights.base import read_ahead
+
+    before = {t.ident for t in threading.enumerate()}
+    it = read_ahead(iter(range(2)), 1, 5, "version 3")
+    assert next(it) == 0
+    time.sleep(0.3)  # the producer has put bucket 1 and now waits to put the end marker
+    it.close()  # the consumer stops (its load raised)
+    producer = [t for t in threading.enumerate() if t.ident not in before and t.name.startswith("read-ahead")]
+    for t in producer:
+        t.join(2)
+    assert producer and not any(t.is_alive() for t in producer)
+
+
 # --- disk -------------------------------------------------------------------------------------
 
 

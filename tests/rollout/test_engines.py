@@ -123,3 +123,16 @@ def test_seeded_request_samples_the_same_whatever_shares_its_batches(vllm_engine
     first, second = loop_thread.run(alone()), loop_thread.run(crowded())
     assert [g.token_ids for g in first] == [g.token_ids for g in second]
     assert len({tuple(g.token_ids) for g in first}) > 20  # temperature 1: the seeds really differ
+
+
+def test_an_hf_request_waiting_for_a_busy_engine_times_out_naming_it(tiny_model):
+    """The HF engine serves one generation at a time; a request's bound covers its wait for the engine, and
+    the error names the engine and the request (it waited forever behind a generation that never ended)."""
+    engine = HFEngine(tiny_model, request_timeout_s=0.5)
+
+    async def main():
+        async with engine._lock:  # a generation that never ends
+            await engine.generate([1, 2, 3], SamplingParams(max_tokens=2), request_id="r-7")
+
+    with pytest.raises(TimeoutError, match=r"HF engine .*: request r-7 not done within 0.5s"):
+        asyncio.run(asyncio.wait_for(main(), 20))
