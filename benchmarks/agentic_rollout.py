@@ -193,6 +193,7 @@ def e2e(args) -> dict:
 
     import ray
 
+    from rl.cluster import wait
     from rl.config import load_config
     from rl.controller import train
     from rl.groups import RLGroups
@@ -212,12 +213,13 @@ def e2e(args) -> dict:
     try:
         for name, cfg in cfgs.items():
             drain(groups)  # what an async producer left in flight is not this mode's
-            ray.get([a.__ray_call__.remote(lambda w: w.engine.reset_stats()) for a in groups.rollout.actors])
+            wait([a.__ray_call__.remote(lambda w: w.engine.reset_stats()) for a in groups.rollout.actors], 120,
+                 "the engines' statistics reset", groups.rollout.rank_names())
             with tempfile.TemporaryDirectory() as run_dir:
                 summary = train(cfg, Path(run_dir), groups=groups, start_version=version)
             version = summary["policy_version"]
-            busy = ray.get([a.__ray_call__.remote(lambda w: w.engine.stats()["busy_fraction"])
-                            for a in groups.rollout.actors])
+            busy = wait([a.__ray_call__.remote(lambda w: w.engine.stats()["busy_fraction"])
+                         for a in groups.rollout.actors], 120, "the engines' busy fractions", groups.rollout.rank_names())
             steps = [h["time/step"] / scale for h in summary["history"][1:]]
             phases = {k: float(np.mean([h[f"time/{k}"] / scale for h in summary["history"][1:]]))
                       for k in ("generate", "train", "sync")}
@@ -234,6 +236,8 @@ def drain(groups) -> None:
     deadline = time.monotonic() + 600
     while d.inflight and time.monotonic() < deadline:
         d.poll(5.0)
+    if d.inflight:  # the next mode's numbers would include these
+        raise TimeoutError(f"drain: {len(d.inflight)} task group(s) still in flight after 600 s")
 
 
 def main():

@@ -25,6 +25,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import ray  # noqa: E402
 
+from rl.cluster import wait  # noqa: E402
+
 ROWS, TOKENS, PROMPT = 256, 2048, 256
 
 
@@ -82,7 +84,7 @@ class Sender:
         times, result = [], None
         for _ in range(repeats + 1):  # the first call warms up and is not timed
             t0 = time.perf_counter()
-            result = ray.get(method.remote(payload), timeout=300)
+            result = wait(method.remote(payload), 300, f"the receiver's {kind} of the batch")
             times.append(time.perf_counter() - t0)
         return times[1:], result
 
@@ -100,9 +102,9 @@ def main() -> None:
     try:
         recv = ray.remote(Receiver).remote()
         send = ray.remote(Sender).remote(recv)
-        mib = ray.get(send.nbytes.remote(), timeout=300) / 2**20
-        arrow_t, arrow_sum = ray.get(send.run.remote("arrow", repeats), timeout=600)
-        pickle_t, pickle_sum = ray.get(send.run.remote("pickle", repeats), timeout=600)
+        mib = wait(send.nbytes.remote(), 300, "the sender's batch size") / 2**20
+        arrow_t, arrow_sum = wait(send.run.remote("arrow", repeats), 600, f"{repeats + 1} Arrow transfers")
+        pickle_t, pickle_sum = wait(send.run.remote("pickle", repeats), 600, f"{repeats + 1} pickle transfers")
         if not np.allclose(arrow_sum, pickle_sum, rtol=1e-6):
             raise SystemExit(f"receivers disagree: arrow {arrow_sum} vs pickle {pickle_sum}")
         a, b = statistics.median(arrow_t), statistics.median(pickle_t)

@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from rl.cluster import wait  # noqa: E402
 from rl.groups import RLGroups  # noqa: E402
 from rollout.trajectory import project  # noqa: E402
 
@@ -105,8 +106,10 @@ class MeteredGroups(RLGroups):
 
         m = cpu_s()
         self.cpu["metrics"] += m - c
-        engines = ray.get([a.__ray_call__.remote(_engine_stats) for a in self.rollout.actors], timeout=120)
-        reward = ray.get([a.__ray_call__.remote(rss_mb) for a in self.reward.actors], timeout=120)
+        engines = wait([a.__ray_call__.remote(_engine_stats) for a in self.rollout.actors], 120,
+                       "the engines' statistics", self.rollout.rank_names())
+        reward = wait([a.__ray_call__.remote(rss_mb) for a in self.reward.actors], 120,
+                      "the reward workers' memory", self.reward.rank_names())
         now = cpu_s()
         received = self.dispatcher.received_bytes
         self.steps.append({"driver_cpu_s": m - self._cpu0, "cpu": dict(self.cpu), "bytes": dict(self.bytes,

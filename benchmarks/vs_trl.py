@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+SIDE_TIMEOUT_S = 3600  # one side (its own process) at most; --quick takes about 2 minutes a side here
 sys.path.insert(0, str(ROOT))
 
 WORD = "the"
@@ -164,7 +165,10 @@ def main(argv=None) -> None:
             cmd = [sys.executable, __file__, "--side", side, "--out", f.name, "--placement", args.placement] \
                 + (["--quick"] if args.quick else [])
             t0 = time.perf_counter()
-            subprocess.run(cmd, check=True, cwd=ROOT)
+            try:
+                subprocess.run(cmd, check=True, cwd=ROOT, timeout=SIDE_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                raise SystemExit(f"the {side} side did not finish within {SIDE_TIMEOUT_S} s") from None
             results[side] = json.loads(Path(f.name).read_text())
             print(f"{side}: ran in {time.perf_counter() - t0:.0f} s (start-up included)", flush=True)
     for side, r in results.items():

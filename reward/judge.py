@@ -19,6 +19,7 @@ Must never: judge anything itself, import Ray, or import the engines but lazily 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -32,6 +33,7 @@ __all__ = ["JudgeItem", "JudgeResult", "Judge", "BatchedJudge", "JudgeTransient"
            "RuleJudge", "JUDGE_BACKENDS", "make_judge", "SyncJudge", "cache_key"]
 
 JUDGE_BACKENDS = ("rule", "openai", "engine")
+BUILD_TIMEOUT_S = 900.0  # a judge's construction at most (an engine judge loads its model)
 
 
 def make_judge(config: Mapping[str, Any]) -> Judge:
@@ -98,7 +100,11 @@ class SyncJudge:
                 return make_judge(self.config)
 
             try:
-                self._judge = asyncio.run_coroutine_threadsafe(build(), loop).result()
+                try:
+                    self._judge = asyncio.run_coroutine_threadsafe(build(), loop).result(BUILD_TIMEOUT_S)
+                except concurrent.futures.TimeoutError:
+                    raise TimeoutError(f"the judge ({self.config.get('backend', 'rule')}) was not built within "
+                                       f"{BUILD_TIMEOUT_S:.0f} s (its engine loading or its endpoint's check)") from None
             except BaseException:
                 loop.call_soon_threadsafe(loop.stop)
                 thread.join(timeout=10)

@@ -748,7 +748,7 @@ LOCAL_MODELS = ("smollm2-135m-instruct",)
 def _unconsumed(cfg: Config, ignored, where) -> None:
     """A setting the user gave that nothing in this run reads is an error, so none is silently ignored.
     Read means: by the task (env, agent, pipeline, sft, eval and reward.correct_part by the multi-turn tasks and
-    their recipe's stages; data.path by task=file; data.target_token by target_token; data.qa_* by world_qa),
+    their recipe's stages; eval.num_tasks by the split of the questions, whatever the stages; data.path by task=file; data.target_token by target_token; data.qa_* by world_qa),
     by a stage of pipeline.stages (sft.*: expert, sft, warmup, harvest; eval.*: eval_<name>), by the model
     builder (model.tiny and model.tokenizer: path tiny or tiny_vl), or by the setting it refines
     (reward.composition: reward.fns; rollout.max_staleness and partial_rollout: rollout.mode=async;
@@ -836,8 +836,10 @@ def _unconsumed(cfg: Config, ignored, where) -> None:
     rules.append(("embedding", multi and bool(embedders or rerankers),
                   single if not multi else "no embedder or rerank spec of env.tools or memory reaches the embedding "
                                            "server", ("env.tools", "memory", "data.task")))
+    # every recipe's split of the questions sets eval.num_tasks apart, whatever the stages
+    split = {"eval.num_tasks"} if multi else set()
     for prefix, read, why, deciders in rules:
-        keys = [] if read else ignored(prefix, deciders)
+        keys = [] if read else [k for k in ignored(prefix, deciders) if k not in split]
         if keys:
             raise ConfigError(_unread(keys, where, why))
 

@@ -64,6 +64,14 @@ class Dispatcher:
     def outstanding(self) -> int:
         return len(self.pending) + len(self.inflight)
 
+    def holding(self) -> str:
+        """Which engines hold the groups in flight, for a timeout's message: 'engine 0: 3 (task q7, ...)'."""
+        per: dict[int, list[str]] = {}
+        for task, i in self.inflight.values():
+            per.setdefault(i, []).append(str(task.get("uid", "?")))
+        return "; ".join(f"engine {i}: {len(uids)} (tasks {', '.join(uids[:3])}{', ...' if len(uids) > 3 else ''})"
+                         for i, uids in sorted(per.items())) or "none in flight"
+
     def poll(self, timeout_s: float) -> list[tuple[dict, pa.RecordBatch]]:
         """Finished groups (waits up to `timeout_s` for the first one)."""
         if not self.inflight:
@@ -109,7 +117,8 @@ class Dispatcher:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError(f"waited {timeout_s:.0f}s for {what}: {len(tasks) - done} of "
-                                       f"{len(tasks)} task groups unfinished ({len(self.inflight)} in flight)")
+                                       f"{len(tasks)} task groups unfinished ({len(self.inflight)} in flight: "
+                                       f"{self.holding()})")
                 for task, batch in self.poll(min(left, 5.0)):
                     k = slot.get(id(task))
                     if k is None:
@@ -186,7 +195,8 @@ class AsyncRollout:
             if left <= 0:
                 raise TimeoutError(f"async rollout: waited {timeout_s:.0f}s for {num_groups} groups at policy "
                                    f"version {version}; got {len(taken)} ({self.dispatcher.outstanding} "
-                                   f"outstanding, {self.stale_dropped} dropped as stale)")
+                                   f"outstanding, {self.stale_dropped} dropped as stale; in flight: "
+                                   f"{self.dispatcher.holding()})")
             self.ready.extend(self.dispatcher.poll(min(left, 5.0)))
         self.ready.extend(self.dispatcher.poll(0))  # collect what finished meanwhile, without waiting
         self.staleness_seen += staleness

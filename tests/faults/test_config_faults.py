@@ -281,7 +281,6 @@ UNREAD = [
     (WEBSAILOR, ["reward.composition={terms: [{name: answer, weight: 1}]}"]),
     (WEBSAILOR, ["data.target_token=the"]),
     (WEBSAILOR, ["pipeline.stages=[eval_base,rl,eval_rl]", "sft.lr=1e-5"]),
-    (WEBSAILOR, ["pipeline.stages=[expert,sft,rl]", "eval.num_tasks=8"]),
     (WEBSAILOR, ["rollout.max_staleness=2"]),
     (WEBSAILOR, ["rollout.partial_rollout=abort"]),
     (WEBSAILOR, ["rollout.backend=hf", "rollout.dtype=bfloat16"]),
@@ -327,6 +326,8 @@ GOOD = [
     (WEBSAILOR, []),
     (WEBSAILOR, ["model.path=Qwen/Qwen2.5-7B-Instruct"]),  # the file's tiny settings become moot, not wrong
     (WEBSAILOR, ["pipeline.stages=[eval_base,rl,eval_rl]"]),  # the file's sft settings become moot
+    # the split sets the held-out questions apart whatever the stages: fewer of them, more rows for RL
+    (WEBSAILOR, ["pipeline.stages=[expert,sft,rl]", "eval.num_tasks=8"]),
     (WEBSAILOR, ["reward.judge={backend: openai, base_url: 'http://judge:8000/v1', model: judge, timeout_s: 30}"]),
     (WEBSAILOR, ["reward.judge={backend: engine, model_path: /models/judge, engine: hf, max_tokens: 8}"]),
     (WEBSAILOR, ["reward.fns={format: {style: websailor}, f1: {}}", "reward.composition=websailor"]),

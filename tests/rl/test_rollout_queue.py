@@ -159,3 +159,11 @@ def test_a_group_call_that_times_out_names_the_ranks_that_did_not_answer(ray_ses
                                            r"sleepers rank 1 \(1 of 3\)"):
         group.call("nap", [0, 30, 0], timeout_s=2)
     group.shutdown()
+
+
+def test_a_timeout_of_the_rollout_names_the_engines_holding_the_late_groups():
+    d = Dispatcher([None, None], n=2, sampling={})
+    d.inflight = {object(): ({"uid": f"q{k}"}, k % 2) for k in range(9)}
+    assert d.holding() == "engine 0: 5 (tasks q0, q2, q4, ...); engine 1: 4 (tasks q1, q3, q5, ...)"
+    d.inflight = {}
+    assert d.holding() == "none in flight"
