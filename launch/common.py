@@ -195,7 +195,11 @@ def main(recipe: str, default_config: Path, argv: list[str], pipeline=None, chec
     if use_pipeline:
         from launch.stages import report
 
-        results = pipeline(cfg, run_dir)
+        try:  # what only the run folder or the data can refuse (a changed resume, too few RL questions): no actor is up
+            results = pipeline(cfg, run_dir)
+        except ConfigError as err:
+            print(f"configuration error: {err}", file=sys.stderr)
+            return 2
         path = report(run_dir, recipe, cfg, results, time.time() - t0)
         if extend is not None:
             extend(run_dir, results)

@@ -215,6 +215,9 @@ def run_pipeline(cfg: Config, run_dir: Path, data: dict, expert, results: dict |
 
     t0 = time.perf_counter()
     heldout = as_tasks(data["heldout"])
+    if "rl" in cfg.pipeline.stages and len(data["rl"]) < cfg.data.batch_size:  # found here, not hours later
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size} is more than the {len(data['rl'])} RL questions "
+                          f"(data.num_tasks={cfg.data.num_tasks}): lower data.batch_size or give more questions")
     plan = resume_plan(cfg, run_dir)  # a refused change stops the run here, before any actor starts
     groups = RLGroups(cfg)
     print(f"actor groups up after {time.perf_counter() - t0:.0f} s", flush=True)

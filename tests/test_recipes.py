@@ -231,6 +231,21 @@ def test_a_refused_resume_fails_before_any_actor_starts(tmp_path):
     assert resume_plan(load_config(config, [f"run.dir={tmp_path}"]), tmp_path) is None  # run.resume not set
 
 
+def test_a_batch_larger_than_the_rl_questions_is_refused_before_any_actor_starts(tmp_path, capsys, monkeypatch):
+    """It was found by the rl stage's task sampler, after the expert, SFT and evaluation stages had run."""
+    import launch.websailor as websailor
+
+    def no_actors(*args, **kwargs):
+        raise AssertionError("RLGroups started")
+
+    monkeypatch.setattr("rl.groups.RLGroups", no_actors)
+    code = websailor.main(recipe="websailor", default_config=ROOT / "launch/configs/websailor.yaml",
+                          argv=[f"run.dir={tmp_path}", "data.num_tasks=8", "data.batch_size=9", "eval.num_tasks=4",
+                                "sft.expert_tasks=4"], pipeline=websailor.pipeline, check=websailor.check_stages)
+    assert code == 2
+    assert "data.batch_size=9 is more than the 8 RL questions (data.num_tasks=8)" in capsys.readouterr().err
+
+
 def test_rollout_seed_seeds_the_rl_stage_alone():
     from rl.config import load_config
     from rl.controller import rl_stage_seed, step_seed
