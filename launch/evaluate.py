@@ -124,7 +124,7 @@ def check_overrides(args) -> None:
     """ConfigError for a key.path=value override that this evaluation would not read (evaluate.py does not train:
     NOT_READ), or that would replace what one of its own flags sets (model.path: --policy; run.dir: --out; the
     task file: --tasks and --limit; eval.k with --k; the scoring with --judge; the engine with an endpoint)."""
-    from rl.config import parse_override
+    from rl.config import _under, parse_override
 
     flags = {"model.path": "--policy", "run.dir": "--out", "data.task": "--tasks", "data.path": "--tasks",
              "data.num_tasks": "--tasks (and --limit)"}
@@ -137,11 +137,11 @@ def check_overrides(args) -> None:
     for text in args.overrides:
         for key in _leaves(*parse_override(text)):
             for prefix, why in NOT_READ.items():
-                if key == prefix or key.startswith(prefix + "."):
+                if _under(key, prefix):
                     raise ConfigError(f"{key!r} (from the command line) would be read by nothing in this evaluation, "
                                       f"so it would be silently ignored: {why}")
             for prefix, flag in flags.items():
-                if key == prefix or key.startswith(prefix + "."):
+                if _under(key, prefix):
                     raise ConfigError(f"{key!r} (from the command line) is what {flag} sets: the override would "
                                       f"replace it and {flag} would be silently ignored; give {flag} alone")
 
