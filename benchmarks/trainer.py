@@ -4,11 +4,11 @@ Packing (`benchmarks/trainer_packing.py`, run first): training tokens/s for padd
 micro-batches on a long-tailed length distribution; prints `packing_speedup=<ratio>`. `--skip-packing`
 leaves it out.
 
-Weight sync (this file): the seconds to move a ~100 MB policy from a trainer actor into a running
+Weight sync (this file): the seconds to move a 61.6 MB policy from a trainer actor into a running
 engine, against a plain memory copy of the same bytes.
   trainer  - an FSDP2 trainer actor (`rl/trainer/fsdp.py`, one rank, gloo) holding a tiny Qwen3 on the
-             real Qwen3 tokenizer, widened to about 100 MB of weights (tied embeddings travel under both
-             names, as they do in a run);
+             real Qwen3 tokenizer, widened to 61.6 MB of weights (its tied embedding travels once, under
+             the output layer's name, as in a run: until 2026-12-07 it travelled under both, 100.4 MB);
   engine   - a RolloutWorker actor with a vLLM engine on the same model, started and warmed up;
   sync     - trainer rank 0 packs its full state into buckets in the serving dtype and streams them
              through the transport (`rl/weights/`; by default `collective`: a gloo broadcast straight
@@ -43,8 +43,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-# about 100 MB of fp32 weights with the 151,669-row Qwen3 vocabulary: the tied embedding (38.8 MB)
-# travels twice, seven layers with a wide MLP add 22.7 MB
+# 61.6 MB of fp32 weights with the 151,669-row Qwen3 vocabulary: the tied embedding (38.8 MB, sent once since
+# 2026-12-07, twice before), seven layers with a wide MLP add 22.7 MB
 MODEL = dict(tokenizer="qwen3", hidden_size=64, num_layers=7, intermediate_size=4096)
 PROMPT = [151644, 872, 198, 3838, 374, 279, 6722, 315, 9625, 30, 151645, 198, 151644, 77091, 198]
 TRANSPORTS = ["collective", "ipc", "object_store", "disk"]

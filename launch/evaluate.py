@@ -23,7 +23,8 @@ Refused before the output folder is made (exit 2, naming the flag or key): --k o
 does not apply (--judge-url without an LLM judge, --served-model without an endpoint, any other flag with
 --rescore), an override no evaluation reads (`NOT_READ`: trainer.*, algo.*, sft.*, run.steps, rollout.mode, ...)
 or one that would replace what a flag sets (`check_overrides`), a bad task file (rl/task_files.py), and any error
-`load_config` finds in the final settings.
+`load_config` finds in the final settings. Such settings in a `--config` file are named in a warning instead (a
+recipe's file serves its training and its evaluation alike).
 
 Never: train or sync weights; download anything; change a number after scoring.
 """
@@ -146,6 +147,18 @@ def check_overrides(args) -> None:
                                       f"replace it and {flag} would be silently ignored; give {flag} alone")
 
 
+def config_file_unread(path: str | None) -> list[str]:
+    """The settings of a --config file that no evaluation reads (`NOT_READ`): a recipe's file serves its training
+    and its evaluation alike (as verl's and OpenRLHF's do), so these are named in a warning, not refused."""
+    if not path:
+        return []
+    from rl.config import _given_keys, _under, read_yaml
+
+    tree = read_yaml(path)
+    keys = _given_keys(tree) if isinstance(tree, dict) else set()  # a file that is not a mapping: load_config says so
+    return sorted(k for k in keys if any(_under(k, prefix) for prefix in NOT_READ))
+
+
 # --- the policy ---------------------------------------------------------------------------------------
 
 
@@ -253,6 +266,12 @@ def run_eval(args) -> int:
     from rl.tasks import scoring
 
     check_overrides(args)
+    unread = config_file_unread(args.config)
+    if unread:
+        shown = ", ".join(unread[:6]) + (f" and {len(unread) - 6} more" if len(unread) > 6 else "")
+        print(f"warning: --config {args.config}: {len(unread)} setting(s) no evaluation reads are not used: {shown} "
+              f"(launch/evaluate.py does not train; evaluations sample eval.k at eval.temperature)", file=sys.stderr,
+              flush=True)
     out = Path(args.out or ROOT / "runs" / f"eval-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     over, policy = policy_settings(args)
     base = args.config or (None if policy["kind"] == "run" else DEFAULT_CONFIG)

@@ -150,8 +150,10 @@ def plan(cfg, rl_items: list[dict]) -> list[tuple[str, list[int] | None, int]]:
     for name, ks, _ in out:
         if ks is not None:
             n = sum(it["mask_num"] in ks for it in rl_items)
-            if n < cfg.data.batch_size:
-                raise ValueError(f"stage {name}: {n} RL tasks with {ks} masks, fewer than data.batch_size = "
+            if n < cfg.data.batch_size:  # found before any actor starts (launch/common.py: exit 2)
+                from rl.config import ConfigError
+
+                raise ConfigError(f"stage {name}: {n} RL tasks with {ks} masks, fewer than data.batch_size = "
                                  f"{cfg.data.batch_size}; raise data.num_tasks or lower data.batch_size")
     return out
 

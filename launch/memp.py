@@ -40,6 +40,11 @@ def pipeline(cfg, run_dir: Path) -> dict:
 
     data = st.synthesize(cfg, run_dir)
     heldout, stream = st.as_tasks(data["heldout"]), st.as_tasks(data["rl"])
+    if "rl" in cfg.pipeline.stages and len(stream) < cfg.data.batch_size:  # found before any actor starts (exit 2)
+        from rl.config import ConfigError
+
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size} is more than the {len(stream)} RL questions "
+                          f"(data.num_tasks={cfg.data.num_tasks}): lower data.batch_size or give more questions")
     groups = RLGroups(cfg)
     results, version, expert_batch, sft_data = {"conditions": {}}, 0, None, None
     try:
@@ -172,6 +177,9 @@ def check_stages(cfg) -> str | None:
         if s in ("sft", "eval_expertmem") and "expert" not in seen:
             return f"pipeline.stages: {s!r} needs 'expert' before it (it uses the expert's trajectories)"
         seen.append(s)
+    if "rl" not in seen and cfg.memory.update != type(cfg.memory)().update:
+        return (f"memory.update={cfg.memory.update!r} is the rl stage's update rule and no rl stage runs "
+                f"(pipeline.stages {cfg.pipeline.stages}): online_<rule> stages set their own; it would be ignored")
     return None
 
 

@@ -273,7 +273,7 @@ def save_stage_checkpoint(groups, folder: Path) -> None:
 # settings that may differ in a resumed run: read by no stage, or only by the rl stage when it runs now
 RESUME_FREE = ("run.resume", "run.dir", "run.name", "run.progress", "run.stage_timeout_s", "run.loggers",
                "run.save_trajectories", "run.save_every", "run.keep_last", "ray.", "pipeline.")
-RESUME_RL = ("algo.", "trainer.", "rollout.", "run.steps")
+RESUME_RL = ("algo.", "trainer.", "rollout.", "run.steps", "data.batch_size")
 RESUME_FROZEN_RL = ("trainer.lora", "trainer.backend")  # the trained state's own shape: never after sft
 RESUME_RL_ONLY = ("rollout.seed",)  # the rollout settings no evaluation reads
 

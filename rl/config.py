@@ -740,6 +740,22 @@ def _given_keys(tree: dict, prefix: str = "") -> set[str]:
 
 #: stages of the recipes that read the sft section (the expert's data, the RFT filter, SFT itself)
 SFT_STAGES = ("expert", "sft", "warmup", "harvest")
+#: stages of the recipes that train with RL (and so read algo.*, run.steps, trainer.lr and the RL rollouts' settings):
+#: rl, and MaskSearch's staged, mixed and rl_k<N>
+RL_STAGES = ("rl", "staged", "mixed")
+#: read by the RL stages only: the expert is scripted, SFT uses sft.lr, evaluations sample eval.k at eval.temperature
+RL_ONLY = ("algo", "run.steps", "trainer.lr", "rollout.n", "rollout.temperature", "rollout.top_p", "rollout.seed",
+           "rollout.mode")
+
+
+def trains_rl(stages: Iterable[str]) -> bool:
+    return any(s in RL_STAGES or re.fullmatch(r"rl_k\d+", s) for s in stages)
+
+
+def loads_reference(cfg: Config) -> bool:
+    """The trainer loads a reference model: a KL term (algo.kl_coef > 0) and a stage that trains with RL (the plain
+    RL loop of data.task=target_token always does)."""
+    return cfg.algo.kl_coef > 0 and (cfg.data.task == "target_token" or trains_rl(cfg.pipeline.stages))
 TINY_MODELS = ("tiny", "tiny_vl")
 #: pretrained models built offline from registry packages (rl/pretrained.py LOCAL_MODELS; kept in sync by a test)
 LOCAL_MODELS = ("smollm2-135m-instruct",)
@@ -752,12 +768,14 @@ def _unconsumed(cfg: Config, ignored, where) -> None:
     by a stage of pipeline.stages (sft.*: expert, sft, warmup, harvest; eval.*: eval_<name>), by the model
     builder (model.tiny and model.tokenizer: path tiny or tiny_vl), or by the setting it refines
     (reward.composition: reward.fns; rollout.max_staleness and partial_rollout: rollout.mode=async;
+    RL_ONLY and data.batch_size: a stage of RL_STAGES, data.batch_size also Memp's online_<rule> stream;
     trainer.lora_alpha and lora_target_modules: trainer.lora_rank > 0). `ignored(prefix, deciders)` gives
     the keys to report (load_config). reward.judge: `_dry_run`."""
     task, stages = cfg.data.task, cfg.pipeline.stages
     multi = task != "target_token"
     single = "data.task=target_token is the single-turn task of the plain RL loop"
     by_stage = ("data.task", "pipeline.stages")
+    no_rl = f"no stage of pipeline.stages {stages} trains with RL (rl; MaskSearch's staged, mixed, rl_k<N>)"
     rules = [
         ("env", multi, f"{single}, without tools", ("data.task",)),
         ("agent", multi, f"{single}, without an agent loop", ("data.task",)),
@@ -768,6 +786,9 @@ def _unconsumed(cfg: Config, ignored, where) -> None:
                                   "harvest do)", by_stage),
         ("eval", multi and any(s.startswith("eval_") for s in stages),
          single if not multi else f"no stage of pipeline.stages {stages} is an evaluation (eval_<name>)", by_stage),
+        *[(k, not multi or trains_rl(stages), no_rl, by_stage) for k in RL_ONLY],
+        ("data.batch_size", not multi or trains_rl(stages) or any(s.startswith("online_") for s in stages),
+         f"{no_rl}, and none is Memp's online_<rule> stream", by_stage),
         ("data.path", task == "file", f"only data.task=file reads a file (data.task is {task!r})", ("data.task",)),
         ("data.target_token", task == "target_token", f"only data.task=target_token reads it (data.task is {task!r})",
          ("data.task",)),
@@ -836,8 +857,10 @@ def _unconsumed(cfg: Config, ignored, where) -> None:
     rules.append(("embedding", multi and bool(embedders or rerankers),
                   single if not multi else "no embedder or rerank spec of env.tools or memory reaches the embedding "
                                            "server", ("env.tools", "memory", "data.task")))
-    # every recipe's split of the questions sets eval.num_tasks apart, whatever the stages
-    split = {"eval.num_tasks"} if multi else set()
+    # every recipe's split of the questions sets eval.num_tasks apart, whatever the stages, and the split of the
+    # synthesized ones sft.expert_tasks too (MaskSearch's does not: launch/common.py RECIPE_ONLY)
+    split = ({"eval.num_tasks"} | ({"sft.expert_tasks"} if task in ("world_qa", "visual_qa") else set())) if multi \
+        else set()
     for prefix, read, why, deciders in rules:
         keys = [] if read else [k for k in ignored(prefix, deciders) if k not in split]
         if keys:

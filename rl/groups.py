@@ -16,7 +16,7 @@ import ray
 
 from rl import algos
 from rl.cluster import ActorGroup, connect, node_free_port, wait
-from rl.config import Config, to_dict
+from rl.config import Config, loads_reference, to_dict
 from rl.placement import Colocation, cpu_threads, node_cores, resolve_placement, weight_transport_for
 from rl.rollout_queue import Dispatcher
 from rl.tasks import load_tasks
@@ -138,6 +138,8 @@ class RLGroups:
             self.dispatcher = Dispatcher(self.rollout.actors, r.n, self.sampling, r.max_inflight_groups)
             return
         algo = to_dict(cfg.algo) | {"norm_len": r.max_tokens}
+        if not loads_reference(cfg):
+            algo["kl_coef"] = 0.0  # no stage trains with RL: no KL term, so no reference model to load
         extra = dict(token_budget=t.token_budget, packing=t.packing, grad_checkpointing=t.grad_checkpointing,
                      attn_implementation=t.attn_implementation,
                      lora=({"rank": t.lora_rank, "alpha": t.lora_alpha}
@@ -219,7 +221,7 @@ class RLGroups:
     def reset_reference(self) -> None:
         """The trainer's reference model (`algo.kl_coef` > 0) takes the policy's current weights: an RL stage
         calls it as it starts, so that its KL term is to the policy it starts from (`TrainerBackend.reset_reference`)."""
-        if self.cfg.algo.kl_coef > 0:
+        if loads_reference(self.cfg):
             with self.colocation.trainer_phase():
                 self.trainer.call("reset_reference")
 

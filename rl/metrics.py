@@ -6,8 +6,12 @@ sinks that mirror it (`run.loggers`: TensorBoard, Weights & Biases, MLflow), bat
 lengths, finish reasons), and the live progress bar.
 
 Sinks get the numeric values of each row. The jsonl file stays the record: a sink that fails mid-run
-(a full disk, a network error) is reported once on stderr and dropped, never stopping training. A sink
-whose package is missing is an error at construction, naming the logger and the pip command.
+(a full disk, a network error) is reported once on stderr and dropped, never stopping training. Each sink
+runs behind its own thread, so the training loop never waits on one: a sink that has not answered one
+step within `SINK_TIMEOUT_S` (a tracking server that accepts and never replies, or retries for minutes) is
+dropped the same way, naming the logger and the step; one that does not start within it is an error at
+construction, as is one whose package is missing (naming the logger and the pip command). Closing waits
+for each sink at most `SINK_TIMEOUT_S` and says what it left unsent.
 
 Never: compute anything that changes training.
 """
@@ -17,7 +21,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import queue
 import sys
+import threading
 import time
 import warnings
 from contextlib import contextmanager
@@ -33,6 +39,10 @@ LOGGERS: dict[str, tuple[str, str]] = {
     "wandb": ("wandb", "pip install wandb"),
     "mlflow": ("mlflow", "pip install mlflow-skinny  (or mlflow)"),
 }
+#: seconds a sink may take to start or to answer one step's log call before it is given up (the jsonl file goes on)
+SINK_TIMEOUT_S = 60.0
+#: where a sink's remote end is set, for its messages
+SINK_ENDPOINT = {"wandb": "$WANDB_BASE_URL, or WANDB_MODE=offline", "mlflow": "$MLFLOW_TRACKING_URI"}
 
 
 class MissingLoggerError(ImportError):
@@ -48,14 +58,17 @@ class MetricsLogger:
     parameters."""
 
     def __init__(self, run_dir: Path, total_steps: int, progress: bool = True, initial: int = 0,
-                 loggers: Iterable[str] = (), name: str | None = None, config: dict | None = None):
+                 loggers: Iterable[str] = (), name: str | None = None, config: dict | None = None,
+                 sink_timeout_s: float = SINK_TIMEOUT_S):
         run_dir = Path(run_dir)
         self.path = run_dir / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.sinks: list[_Sink] = []
+        self.sink_timeout_s = sink_timeout_s
+        self.sinks: list[_Behind] = []
         try:
             for logger in _check_loggers(loggers):
-                self.sinks.append(_SINKS[logger](run_dir, name or run_dir.name, config))
+                _require(logger)  # a missing package is said at once, not from the sink's thread
+                self.add_sink(lambda cls=_SINKS[logger]: cls(run_dir, name or run_dir.name, config), logger)
         except BaseException:
             self._close_sinks()
             raise
@@ -69,6 +82,11 @@ class MetricsLogger:
             self.bar = tqdm(total=total_steps, initial=initial, desc="train", unit="step", file=sys.stderr,
                             dynamic_ncols=True)
 
+    def add_sink(self, make, name: str) -> None:
+        """Start a sink (`make()` builds it, on the sink's own thread) behind its thread; TimeoutError naming it if
+        it has not started within the sink timeout, or the error it raised."""
+        self.sinks.append(_Behind(make, name, self.sink_timeout_s))
+
     def log(self, step: int, metrics: dict) -> None:
         row = {"step": step, "time": time.time()}
         row |= {k: _plain(v) for k, v in metrics.items()}
@@ -78,13 +96,13 @@ class MetricsLogger:
             scalars = {k: float(v) for k, v in row.items()
                        if k not in ("step", "time") and isinstance(v, (int, float)) and v is not None}
             for sink in list(self.sinks):
-                try:
-                    sink.log(step, scalars)
-                except Exception as exc:  # the jsonl file is the record; a broken sink must not stop training
-                    print(f"metrics: the {sink.name} logger failed at step {step} ({type(exc).__name__}: {exc}); "
-                          f"it is dropped, {self.path} goes on", file=sys.stderr, flush=True)
+                problem = sink.problem()
+                if problem:  # the jsonl file is the record; a broken or hung sink must not stop training
+                    print(f"metrics: {problem}; it is dropped, {self.path} goes on", file=sys.stderr, flush=True)
                     self.sinks.remove(sink)
-                    _quietly(sink.close)
+                    sink.stop()
+                else:
+                    sink.queue.put((step, scalars))
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(reward=f"{metrics.get('reward/mean', float('nan')):.3f}",
@@ -98,8 +116,73 @@ class MetricsLogger:
 
     def _close_sinks(self) -> None:
         for sink in self.sinks:
-            _quietly(sink.close)
+            sink.stop()
+        deadline = time.monotonic() + self.sink_timeout_s
+        for sink in self.sinks:
+            sink.thread.join(max(0.0, deadline - time.monotonic()))
+            problem = sink.problem(closing=True)
+            if problem:
+                print(f"metrics: {problem}; {self.path} holds every row", file=sys.stderr, flush=True)
         self.sinks = []
+
+
+class _Behind:
+    """One sink on its own daemon thread: built there, then fed (step, scalars) through `queue`, closed there.
+    The training loop only puts rows and asks `problem()`: the sink failed, or has been on one step longer than
+    `timeout_s`."""
+
+    def __init__(self, make, name: str, timeout_s: float):
+        self.name, self.timeout_s = name, timeout_s
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.failed: str | None = None
+        self.busy: tuple[int, float] | None = None  # (step, when its log call began)
+        self.last_step: int | None = None  # the last step the sink took
+        started = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(make, started), name=f"metrics-{name}", daemon=True)
+        self.thread.start()
+        if not started.wait(timeout_s):
+            raise TimeoutError(f"run.loggers: the {name} logger did not start within {timeout_s:g} s"
+                               + (f" (is its server reachable? {SINK_ENDPOINT[name]})" if name in SINK_ENDPOINT else ""))
+        if self.failed is not None:
+            raise self.start_error
+
+    def _run(self, make, started: threading.Event) -> None:
+        try:
+            sink = make()
+        except BaseException as exc:  # re-raised by the constructor, on the caller's thread
+            self.start_error, self.failed = exc, f"the {self.name} logger did not start ({exc})"
+            started.set()
+            return
+        started.set()
+        try:
+            while (item := self.queue.get()) is not None:
+                step, scalars = item
+                self.busy = (step, time.monotonic())
+                try:
+                    sink.log(step, scalars)
+                except Exception as exc:
+                    self.failed = f"the {self.name} logger failed at step {step} ({type(exc).__name__}: {exc})"
+                    return
+                self.busy, self.last_step = None, step
+        finally:
+            _quietly(sink.close)
+
+    def problem(self, closing: bool = False) -> str | None:
+        if self.failed:
+            return self.failed
+        busy = self.busy
+        if busy is not None and (closing or time.monotonic() - busy[1] > self.timeout_s):
+            waited = time.monotonic() - busy[1]
+            where = f" (is its server reachable? {SINK_ENDPOINT[self.name]})" if self.name in SINK_ENDPOINT else ""
+            return (f"the {self.name} logger has not answered step {busy[0]} for {waited:.0f} s{where}"
+                    + ("; the steps after it were not sent" if closing else ""))
+        if closing and self.thread.is_alive():
+            return f"the {self.name} logger did not finish within {self.timeout_s:g} s after step {self.last_step}"
+        return None
+
+    def stop(self) -> None:
+        """No more rows: the thread closes the sink once it has sent what is queued."""
+        self.queue.put(None)
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -18,7 +18,9 @@ is not covered (the device machine has no vLLM).
 
     bash scripts/gpu_check.sh            # on the GPU machine: python3 scripts/gpu_check.py
     python scripts/gpu_check.py --cpu    # the CPU twin (tests/test_gpu_check.py runs it)
-Exit status 1 if any part failed.
+Exit status 1 if any part failed. Each part has its own time limit (`LIMIT_S`, 470 s in all, inside the shell
+script's 480): a part past it is reported FAIL by name with every thread's stack, the results so far are
+written (--out), and the check ends there (a hung CUDA or NCCL call cannot be interrupted).
 """
 
 from __future__ import annotations
@@ -39,23 +41,49 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 RESULTS: list[dict] = []
+OUT: list[Path] = []  # --out, written after every part
+#: seconds each part may take (on CPU and on one GPU; building the tiny model is the first)
+LIMIT_S = {"model": 40, "imports": 30, "train": 150, "logprobs": 100, "engine": 90, "buckets": 60}
 
 
 def report(part: str, status: str, **numbers) -> None:
     RESULTS.append({"part": part, "status": status, **numbers})
     shown = ", ".join(f"{k}={v}" for k, v in numbers.items())
     print(f"[{status}] {part}" + (f": {shown}" if shown else ""), flush=True)
+    for path in OUT:
+        path.write_text(json.dumps(RESULTS, indent=1))
 
 
-def run(part: str, fn, *args) -> None:
+def run(part: str, limit_s: float, fn, *args, quiet: bool = False):
+    """Run one part and report it (`quiet`: a step the parts need, reported only if it fails); past `limit_s`
+    report it FAIL by name, dump every thread's stack and end the check (exit 1). Returns what the part returned
+    (None if it failed)."""
+    import faulthandler
+    import threading
+
+    def expired():
+        report(part, "FAIL", error=f"did not finish within {limit_s} s (stacks of every thread below)")
+        faulthandler.dump_traceback(all_threads=True)
+        sys.stdout.flush()
+        os._exit(1)
+
+    timer = threading.Timer(limit_s, expired)
+    timer.daemon = True
     t0 = time.perf_counter()
+    timer.start()
     try:
-        out = fn(*args) or {}
-        status = out.pop("status", "PASS")
-        report(part, status, seconds=round(time.perf_counter() - t0, 1), **out)
+        out = fn(*args)
+        numbers = dict(out) if isinstance(out, dict) else {}
+        status = numbers.pop("status", "PASS")
+        if not quiet:
+            report(part, status, seconds=round(time.perf_counter() - t0, 1), **numbers)
+        return out
     except Exception as err:  # a failing part is reported and the others still run
         traceback.print_exc()
         report(part, "FAIL", error=f"{type(err).__name__}: {err}"[:300])
+        return None
+    finally:
+        timer.cancel()
 
 
 def free_port() -> int:
@@ -250,16 +278,20 @@ def main(argv=None) -> int:
     gpu = torch.cuda.is_available() and not args.cpu
     print(f"device check on {'GPU ' + torch.cuda.get_device_name(0) if gpu else 'CPU (GPU-only parts SKIP)'}",
           flush=True)
-    run("imports without Ray, vLLM or msgspec", part_imports)
-    with tempfile.TemporaryDirectory(prefix="windward-gpu-check-") as tmp:
-        model = tiny_model(Path(tmp))
-        run("FSDP2 SFT + RL step (bf16 on GPU, packing, best attention)", part_train, model, gpu)
-        run("chunked logprobs at the 7B vocabulary and token budget", part_logprob_memory, gpu)
-        run("HF engine: a multi-turn group at temperature 1 has distinct samples", part_engine_group, model, gpu)
-        run("weight buckets into a second model copy", part_weight_buckets, model, gpu)
-    print("vLLM on GPU: not verified (no vLLM on the device machine)", flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps(RESULTS, indent=1))
+        OUT.append(Path(args.out))
+    L = LIMIT_S
+    run("imports without Ray, vLLM or msgspec", L["imports"], part_imports)
+    with tempfile.TemporaryDirectory(prefix="windward-gpu-check-") as tmp:
+        model = run("the tiny model (built here, no download)", L["model"], tiny_model, Path(tmp), quiet=True)
+        if model is not None:
+            run("FSDP2 SFT + RL step (bf16 on GPU, packing, best attention)", L["train"], part_train, model, gpu)
+        run("chunked logprobs at the 7B vocabulary and token budget", L["logprobs"], part_logprob_memory, gpu)
+        if model is not None:
+            run("HF engine: a multi-turn group at temperature 1 has distinct samples", L["engine"], part_engine_group,
+                model, gpu)
+            run("weight buckets into a second model copy", L["buckets"], part_weight_buckets, model, gpu)
+    print("vLLM on GPU: not verified (no vLLM on the device machine)", flush=True)
     failed = [r["part"] for r in RESULTS if r["status"] == "FAIL"]
     print(f"device check: {len(RESULTS) - len(failed)} of {len(RESULTS)} parts without failure"
           + (f"; FAILED: {failed}" if failed else ""), flush=True)

@@ -98,3 +98,31 @@ def vllm_server(tiny_model):
 
     with VLLMServer(tiny_model, max_model_len=1024) as server:
         yield server.url
+
+
+def pytest_unconfigure(config):
+    """What this test process leaves running into interpreter shutdown (a native crash at exit, rc 139 after every
+    test passed, was seen once in three slow-suite runs): printed, so that the next such crash names its suspects."""
+    import multiprocessing
+    import sys
+
+    threads = [t for t in threading.enumerate() if t is not threading.main_thread()]
+    native = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else -1
+    state = []
+    if "ray" in sys.modules:
+        import ray
+
+        state.append(f"ray connected: {ray.is_initialized()}")
+    if "torch.distributed" in sys.modules:
+        import torch.distributed as dist
+
+        state.append(f"torch.distributed initialized: {dist.is_available() and dist.is_initialized()}")
+    children = multiprocessing.active_children()
+    sys.stderr.write(f"\n[exit] {native} native threads; Python threads: "
+                     f"{[(t.name, t.daemon, _target(t)) for t in threads]}; child processes: {[c.pid for c in children]}; "
+                     f"{'; '.join(state)}\n")
+
+
+def _target(thread: threading.Thread) -> str:
+    fn = getattr(thread, "_target", None)
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(thread).__name__)}" if fn else type(thread).__name__

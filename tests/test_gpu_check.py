@@ -40,3 +40,24 @@ def test_device_check_runs_as_its_cpu_twin_without_the_packages_the_gpu_machine_
     assert status["chunked logprobs at the 7B vocabulary and token budget"] == "SKIP"
     assert sorted(v for k, v in status.items() if "imports" not in k and "7B" not in k) == ["PASS-CPU"] * 3
     assert "vLLM on GPU: not verified" in proc.stdout
+
+
+def test_a_part_past_its_limit_fails_by_name_with_the_stacks_and_the_results_so_far(tmp_path):
+    out = tmp_path / "results.json"
+    code = f"""
+import sys, time
+sys.argv = ["gpu_check"]
+sys.path.insert(0, "scripts")
+import gpu_check as g
+from pathlib import Path
+g.OUT.append(Path({str(out)!r}))
+g.run("a quick part", 5, lambda: {{"n": 1}})
+g.run("a hung part", 0.5, time.sleep, 30)
+print("not reached")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "not reached" not in proc.stdout, proc.stdout + proc.stderr
+    assert "[FAIL] a hung part: error=did not finish within 0.5 s" in proc.stdout
+    assert "most recent call first" in proc.stderr and "gpu_check.py" in proc.stderr  # every thread's stack
+    assert [(r["part"], r["status"]) for r in json.loads(out.read_text())] == [("a quick part", "PASS"),
+                                                                              ("a hung part", "FAIL")]

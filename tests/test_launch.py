@@ -99,3 +99,56 @@ def test_a_setting_only_another_recipe_reads_is_refused():
     thoughts = load_config(ROOT / "launch/configs/websailor.yaml", ["sft.expert_thoughts=explicit"])
     assert recipe_only_keys(thoughts, "websailor") is None and recipe_only_keys(thoughts, "webdancer") is None
     assert "sft.expert_thoughts" in recipe_only_keys(thoughts, "vrag")  # its visual expert has no such thoughts
+
+
+def test_settings_only_a_stage_not_run_reads_are_refused_by_the_recipe():
+    """MaskSearch's split has no expert questions, and Memp's memory.update is its rl stage's rule alone."""
+    from launch.common import recipe_only_keys
+    from launch.memp import check_stages
+    from rl.config import load_config
+
+    masks = load_config(ROOT / "launch/configs/masksearch.yaml", ["sft.expert_tasks=16"])  # the sft rule lets it by
+    assert "sft.expert_tasks" in recipe_only_keys(masks, "masksearch")
+    assert recipe_only_keys(load_config(ROOT / "launch/configs/websailor.yaml", ["sft.expert_tasks=16"]),
+                            "websailor") is None
+    memp = ROOT / "launch/configs/memp.yaml"
+    assert check_stages(load_config(memp)) is None
+    assert "rl stage's update rule" in check_stages(load_config(memp, ["memory.update=reflect"]))
+    stages = "pipeline.stages=[expert,online_reflect,rl]"
+    assert check_stages(load_config(memp, [stages, "memory.update=reflect", "run.steps=1"])) is None
+
+
+def test_no_reference_model_without_a_stage_that_trains_with_rl():
+    from rl.config import load_config, loads_reference
+    from rl.memory_plan import plan_config
+
+    memp = ROOT / "launch/configs/memp.yaml"  # no rl stage, and the default preset's kl_coef 0.04
+    with_rl = load_config(memp, ["pipeline.stages=[expert,sft,rl]", "run.steps=1"])
+    without = load_config(memp)
+    assert without.algo.kl_coef > 0 and loads_reference(with_rl) and not loads_reference(without)
+    planned = [set(plan_config(c).devices[0].phases["train"]) for c in (with_rl, without)]
+    assert "trainer: reference model" in planned[0] and "trainer: reference model" not in planned[1]
+
+
+def test_evaluate_names_the_training_settings_of_its_config_file(tmp_path):
+    from launch.evaluate import config_file_unread
+
+    unread = config_file_unread(str(ROOT / "launch/configs/websailor.yaml"))
+    assert {"trainer.lr", "algo.preset", "sft.lr", "rollout.n", "run.steps"} <= set(unread)
+    assert not any(k.startswith(("env.", "agent.", "eval.k", "model.")) for k in unread)
+    assert config_file_unread(str(ROOT / "launch/configs/evaluate.yaml")) == []
+
+
+def test_the_smoke_sizes_of_settings_only_other_recipes_read_are_no_setting_of_the_user(tmp_path, capsys):
+    """--smoke sizes sft.expert_tasks for whatever reads it; MaskSearch reads nothing of it, and only a value the
+    user gives is refused there."""
+    from launch.common import main
+
+    def stop(cfg, run_dir):
+        raise SystemExit(0)  # the config passed every check: stop before any actor starts
+
+    masks = ROOT / "launch/configs/masksearch.yaml"
+    with pytest.raises(SystemExit):
+        main("masksearch", masks, ["--smoke", f"run.dir={tmp_path}"], pipeline=stop)
+    assert main("masksearch", masks, ["--smoke", f"run.dir={tmp_path}", "sft.expert_tasks=8"], pipeline=stop) == 2
+    assert "sft.expert_tasks=8: only" in capsys.readouterr().err

@@ -68,8 +68,9 @@ def test_webdancer_smoke(tmp_path):
     """CRAWLQA + E2HQA -> expert -> three-stage filter -> SFT -> DAPO RL -> evaluation, from the command line."""
     run_dir = tmp_path / "webdancer"
     seconds = run_recipe("webdancer.py", run_dir, SMALL + [
-        "pipeline.stages=[expert,sft,rl,eval_rl]", "data.num_tasks=4", "algo.max_gen_rounds=1",
+        "pipeline.stages=[expert,sft,rl,eval_rl]", "data.num_tasks=4", "algo.max_gen_rounds=1", "run.steps=1",
         "agent.max_turns=5"], tmp_path)  # the expert's longest episode (RL episodes of 10 turns double the time)
+    # (one RL step: a second step's sync and generation are the main job's, the soak's and the presets' to show)
     report, results = common_outputs(run_dir, ["rl"])
     print(f"webdancer smoke: {seconds:.0f} s")
 
@@ -104,11 +105,11 @@ def test_webdancer_smoke(tmp_path):
     sft = metrics_rows(run_dir / "sft_metrics.jsonl")
     assert len(sft) >= 1 and all(np.isfinite(r["sft/loss"]) for r in sft)
     rows = metrics_rows(run_dir / "metrics.jsonl")
-    assert [r["step"] for r in rows] == [1, 2]
+    assert [r["step"] for r in rows] == [1]
     config = json.loads((run_dir / "config.json").read_text())
     assert config["algo"]["sampler"] == "dapo" and config["algo"]["clip_high"] == 0.28
     assert config["reward"]["composition"] == "webdancer"
-    for step in (1, 2):
+    for step in (1,):
         t = table(run_dir / "trajectories" / f"step_{step:06d}.parquet")
         fmt, ans = as_float(t["reward_format"]), np.nan_to_num(as_float(t["reward_answer"]))
         expected = 0.1 * fmt + 0.9 * ans + as_float(t.get("reward_overlong", np.zeros(len(fmt))))
@@ -226,8 +227,8 @@ def test_a_refused_resume_fails_before_any_actor_starts(tmp_path):
     plan = resume_plan(load_config(config, now), tmp_path)
     assert (plan.skip, plan.trained, plan.checkpoint) == (["expert", "sft"], "sft", tmp_path / SFT_CHECKPOINT)
     assert plan.state["results"] == {"sft": [{"loss": 1.0}]}
-    with pytest.raises(ConfigError, match="data.batch_size: 4 -> 1"):
-        resume_plan(load_config(config, now + ["data.batch_size=1"]), tmp_path)
+    with pytest.raises(ConfigError, match="sft.epochs: 5 -> 1"):
+        resume_plan(load_config(config, now + ["sft.epochs=1"]), tmp_path)
     assert resume_plan(load_config(config, [f"run.dir={tmp_path}"]), tmp_path) is None  # run.resume not set
 
 
@@ -244,6 +245,33 @@ def test_a_batch_larger_than_the_rl_questions_is_refused_before_any_actor_starts
                                 "sft.expert_tasks=4"], pipeline=websailor.pipeline, check=websailor.check_stages)
     assert code == 2
     assert "data.batch_size=9 is more than the 8 RL questions (data.num_tasks=8)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("recipe, argv, said", [
+    ("memp", ["pipeline.stages=[expert,sft,rl]", "run.steps=1", "data.num_tasks=8", "data.batch_size=9"],
+     "data.batch_size=9 is more than the 8 RL questions (data.num_tasks=8)"),
+    ("evolvesearch", ["data.num_tasks=8", "data.batch_size=3"],  # 3 rounds of 3, 3 and 2 questions
+     "data.num_tasks=8 split into 3 shards (one per 'rl' stage) leaves 2 questions per round, fewer than "
+     "data.batch_size=3"),  # its check_stages, before any data are made
+    ("masksearch", ["data.num_tasks=8", "data.batch_size=9"], "fewer than data.batch_size = 9"),
+])
+def test_the_recipes_with_their_own_loop_refuse_a_batch_larger_than_their_rl_questions_early(
+        tmp_path, capsys, monkeypatch, recipe, argv, said):
+    """As run_pipeline does for the others: before any actor starts, exit 2 with one message."""
+    import importlib
+
+    from launch.common import main
+
+    def no_actors(*args, **kwargs):
+        raise AssertionError("RLGroups started")
+
+    monkeypatch.setattr("rl.groups.RLGroups", no_actors)
+    module = importlib.import_module(f"launch.{recipe}")
+    sizes = ["eval.num_tasks=4"] + (["sft.expert_tasks=4"] if recipe != "masksearch" else [])
+    code = main(recipe=recipe, default_config=ROOT / f"launch/configs/{recipe}.yaml",
+                argv=[f"run.dir={tmp_path}", *sizes, *argv], pipeline=module.pipeline, check=module.check_stages)
+    assert code == 2
+    assert said in capsys.readouterr().err
 
 
 def test_rollout_seed_seeds_the_rl_stage_alone():
@@ -265,8 +293,9 @@ def test_a_resumed_pipeline_skips_its_finished_stages_and_serves_the_sft_weights
     with its KL term) has the SFT policy as its reference: its first step's KL is 0."""
     run_dir = tmp_path / "run"
     # 3 turns: the expert's search, visit and answer; the random policy's episodes (evaluation, RL) stay short
-    args = ["run.save_every=1", "pipeline.stages=[expert,sft,eval_sft]", *SMALL,
-            "agent.max_turns=3"]
+    rl_only = ("data.batch_size", "rollout.n")  # read by no stage of the first run: given with its rl stage
+    args = ["run.save_every=1", "pipeline.stages=[expert,sft,eval_sft]", "agent.max_turns=3",
+            *[o for o in SMALL if not o.startswith(rl_only)]]
     run_recipe("websailor.py", run_dir, args, tmp_path)
     state_path = run_dir / "pipeline_state.json"
     state = json.loads(state_path.read_text())
@@ -276,7 +305,8 @@ def test_a_resumed_pipeline_skips_its_finished_stages_and_serves_the_sft_weights
 
     state["done"] = ["expert", "sft"]
     state_path.write_text(json.dumps(state))
-    rl = ["pipeline.stages=[expert,sft,eval_sft,rl]", "run.steps=1", "algo.preset=grpo", "algo.prefilter=false"]
+    rl = ["pipeline.stages=[expert,sft,eval_sft,rl]", "run.steps=1", "algo.preset=grpo", "algo.prefilter=false",
+          *[o for o in SMALL if o.startswith(rl_only)]]
     proc = subprocess.run([sys.executable, str(ROOT / "launch/websailor.py"), "--smoke", f"run.dir={run_dir}",
                            "run.progress=false", "run.resume=true", *args, *rl], capture_output=True, text=True,
                           timeout=900, cwd=tmp_path)

@@ -134,12 +134,13 @@ class DeepSpeedTrainer(TrainerBackend):
         gn = self.engine.get_global_grad_norm()
         return float(gn) if gn is not None else 0.0
 
-    def named_full_state(self, bucket_bytes: int = 64 << 20, every_rank: bool = False
-                         ) -> Iterator[tuple[str, torch.Tensor]]:
+    def named_full_state(self, bucket_bytes: int = 64 << 20, every_rank: bool = False,
+                         skip: frozenset[str] = frozenset()) -> Iterator[tuple[str, torch.Tensor]]:
         """Stage 1/2: every rank holds the full parameters; rank 0 (every rank with `every_rank`) yields
         them as they are. Stage 3: chunks of about `bucket_bytes` gathered with `zero.GatheredParameters`
-        on every rank, copied on rank 0 (every rank with `every_rank`) on the device."""
-        entries = list(self.model.state_dict(keep_vars=True).items())  # tied weights under both names
+        on every rank, copied on rank 0 (every rank with `every_rank`) on the device. `skip`: names left out."""
+        entries = [(n, t) for n, t in self.model.state_dict(keep_vars=True).items()  # tied weights under both names
+                   if n not in skip]
         mine = self.rank == 0 or every_rank
         if self.zero_stage < 3:
             if mine:

@@ -105,12 +105,14 @@ class FSDPTrainer(TrainerBackend):
             self.ref_model.reshard()
         return super().reset_reference()
 
-    def named_full_state(self, bucket_bytes: int = 64 << 20, every_rank: bool = False
-                         ) -> Iterator[tuple[str, torch.Tensor]]:
-        """One all-gather per state-dict entry (every rank, same order); rank 0 (every rank with
-        `every_rank`: each has it anyway) yields the gathered tensor where it is (the trainer's device;
+    def named_full_state(self, bucket_bytes: int = 64 << 20, every_rank: bool = False,
+                         skip: frozenset[str] = frozenset()) -> Iterator[tuple[str, torch.Tensor]]:
+        """One all-gather per state-dict entry not in `skip` (every rank, same order); rank 0 (every rank
+        with `every_rank`: each has it anyway) yields the gathered tensor where it is (the trainer's device;
         with one rank, the parameter itself)."""
         for name, t in self.model.state_dict().items():
+            if name in skip:
+                continue
             full = t.full_tensor() if hasattr(t, "full_tensor") else t
             if self.rank == 0 or every_rank:
                 yield name, full.detach()

@@ -89,8 +89,8 @@ class WindwardWorkerExtension:
         missing = {e: o for e, o in skipped.items() if o not in self._windward_names}
         if missing:
             raise RuntimeError(f"weight update: {sorted(missing)} arrived without {sorted(missing.values())}, which "
-                               "share(s) its weight in this engine and loads it: send tied weights under both names "
-                               "(the trainer does); the engine keeps its old word embedding until then")
+                               "share(s) its weight in this engine and loads it: send a tied weight under the output "
+                               "layer's name (the trainer sends it there alone, `tied_aliases`); the engine keeps its old word embedding until then")
 
     def windward_receive(self, stream: bytes) -> dict:
         """Iterate a pickled portable bucket stream (`rl/weights`) in this process and load each bucket as

@@ -301,6 +301,12 @@ UNREAD = [
     (SPINE, ["embedding.max_batch=8"]),
     (WEBSAILOR, ["env.tools={search: {backend: dense, corpus: c.jsonl, embedder: {kind: server, model: m}}, visit: {}}",
                  "embedding.models={m: minilm, unused: hashing}"]),
+    # no stage trains with RL: its settings are read by nothing (the expert is scripted, SFT uses sft.lr,
+    # evaluations sample eval.k at eval.temperature)
+    *[(WEBSAILOR, ["pipeline.stages=[expert,eval_base,sft,eval_sft]", o])
+      for o in ("algo.kl_coef=0.1", "algo.preset=dapo", "run.steps=3", "trainer.lr=1e-3", "rollout.n=2",
+                "rollout.temperature=0.8", "rollout.seed=3", "data.batch_size=2")],
+    (MASKSEARCH, ["pipeline.stages=[eval_base]", "algo.clip_high=0.28"]),
 ]
 
 
@@ -328,6 +334,10 @@ GOOD = [
     (WEBSAILOR, ["pipeline.stages=[eval_base,rl,eval_rl]"]),  # the file's sft settings become moot
     # the split sets the held-out questions apart whatever the stages: fewer of them, more rows for RL
     (WEBSAILOR, ["pipeline.stages=[expert,sft,rl]", "eval.num_tasks=8"]),
+    # ... and the expert's questions too (the split of the synthesized questions), whatever the stages
+    (WEBSAILOR, ["pipeline.stages=[eval_base,rl,eval_rl]", "sft.expert_tasks=16"]),
+    # RL settings with a stage that trains: MaskSearch's curriculum stages train with RL
+    (MASKSEARCH, ["pipeline.stages=[rl_k2]", "algo.clip_high=0.28", "run.steps=2"]),
     (WEBSAILOR, ["reward.judge={backend: openai, base_url: 'http://judge:8000/v1', model: judge, timeout_s: 30}"]),
     (WEBSAILOR, ["reward.judge={backend: engine, model_path: /models/judge, engine: hf, max_tokens: 8}"]),
     (WEBSAILOR, ["reward.fns={format: {style: websailor}, f1: {}}", "reward.composition=websailor"]),

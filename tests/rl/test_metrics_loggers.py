@@ -154,10 +154,70 @@ def test_a_failing_sink_is_dropped_not_fatal(tmp_path, capsys):
         def close(self):
             Broken.closed = True
 
-    logger.sinks.append(Broken())
+    logger.add_sink(Broken, "broken")
     logger.log(1, {"reward/mean": 1.0})
     logger.log(2, {"reward/mean": 2.0})
     logger.close()
     assert logger.sinks == [] and Broken.closed
     assert "broken logger failed at step 1" in capsys.readouterr().err
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_sink_that_never_answers_is_dropped_and_training_never_waits_on_it(tmp_path, capsys):
+    """A tracking server that accepts and never replies: the step's log returns at once, the next step past the
+    timeout drops the sink naming it and the step, and close() waits at most the timeout."""
+    import threading
+
+    release, logged = threading.Event(), []
+
+    class Hung:
+        def log(self, step, scalars):
+            logged.append(step)
+            release.wait(30)
+
+        def close(self):
+            pass
+
+    logger = MetricsLogger(tmp_path, 3, progress=False, sink_timeout_s=0.3)
+    logger.add_sink(Hung, "mlflow")
+    t0 = time.monotonic()
+    logger.log(1, {"reward/mean": 1.0})
+    assert time.monotonic() - t0 < 0.2  # handed over, not waited on
+    time.sleep(0.5)
+    logger.log(2, {"reward/mean": 2.0})
+    assert logger.sinks == [] and logged == [1]
+    err = capsys.readouterr().err
+    assert "the mlflow logger has not answered step 1 for" in err and "MLFLOW_TRACKING_URI" in err, err
+    logger.log(3, {"reward/mean": 3.0})
+    t0 = time.monotonic()
+    logger.close()
+    assert time.monotonic() - t0 < 0.2
+    release.set()
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
+
+    # a sink stuck when the run ends: close() waits the timeout once and says what it left unsent
+    release.clear()
+    logger = MetricsLogger(tmp_path, 1, progress=False, sink_timeout_s=0.3)
+    logger.add_sink(Hung, "wandb")
+    logger.log(4, {"reward/mean": 4.0})
+    t0 = time.monotonic()
+    logger.close()
+    assert 0.2 < time.monotonic() - t0 < 1.0
+    assert "the wandb logger has not answered step 4" in capsys.readouterr().err
+    release.set()
+
+
+def test_a_sink_that_never_starts_is_an_error_naming_it(tmp_path):
+    import threading
+
+    release = threading.Event()
+
+    def start():
+        release.wait(30)
+        raise RuntimeError("gave up")
+
+    logger = MetricsLogger(tmp_path, 1, progress=False, sink_timeout_s=0.2)
+    with pytest.raises(TimeoutError, match="the wandb logger did not start within 0.2 s.*WANDB"):
+        logger.add_sink(start, "wandb")
+    release.set()
+    logger.close()

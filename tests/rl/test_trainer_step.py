@@ -170,3 +170,22 @@ def test_bf16_trainer_on_cpu_measures_the_engine_gap_and_runs_tis(tiny_model):
     assert 0 < m["train/logprob_abs_diff"] < 0.1
     assert m["train/mismatch_kl"] > 0 and 0 <= m["train/tis_clip_frac"] <= 1
     assert np.isfinite(m["train/loss"]) and m["train/grad_norm"] > 0
+
+
+def test_a_tied_embedding_is_sent_once_under_the_output_layers_name(tiny_model):
+    """The tiny model ties its word embedding to the output layer: the engines load it through `lm_head.weight`,
+    so the sync sends it there alone (not gathered, packed or moved twice); every other entry is sent as is."""
+    from rollout.engines.base import unpack_bucket
+
+    trainer = FSDPTrainer(tiny_model, rank=0, world_size=1, lr=1e-3, algo={})
+    trainer.init_distributed("127.0.0.1", free_port())
+    try:
+        assert trainer.tied_aliases() == {"model.embed_tokens.weight"}
+        sent = {n: t.clone() for b in trainer.state_buckets(1 << 16) for n, t in unpack_bucket(b)}
+        full = {n: t.clone() for n, t in trainer.named_full_state()}
+    finally:
+        trainer.shutdown()
+    assert set(full) - set(sent) == {"model.embed_tokens.weight"} and set(sent) < set(full)
+    torch.testing.assert_close(sent["lm_head.weight"], full["model.embed_tokens.weight"], rtol=0, atol=0)
+    for name, t in sent.items():
+        torch.testing.assert_close(t, full[name], rtol=0, atol=0)
