@@ -95,6 +95,12 @@ class _AnswerMetric:
         self.options = options
         type(self).metric(None, "x", **options)  # a wrong option fails here, not in the middle of a step
 
+    @classmethod
+    def options_of(cls, kwargs: dict) -> tuple[Callable[..., Any], dict, tuple[str, ...]]:
+        """The metric the options go to, those options and the metric's own data arguments (RewardWorker checks
+        the options' types at load)."""
+        return cls.metric, {k: v for k, v in kwargs.items() if k != "part"}, ("pred", "gold")
+
     def predictions(self, batch: pa.RecordBatch) -> list[str | None]:
         return string_column(batch, "answer_text")
 
@@ -227,6 +233,14 @@ class FormatReward:
         self.check = FORMAT_STYLES[style]
         self.check("", **options)  # a wrong option fails here
         self._violations: dict[str, int] = {}
+
+    @staticmethod
+    def options_of(kwargs: dict) -> tuple[Callable[..., Any], dict, tuple[str, ...]]:
+        """The checker the options go to, those options and its data argument (RewardWorker checks the options'
+        types at load)."""
+        options = {k: v for k, v in kwargs.items() if k not in ("style", "part")}
+        return FORMAT_STYLES.get(kwargs.get("style", "websailor"), lambda response_text: None), options, \
+            ("response_text",)
 
     def score(self, batch: pa.RecordBatch) -> dict[str, np.ndarray]:
         values = np.zeros(batch.num_rows, dtype=np.float64)

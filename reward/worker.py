@@ -30,6 +30,7 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 
+from envs.registry import check_arguments
 from reward.base import REWARD_FNS, make_reward
 from reward.compose import Composition, RewardTerm, get_composition
 from reward.judge import SyncJudge
@@ -50,6 +51,14 @@ class RewardWorker:
         for key, kwargs in rewards.items():
             name = key.split(":", 1)[0]
             kwargs = dict(kwargs or {})
+            if name in REWARD_FNS:  # each option of the type its constructor names, said here (at load), not mid-run
+                init = getattr(REWARD_FNS[name], "__init__", None)
+                if callable(init) and init is not object.__init__:
+                    check_arguments(init, kwargs, f"reward {key!r}", skip=("self", "judge"))
+                options_of = getattr(REWARD_FNS[name], "options_of", None)  # where its **options go (format: the style)
+                if options_of is not None:
+                    fn, options, data = options_of(kwargs)
+                    check_arguments(fn, options, f"reward {key!r}", skip=data)
             if getattr(REWARD_FNS.get(name), "needs_judge", False):
                 kwargs["judge"] = self.judge
             self.fns[key] = make_reward(name, **kwargs)

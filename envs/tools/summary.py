@@ -191,6 +191,46 @@ def render_fallback(url: str, goal: str, s: PageSummary) -> str:
             + "Summary: \nNo information is available from this page.\n\n")
 
 
+CLIENT_KEYS = {"base_url", "model", "timeout_s", "max_retries", "backoff_s", "backoff_max_s", "temperature",
+               "max_tokens", "extra_body", "max_reply_bytes", "rate_limit", "burst", "cache_size"}
+SUMMARY_KEYS = {"max_chars", "shrink", "shrink_tries", "final_chars"}
+
+
+def _parts(config: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The client's and the summarizer's settings of a `summary` mapping; ValueError for an unknown or missing key."""
+    if not isinstance(config, dict):
+        raise ValueError(f"visit summary: expected a mapping with base_url and model, or null; got {config!r}")
+    unknown = sorted(set(config) - CLIENT_KEYS - SUMMARY_KEYS - {"api_key_env"})
+    if unknown:
+        raise ValueError(f"visit summary: unknown key(s) {unknown}; allowed: "
+                         f"{sorted(CLIENT_KEYS | SUMMARY_KEYS | {'api_key_env'})}")
+    missing = [k for k in ("base_url", "model") if not config.get(k)]
+    if missing:
+        raise ValueError(f"visit summary: missing {missing} (e.g. base_url: http://127.0.0.1:8000/v1, the "
+                         f"served model name as model)")
+    return ({k: v for k, v in config.items() if k in CLIENT_KEYS},
+            {k: v for k, v in config.items() if k in SUMMARY_KEYS})
+
+
+def check_summary(config: Any) -> None:
+    """What `make_summarizer(config)` would refuse (a key, a type, a value), found when the config is loaded and
+    without building anything that lasts; the API key's variable is not read (it may be set only where the run
+    runs). ValueError naming the key."""
+    if config is None:
+        return
+    from envs.registry import check_arguments  # the registry imports the tools, this module among them
+
+    client, summary = _parts(config)
+    key_env = config.get("api_key_env")
+    if key_env is not None and not isinstance(key_env, str):
+        raise ValueError(f"visit summary: bad value for 'api_key_env': the name of an environment variable, or null "
+                         f"(given {key_env!r})")
+    check_arguments(ChatClient.__init__, client, "visit summary", skip=("self",))
+    check_arguments(PageSummarizer.__init__, summary, "visit summary", skip=("self", "client"))
+    ChatClient(**client, service="visit summary")  # its value checks; it opens nothing
+    PageSummarizer(None, **summary)
+
+
 def make_summarizer(config: dict[str, Any] | None) -> PageSummarizer | None:
     """The visit tool's `summary` setting -> a summarizer (None: no summary, the tool returns page text).
 
@@ -200,19 +240,7 @@ def make_summarizer(config: dict[str, Any] | None) -> PageSummarizer | None:
     cache_size (replies kept, 0); max_chars (150,000); shrink (0.7); shrink_tries (3); final_chars (25,000)."""
     if config is None:
         return None
-    if not isinstance(config, dict):
-        raise ValueError(f"visit summary: expected a mapping with base_url and model, or null; got {config!r}")
-    client_keys = {"base_url", "model", "timeout_s", "max_retries", "backoff_s", "backoff_max_s", "temperature",
-                   "max_tokens", "extra_body", "max_reply_bytes", "rate_limit", "burst", "cache_size"}
-    summary_keys = {"max_chars", "shrink", "shrink_tries", "final_chars"}
-    unknown = sorted(set(config) - client_keys - summary_keys - {"api_key_env"})
-    if unknown:
-        raise ValueError(f"visit summary: unknown key(s) {unknown}; allowed: "
-                         f"{sorted(client_keys | summary_keys | {'api_key_env'})}")
-    missing = [k for k in ("base_url", "model") if not config.get(k)]
-    if missing:
-        raise ValueError(f"visit summary: missing {missing} (e.g. base_url: http://127.0.0.1:8000/v1, the "
-                         f"served model name as model)")
-    client = ChatClient(**{k: v for k, v in config.items() if k in client_keys},
-                        api_key=api_key_from_env(config.get("api_key_env"), "visit summary"), service="visit summary")
-    return PageSummarizer(client, **{k: v for k, v in config.items() if k in summary_keys})
+    client_kwargs, summary_kwargs = _parts(config)
+    client = ChatClient(**client_kwargs, api_key=api_key_from_env(config.get("api_key_env"), "visit summary"),
+                        service="visit summary")
+    return PageSummarizer(client, **summary_kwargs)

@@ -47,7 +47,7 @@ from typing import Any, Iterator
 import httpx
 
 from envs.base import Observation, error_observation
-from envs.tools.summary import HEADER, WEBCONTENT_MAXLENGTH, Summarizer, make_summarizer, render_summary
+from envs.tools.summary import HEADER, WEBCONTENT_MAXLENGTH, Summarizer, check_summary, make_summarizer, render_summary
 
 log = logging.getLogger("windward.envs.visit")
 
@@ -523,3 +523,12 @@ def make_visit_tool(context: dict, allow_hosts: tuple[str, ...] | list[str] = ()
     return VisitTool(guard, timeout_s=timeout_s, max_bytes=max_bytes, max_redirects=max_redirects,
                      max_chars=max_chars, max_urls=max_urls, summarizer=make_summarizer(summary),
                      max_html_chars=max_html_chars, html_budget_s=html_budget_s)
+
+
+def check_visit_arguments(arguments: dict) -> None:
+    """At load (`envs/registry.validate_tools`): the `summary` mapping's keys, types and values, as
+    `make_summarizer` would check them, without reading its API key's variable."""
+    check_summary(arguments.get("summary"))
+
+
+make_visit_tool.check = check_visit_arguments

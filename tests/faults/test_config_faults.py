@@ -140,6 +140,13 @@ BAD_SECTIONS = [
     (["env.tools.visit.max_urls=2.5"], "env.tools", "'max_urls'"),
     (["env.tools.visit.allow_hosts=example.com"], "env.tools", "'allow_hosts'"),
     (["env.tools.visit.summary=fast"], "env.tools", "'summary'"),
+    # ... and inside it: keys, types and values, as make_summarizer would check them (its API key is not read)
+    (["env.tools.visit.summary={base_url: 'http://s/v1', model: m, tmeout_s: 5}"], "env.tools", "'tmeout_s'"),
+    (["env.tools.visit.summary={base_url: 'http://s/v1'}"], "env.tools", "missing ['model']"),
+    (["env.tools.visit.summary={base_url: 'http://s/v1', model: m, timeout_s: soon}"], "env.tools", "'timeout_s'"),
+    (["env.tools.visit.summary={base_url: 's:8000', model: m}"], "env.tools", "base_url must be an http(s) URL"),
+    (["env.tools.visit.summary={base_url: 'http://s/v1', model: m, shrink: 2}"], "env.tools", "0 < shrink < 1"),
+    (["env.tools.visit.summary={base_url: 'http://s/v1', model: m, api_key_env: 3}"], "env.tools", "'api_key_env'"),
     (["env.tools={python: {memory: 512}}"], "env.tools", "'memory'"),
     (["env.tools={python: {timeout_s: soon}}"], "env.tools", "'timeout_s'"),
     (["env.tools={crop: {pad: wide}}"], "env.tools", "'pad'"),
@@ -157,6 +164,10 @@ BAD_SECTIONS = [
     (["reward.fns={scor: {}}", "reward.judge={backend: rule}"], "reward.fns", "unknown reward 'scor'"),
     (["reward.fns={format: {style: websailr}}"], "reward.fns", "websailr"),
     (["reward.fns={format: {strict: true}}"], "reward.fns", "strict"),
+    # an option of the wrong type, said at load (it failed, or scored wrongly, mid-run)
+    (["reward.fns={format: {style: 3}}"], "reward.fns", "reward 'format': bad value for 'style'"),
+    (["reward.fns={format: {min_tool_calls: two}, f1: {}}"], "reward.fns", "bad value for 'min_tool_calls'"),
+    (["reward.fns={format: {}, f1: {part: [answer]}}"], "reward.fns", "reward 'f1': bad value for 'part'"),
     (["reward.fns={format: {}, judge: {kind: gaia}}"], "reward.fns", "needs a judge"),
     (["reward.fns={format: {}, judge: {kind: gaiaa}}", "reward.judge={backend: rule}"], "reward.fns", "gaiaa"),
     (["reward.fns={format: {}, exact_match: {}, f1: {}}"], "reward.fns", "both produce the part"),
@@ -344,6 +355,9 @@ GOOD = [
     (WEBSAILOR, ["env.tools={search: {backend: bm25, corpus: c.jsonl, top_k: 3}, visit: {max_urls: 2}}",
                  "env.limits={search: {timeout_s: 5, cache: false}, visit: {concurrency: 4}}"]),
     (WEBSAILOR, ["agent.hooks=h4_hooks_fine:hooks"]),
+    # a summary model whose key variable is set only where the run runs: not read at load
+    (WEBSAILOR, ["env.tools.visit.summary={base_url: 'http://s/v1', model: m, api_key_env: WINDWARD_UNSET_KEY, "
+                 "timeout_s: 30, shrink: 0.5, cache_size: 100}"]),
     (WEBSAILOR, ["data.task=file", "data.path={folder}/tasks.jsonl"]),
     (MASKSEARCH, ["data.task=file", "data.path={folder}/corpus.jsonl",
                   "env.tools={search: {backend: bm25, corpus: corpus.jsonl}}"]),
