@@ -40,11 +40,7 @@ def pipeline(cfg, run_dir: Path) -> dict:
 
     data = st.synthesize(cfg, run_dir)
     heldout, stream = st.as_tasks(data["heldout"]), st.as_tasks(data["rl"])
-    if "rl" in cfg.pipeline.stages and len(stream) < cfg.data.batch_size:  # found before any actor starts (exit 2)
-        from rl.config import ConfigError
-
-        raise ConfigError(f"data.batch_size={cfg.data.batch_size} is more than the {len(stream)} RL questions "
-                          f"(data.num_tasks={cfg.data.num_tasks}): lower data.batch_size or give more questions")
+    st.check_rl_batch(cfg, len(stream))
     groups = RLGroups(cfg)
     results, version, expert_batch, sft_data = {"conditions": {}}, 0, None, None
     try:

@@ -202,6 +202,14 @@ PIPELINE_STATE = "pipeline_state.json"  # in the run folder: the stages done, th
 SFT_CHECKPOINT = "stage_checkpoints/sft"  # in the run folder: the trainer as the sft stage left it
 
 
+def check_rl_batch(cfg: Config, questions: int) -> None:
+    """ConfigError when an rl stage would draw batches of data.batch_size from fewer RL questions: found before
+    any actor starts (launch/common.py: exit 2), not by the task sampler hours later."""
+    if "rl" in cfg.pipeline.stages and questions < cfg.data.batch_size:
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size} is more than the {questions} RL questions "
+                          f"(data.num_tasks={cfg.data.num_tasks}): lower data.batch_size or give more questions")
+
+
 def run_pipeline(cfg: Config, run_dir: Path, data: dict, expert, results: dict | None = None) -> dict:
     """`cfg.pipeline.stages` in order on one set of actor groups: expert (`expert(groups) -> (sft data,
     results to add)`), sft, rl (on data["rl"]), eval_<name> (on data["heldout"]); then the plots.
@@ -215,9 +223,7 @@ def run_pipeline(cfg: Config, run_dir: Path, data: dict, expert, results: dict |
 
     t0 = time.perf_counter()
     heldout = as_tasks(data["heldout"])
-    if "rl" in cfg.pipeline.stages and len(data["rl"]) < cfg.data.batch_size:  # found here, not hours later
-        raise ConfigError(f"data.batch_size={cfg.data.batch_size} is more than the {len(data['rl'])} RL questions "
-                          f"(data.num_tasks={cfg.data.num_tasks}): lower data.batch_size or give more questions")
+    check_rl_batch(cfg, len(data["rl"]))
     plan = resume_plan(cfg, run_dir)  # a refused change stops the run here, before any actor starts
     groups = RLGroups(cfg)
     print(f"actor groups up after {time.perf_counter() - t0:.0f} s", flush=True)

@@ -756,6 +756,8 @@ def loads_reference(cfg: Config) -> bool:
     """The trainer loads a reference model: a KL term (algo.kl_coef > 0) and a stage that trains with RL (the plain
     RL loop of data.task=target_token always does)."""
     return cfg.algo.kl_coef > 0 and (cfg.data.task == "target_token" or trains_rl(cfg.pipeline.stages))
+
+
 TINY_MODELS = ("tiny", "tiny_vl")
 #: pretrained models built offline from registry packages (rl/pretrained.py LOCAL_MODELS; kept in sync by a test)
 LOCAL_MODELS = ("smollm2-135m-instruct",)
@@ -764,7 +766,9 @@ LOCAL_MODELS = ("smollm2-135m-instruct",)
 def _unconsumed(cfg: Config, ignored, where) -> None:
     """A setting the user gave that nothing in this run reads is an error, so none is silently ignored.
     Read means: by the task (env, agent, pipeline, sft, eval and reward.correct_part by the multi-turn tasks and
-    their recipe's stages; eval.num_tasks by the split of the questions, whatever the stages; data.path by task=file; data.target_token by target_token; data.qa_* by world_qa),
+    their recipe's stages; eval.num_tasks by the split of the questions, whatever the stages, and
+    sft.expert_tasks by that of the synthesized ones; data.path by task=file; data.target_token by
+    target_token; data.qa_* by world_qa),
     by a stage of pipeline.stages (sft.*: expert, sft, warmup, harvest; eval.*: eval_<name>), by the model
     builder (model.tiny and model.tokenizer: path tiny or tiny_vl), or by the setting it refines
     (reward.composition: reward.fns; rollout.max_staleness and partial_rollout: rollout.mode=async;

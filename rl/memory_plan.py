@@ -417,12 +417,6 @@ def _gib(n: int) -> str:
     return f"{n / GiB:.1f}"
 
 
-def _loads_reference(cfg) -> bool:
-    from rl.config import loads_reference
-
-    return loads_reference(cfg)
-
-
 def plan_config(cfg, device_gib: float | None = None) -> Plan:
     """The memory plan of a loaded `Config` (rl/config.py): per device kind, per phase; `problems` say what does
     not fit and which setting to change."""
@@ -462,6 +456,8 @@ def plan_config(cfg, device_gib: float | None = None) -> Plan:
 
 def _trainer_of(cfg, arch: Arch, gpu: bool, notes: list[str]) -> dict[str, dict[str, int]]:
     """`trainer_memory` with the config's settings (and what it assumed, in `notes`)."""
+    from rl.config import loads_reference  # here: the device check imports this module without msgspec
+
     r, t = cfg.rollout, cfg.trainer
     if t.backend == "sim":
         return {"resident": {"process (simulated trainer: no model)": CPU_PROCESS}, "step": {}, "load": {}}
@@ -483,7 +479,7 @@ def _trainer_of(cfg, arch: Arch, gpu: bool, notes: list[str]) -> dict[str, dict[
     plan = lambda attn: trainer_memory(  # noqa: E731
         arch, ranks=t.num_ranks, tokens=tokens, row_len=tokens if t.packing else row_len, compute_bytes=b,
         grad_checkpointing=t.grad_checkpointing, backend=t.backend, zero_stage=t.zero_stage, lora_rank=t.lora_rank,
-        reference=_loads_reference(cfg), attn=attn, chunk_bytes=t.logprob_chunk_mb << 20, gpu=gpu)
+        reference=loads_reference(cfg), attn=attn, chunk_bytes=t.logprob_chunk_mb << 20, gpu=gpu)
     chosen = plan(attn)
     if t.attn_implementation == "auto" and attn == "flash_attention_2":
         more = sum(plan("sdpa")["step"].values()) - sum(chosen["step"].values())
